@@ -1,0 +1,90 @@
+"""`ChunkKV`: the unit the whole service stores, pages and decodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import IntEnum
+
+import torch
+
+LEVELS = ("full", "L", "H")
+
+
+class TokenKind(IntEnum):
+    """What a cached token is. TEXT tokens (timestamps, prompt text) are never compressed."""
+
+    TEXT = 0
+    VISUAL = 1
+
+
+@dataclass
+class ChunkKV:
+    """Pre-RoPE keys and values of one chunk at one compression level.
+
+    keys, values: [layers, kv_heads, tokens, head_dim], *not* rotated: they are rotated to
+        whatever contiguous positions they are loaded at (DESIGN.md, KV mathematics).
+    kinds: [tokens] uint8, a `TokenKind` per token.
+    index: chunk number in the video; -1 for the prompt prefix (system prompt).
+    frame_start, frame_end: sampled-frame range [start, end).
+    t_start, t_end: time span in seconds (first frame's timestamp, end of last frame).
+    level: "full" (uncompressed), "L" (low compression) or "H" (high compression).
+    fingerprint: the model fingerprint (engine.config) these bytes were made with.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    kinds: torch.Tensor
+    index: int
+    frame_start: int = 0
+    frame_end: int = 0
+    t_start: float = 0.0
+    t_end: float = 0.0
+    level: str = "full"
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.keys.shape != self.values.shape or self.keys.dim() != 4:
+            raise ValueError(f"keys {tuple(self.keys.shape)} and values {tuple(self.values.shape)} "
+                             "must both be [layers, kv_heads, tokens, head_dim]")
+        if self.kinds.shape != (self.keys.shape[2],):
+            raise ValueError(f"kinds has shape {tuple(self.kinds.shape)}, expected ({self.keys.shape[2]},)")
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+
+    @property
+    def layers(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def tokens(self) -> int:
+        return self.keys.shape[2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    @property
+    def text_mask(self) -> torch.Tensor:
+        """[tokens] bool: True where the token is TEXT (kept dense at every level)."""
+        return self.kinds == TokenKind.TEXT
+
+    def with_kv(self, keys: torch.Tensor, values: torch.Tensor, kinds: torch.Tensor, level: str) -> "ChunkKV":
+        """The same chunk (index, span, fingerprint) with other tensors, e.g. compressed."""
+        return replace(self, keys=keys, values=values, kinds=kinds, level=level)
+
+    def to(self, device=None, dtype=None) -> "ChunkKV":
+        return replace(self, keys=self.keys.to(device=device, dtype=dtype),
+                       values=self.values.to(device=device, dtype=dtype),
+                       kinds=self.kinds.to(device=device))

