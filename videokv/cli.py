@@ -1,0 +1,41 @@
+"""The `videokv` command: a thin dispatcher. Each command lives in its own module with a
+`main(argv) -> int`, imported only when that command runs (so `--help` is instant)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "selftest": ("videokv.engine.selftest", "check KV exactness: chunked prefill vs one full forward"),
+    "synth": ("videokv.ingest.synth", "render a toy-world video and its ground-truth questions"),
+    "ingest": ("videokv.query.cli", "ingest a video file into the KV store (prints its id)"),
+    "ask": ("videokv.query.cli", "ask a question about an ingested video"),
+    "demo": ("videokv.query.demo", "make a toy-world video, ingest it, ask it its questions"),
+    "bench": ("videokv.bench", "benchmarks: `videokv bench NAME --help`"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: videokv COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"videokv: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    # Modules serving several commands expose `main_<command>`; others a plain `main`.
+    fn = getattr(module, f"main_{name}", None) or module.main
+    return int(fn(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
