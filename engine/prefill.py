@@ -1,0 +1,160 @@
+"""Chunk-based prefill (training-free form of Video-XL-2's).
+
+Each chunk is `"Time {t}s:"` text tokens + the visual tokens of its frames. It attends to
+the prompt prefix, a window of earlier chunks' stored KVs (H-KV by default) and itself.
+Everything in context is re-rotated to contiguous positions 0..P-1 and the chunk runs at
+P..P+T-1, exactly as it will be at decode time; its keys are then un-rotated and stored.
+The window is bounded, so memory is constant in the number of chunks and cost is linear.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .backend import HFCausalBackend
+from .chunkkv import ChunkKV, TokenKind
+from .compress import make_policy
+from .config import EngineConfig
+
+
+@dataclass
+class ChunkInput:
+    """One chunk to prefill. visual: [frames * tokens_per_frame, hidden] vision-token embeddings."""
+
+    index: int
+    visual: torch.Tensor
+    frame_start: int = 0
+    frame_end: int = 0
+    t_start: float = 0.0
+    t_end: float = 0.0
+
+
+@dataclass
+class PrefilledChunk:
+    """A chunk's KVs at each level. `full` is kept only when asked for (tests, window 'full')."""
+
+    L: ChunkKV
+    H: ChunkKV
+    full: ChunkKV | None = None
+
+    def level(self, name: str) -> ChunkKV:
+        got = {"L": self.L, "H": self.H, "full": self.full}[name]
+        if got is None:
+            raise ValueError(f"chunk {self.L.index}: level {name!r} was not kept")
+        return got
+
+
+def timestamp_text(t: float) -> str:
+    return f"Time {t:.1f}s:"
+
+
+def concat_kv(parts: Sequence[ChunkKV]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-RoPE keys, values [L, H, sum(tokens), D] of the parts in order."""
+    return torch.cat([p.keys for p in parts], dim=2), torch.cat([p.values for p in parts], dim=2)
+
+
+def attention_received(backend: HFCausalBackend, queries: torch.Tensor, keys_pre: torch.Tensor) -> torch.Tensor:
+    """Attention each chunk token receives from the chunk's own tokens (causal), summed over
+    queries and over the query heads sharing a KV head.
+
+    queries: [L, Hq, T, D] pre-RoPE; keys_pre: [L, Hkv, T, D] pre-RoPE -> [L, Hkv, T].
+    Both are rotated at local positions 0..T-1: only relative positions matter here."""
+    L, Hq, T, D = queries.shape
+    Hkv = keys_pre.shape[1]
+    pos = torch.arange(T, device=queries.device)
+    out = torch.empty(L, Hkv, T, device=queries.device)
+    causal = torch.ones(T, T, dtype=torch.bool, device=queries.device).tril()
+    for layer in range(L):  # one layer at a time keeps the [Hq, T, T] scores small
+        q = backend.rotary.rotate(queries[layer].float(), pos)
+        k = backend.rotary.rotate(keys_pre[layer].float(), pos).repeat_interleave(Hq // Hkv, dim=0)
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+        p = s.masked_fill(~causal, float("-inf")).softmax(-1)          # [Hq, T(query), T(key)]
+        out[layer] = p.sum(1).view(Hkv, Hq // Hkv, T).sum(1)
+    return out
+
+
+class ChunkPrefiller:
+    """Runs chunk-based prefill for one video and yields each chunk's L-KV and H-KV."""
+
+    def __init__(self, backend: HFCausalBackend, config: EngineConfig, fingerprint: str | None = None):
+        self.backend = backend
+        self.config = config
+        self.fingerprint = fingerprint or config.fingerprint()
+        self.l_policy = make_policy(config.l_kv)
+        self.h_policy = make_policy(config.h_kv)
+        self.window = config.prefill.window
+        self.levels_needed = {config.prefill.window_level, config.prefill.prev_level or config.prefill.window_level}
+
+    # -- inputs ---------------------------------------------------------------------------
+    def prefix_embeds(self, question: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt prefix (system prompt, opening of the user turn): (embeds [T, hidden], ids [T])."""
+        before, _ = self.backend.prompt_parts(self.config.system_prompt, question)
+        ids = self.backend.tokenize(before)
+        return self.backend.embed_text(ids), ids
+
+    def chunk_embeds(self, chunk: ChunkInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeds [T, hidden], kinds [T]): timestamp text then the visual tokens."""
+        ids = self.backend.tokenize(timestamp_text(chunk.t_start))
+        text = self.backend.embed_text(ids)
+        vis = chunk.visual.to(device=text.device, dtype=text.dtype)
+        kinds = torch.cat([torch.full((len(ids),), TokenKind.TEXT, dtype=torch.uint8),
+                           torch.full((vis.shape[0],), TokenKind.VISUAL, dtype=torch.uint8)])
+        return torch.cat([text, vis]), kinds
+
+    # -- prefill --------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefix(self) -> ChunkKV:
+        """The prompt prefix's pre-RoPE KV (index -1), computed at positions 0..P-1."""
+        embeds, ids = self.prefix_embeds()
+        out = self.backend.forward(embeds, logits=False)
+        keys = self.backend.rotary.unrotate(out.keys, torch.arange(len(ids)))
+        kinds = torch.full((len(ids),), TokenKind.TEXT, dtype=torch.uint8)
+        return ChunkKV(keys.cpu(), out.values.cpu(), kinds, index=-1, level="full", fingerprint=self.fingerprint)
+
+    def _context(self, prefix: ChunkKV, history: Sequence[PrefilledChunk]) -> list[ChunkKV]:
+        p = self.config.prefill
+        ctx = [prefix]
+        for i, h in enumerate(history):
+            last = i == len(history) - 1
+            ctx.append(h.level(p.prev_level if (last and p.prev_level) else p.window_level))
+        return ctx
+
+    @torch.no_grad()
+    def step(self, prefix: ChunkKV, history: Sequence[PrefilledChunk], chunk: ChunkInput,
+             keep_full: bool = False) -> PrefilledChunk:
+        """Prefill one chunk on top of prefix + history (already trimmed to the window)."""
+        be = self.backend
+        ctx = self._context(prefix, history)
+        k_pre, v = concat_kv(ctx)
+        P = k_pre.shape[2]
+        cache = be.make_cache(be.rotary.rotate(k_pre.to(be.device, be.dtype), torch.arange(P)), v.to(be.device, be.dtype))
+        del k_pre, v
+        embeds, kinds = self.chunk_embeds(chunk)
+        T = embeds.shape[0]
+        need_att = self.l_policy.needs_attention or self.h_policy.needs_attention
+        out = be.forward(embeds, cache, logits=False, queries=need_att)
+        del cache
+        keys = be.rotary.unrotate(out.keys, torch.arange(P, P + T))
+        full = ChunkKV(keys.cpu(), out.values.cpu(), kinds, index=chunk.index, frame_start=chunk.frame_start,
+                       frame_end=chunk.frame_end, t_start=chunk.t_start, t_end=chunk.t_end,
+                       level="full", fingerprint=self.fingerprint)
+        att = attention_received(be, out.queries, keys).cpu() if need_att else None
+        return PrefilledChunk(L=self.l_policy.compress(full, "L", att), H=self.h_policy.compress(full, "H", att),
+                              full=full if keep_full else None)
+
+    def run(self, prefix: ChunkKV, chunks: Iterable[ChunkInput], history: Sequence[PrefilledChunk] = (),
+            keep_full: bool = False) -> Iterator[PrefilledChunk]:
+        """Yield each chunk's PrefilledChunk in order. `history`: already-stored earlier chunks
+        (for resuming; only the last `window` are used). Memory is bounded by the window."""
+        keep_for_ctx = "full" in self.levels_needed
+        maxlen = None if self.window < 0 else self.window
+        hist: deque[PrefilledChunk] = deque(history, maxlen=maxlen)  # maxlen keeps the last `window`
+        for chunk in chunks:
+            done = self.step(prefix, list(hist), chunk, keep_full=keep_full or keep_for_ctx)
+            hist.append(done if keep_for_ctx else PrefilledChunk(done.L, done.H))
+            yield done
