@@ -1,0 +1,195 @@
+"""The KV blob format: a 32-byte versioned header, the token-kind mask, raw tensor bytes.
+
+Layout (little-endian):
+
+    offset  size  field
+    0       4     magic b"VKV1"
+    4       2     format version (1)
+    6       1     dtype code: 1 float32, 2 float16, 3 bfloat16
+    7       1     flags (0; reserved)
+    8       4     layers
+    12      4     kv_heads
+    16      4     tokens
+    20      4     head_dim
+    24      4     data_offset: where the tensor bytes start (a multiple of 64)
+    28      4     crc32 of every other byte of the blob (header bytes 0..27, then 32..end)
+    32      T     kinds: uint8 [tokens], a TokenKind per token
+    ...           zero padding up to data_offset
+    data_offset   tensor bytes, shape [layers, 2, kv_heads, tokens, head_dim]:
+                  layer-major, and within a layer its K then its V. So one layer's K,V
+                  are contiguous (a pager can stream layer by layer) and `keys`/`values`
+                  are strided views `kv[:, 0]`, `kv[:, 1]`.
+
+Why data_offset is 64-aligned: LMDB stores large values on overflow pages that start
+16 bytes into a page, so the tensor data lands 16-byte aligned in the memory map and
+torch can use it in place. Smaller values may land unaligned; `decode` then copies
+(`BlobView.zero_copy` is False) instead of handing torch a misaligned pointer.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from .errors import CorruptBlobError
+
+MAGIC = b"VKV1"
+VERSION = 1
+HEADER = struct.Struct("<4sHBBIIIIII")
+HEADER_SIZE = HEADER.size  # 32
+_CRC_AT = 28
+ALIGN = 64
+
+DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
+CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+
+# torch warns (once per process) that tensors over a read-only buffer are writable in
+# principle. Consume that one warning here, silently: our views are read-only by contract.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.frombuffer(b"\0" * 4, dtype=torch.uint8)
+
+
+@dataclass(frozen=True)
+class BlobHeader:
+    dtype: torch.dtype
+    layers: int
+    kv_heads: int
+    tokens: int
+    head_dim: int
+    data_offset: int
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """[layers, 2, kv_heads, tokens, head_dim] of the stored tensor."""
+        return (self.layers, 2, self.kv_heads, self.tokens, self.head_dim)
+
+    @property
+    def data_nbytes(self) -> int:
+        return self.layers * 2 * self.kv_heads * self.tokens * self.head_dim * self.dtype.itemsize
+
+    @property
+    def total_nbytes(self) -> int:
+        return self.data_offset + self.data_nbytes
+
+
+@dataclass
+class BlobView:
+    """A decoded blob. In a read session the tensors are views of LMDB's memory map.
+
+    kv: [layers, 2, kv_heads, tokens, head_dim]; keys/values: [layers, kv_heads, tokens, head_dim].
+    kinds: uint8 [tokens].
+    zero_copy: True when `kv` aliases the buffer it was decoded from.
+    Views are read-only: writing into them is undefined (LMDB maps the file read-only,
+    a write crashes the process). Copy (`load_into`, `.clone()`) to keep or modify.
+    """
+
+    header: BlobHeader
+    kv: torch.Tensor
+    kinds: torch.Tensor
+    zero_copy: bool
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self.kv[:, 0]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.kv[:, 1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.header.data_nbytes
+
+    def load_into(self, out: torch.Tensor) -> torch.Tensor:
+        """Copy the K,V into `out` ([layers, 2, kv_heads, tokens, head_dim], e.g. a pinned
+        host buffer or a slice of one): the one copy out of the memory map."""
+        if tuple(out.shape) != self.header.shape:
+            raise ValueError(f"out has shape {tuple(out.shape)}, blob is {self.header.shape}")
+        return out.copy_(self.kv)
+
+
+def encoded_size(layers: int, kv_heads: int, tokens: int, head_dim: int, dtype: torch.dtype) -> int:
+    return _data_offset(tokens) + layers * 2 * kv_heads * tokens * head_dim * dtype.itemsize
+
+
+def _data_offset(tokens: int) -> int:
+    return -(-(HEADER_SIZE + tokens) // ALIGN) * ALIGN
+
+
+def encode(keys: torch.Tensor, values: torch.Tensor, kinds: torch.Tensor) -> bytearray:
+    """Serialise keys/values [layers, kv_heads, tokens, head_dim] and kinds [tokens]."""
+    if keys.dtype not in DTYPE_CODES:
+        raise ValueError(f"unsupported KV dtype {keys.dtype}; supported: {list(DTYPE_CODES)}")
+    if keys.shape != values.shape or keys.dim() != 4 or values.dtype != keys.dtype:
+        raise ValueError(f"keys {tuple(keys.shape)}/{keys.dtype} and values {tuple(values.shape)}/"
+                         f"{values.dtype} must match and be [layers, kv_heads, tokens, head_dim]")
+    L, H, T, D = keys.shape
+    if tuple(kinds.shape) != (T,):
+        raise ValueError(f"kinds has shape {tuple(kinds.shape)}, expected ({T},)")
+    off = _data_offset(T)
+    buf = bytearray(encoded_size(L, H, T, D, keys.dtype))
+    mv = memoryview(buf)
+    mv[HEADER_SIZE:HEADER_SIZE + T] = kinds.detach().to("cpu", torch.uint8).contiguous().numpy().tobytes()
+    if keys.numel():
+        # Write straight into the output buffer: one copy per tensor, no temporary stack.
+        dst = torch.frombuffer(buf, dtype=keys.dtype, offset=off).view(L, 2, H, T, D)
+        dst[:, 0].copy_(keys.detach())
+        dst[:, 1].copy_(values.detach())
+    HEADER.pack_into(buf, 0, MAGIC, VERSION, DTYPE_CODES[keys.dtype], 0, L, H, T, D, off, 0)
+    struct.pack_into("<I", buf, _CRC_AT, _crc(mv))
+    return buf
+
+
+def _crc(mv: memoryview) -> int:
+    return zlib.crc32(mv[HEADER_SIZE:], zlib.crc32(mv[:_CRC_AT]))
+
+
+def read_header(buf, where: dict | None = None) -> BlobHeader:
+    """Parse and sanity-check the header (no checksum). `where`: video_id/index/level for errors."""
+    where = where or {}
+    if len(buf) < HEADER_SIZE:
+        raise CorruptBlobError(f"blob is {len(buf)} bytes, shorter than its header", **where)
+    magic, version, code, _flags, L, H, T, D, off, _crc_v = HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise CorruptBlobError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})", **where)
+    if version != VERSION:
+        raise CorruptBlobError(f"unknown blob format version {version} (this build reads {VERSION})", **where)
+    if code not in CODE_DTYPES:
+        raise CorruptBlobError(f"unknown dtype code {code}", **where)
+    hdr = BlobHeader(CODE_DTYPES[code], L, H, T, D, off)
+    if off != _data_offset(T) or hdr.total_nbytes != len(buf):
+        raise CorruptBlobError(f"size mismatch: header says {hdr.total_nbytes} bytes "
+                               f"(data at {off}), blob has {len(buf)}", **where)
+    return hdr
+
+
+def decode(buf, *, verify: bool = True, where: dict | None = None) -> BlobView:
+    """Decode a blob without copying when possible.
+
+    buf: a bytes-like object; pass LMDB's memoryview (`buffers=True`) for zero-copy.
+    verify: check the crc32 (on by default: never feed corrupt bytes to the model).
+    where: {video_id, index, level, key} named in a `CorruptBlobError`.
+    """
+    where = where or {}
+    mv = memoryview(buf)
+    hdr = read_header(mv, where)
+    if verify:
+        stored = struct.unpack_from("<I", mv, _CRC_AT)[0]
+        actual = _crc(mv)
+        if stored != actual:
+            raise CorruptBlobError(f"checksum mismatch (stored crc32 {stored:08x}, computed {actual:08x})", **where)
+    kinds = torch.frombuffer(mv, dtype=torch.uint8, count=hdr.tokens, offset=HEADER_SIZE) if hdr.tokens \
+        else torch.empty(0, dtype=torch.uint8)
+    n = hdr.data_nbytes // hdr.dtype.itemsize
+    if n == 0:
+        return BlobView(hdr, torch.empty(hdr.shape, dtype=hdr.dtype), kinds.clone(), False)
+    kv = torch.frombuffer(mv, dtype=hdr.dtype, count=n, offset=hdr.data_offset).view(hdr.shape)
+    if kv.data_ptr() % hdr.dtype.itemsize:
+        # Small value stored unaligned inside an LMDB leaf page: copy rather than risk it.
+        return BlobView(hdr, kv.clone(), kinds.clone(), False)
+    return BlobView(hdr, kv, kinds, True)

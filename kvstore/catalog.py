@@ -1,0 +1,390 @@
+"""The video catalog and the transactional chunk writes.
+
+Records are JSON in LMDB. A *video* (VideoRecord) is what a tenant sees; its KV data
+belongs to its *content* (fingerprint + sha256 of the file). Two uploads of the same file
+with the same fingerprint share one content: blobs, chunk records and embeddings are
+stored once; the content remembers which videos use it and is deleted with the last one.
+The same tenant uploading the same file again gets its existing video back.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from . import blob as blobfmt
+from . import keys as K
+from .env import LmdbEnv
+from .errors import ChunkNotFoundError, FingerprintMismatchError, NotReadyError, VideoNotFoundError
+
+
+class Status(str, Enum):
+    QUEUED = "QUEUED"
+    INGESTING = "INGESTING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+@dataclass
+class ChunkSpan:
+    """One entry of a chunk plan: frames [frame_start, frame_end), seconds [t_start, t_end)."""
+
+    index: int
+    frame_start: int
+    frame_end: int
+    t_start: float
+    t_end: float
+
+
+@dataclass
+class VideoRecord:
+    video_id: str
+    content_hash: str
+    fingerprint: str
+    tenant: str = "default"
+    filename: str = ""
+    container: str = ""
+    codec: str = ""
+    duration: float = 0.0
+    fps: float = 0.0
+    sampled_frames: int = 0
+    plan: list[ChunkSpan] = field(default_factory=list)
+    status: Status = Status.QUEUED
+    reason: str = ""
+    chunks_done: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def chunks_total(self) -> int:
+        return len(self.plan)
+
+    @property
+    def content_key(self) -> str:
+        return K.content_key(self.fingerprint, self.content_hash)
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, b) -> "VideoRecord":
+        d = json.loads(bytes(b))
+        d["plan"] = [ChunkSpan(**s) for s in d["plan"]]
+        d["status"] = Status(d["status"])
+        return cls(**d)
+
+
+@dataclass
+class ChunkRecord:
+    """Per-chunk metadata. tokens/nbytes: per stored level. oracles: embedding keys present."""
+
+    index: int
+    frame_start: int
+    frame_end: int
+    t_start: float
+    t_end: float
+    dtype: str
+    tokens: dict[str, int]
+    nbytes: dict[str, int]
+    oracles: list[str]
+    created: float
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, b) -> "ChunkRecord":
+        return cls(**json.loads(bytes(b)))
+
+
+def _plan(plan) -> list[ChunkSpan]:
+    out = [p if isinstance(p, ChunkSpan) else ChunkSpan(**p) for p in plan or []]
+    if [p.index for p in out] != list(range(len(out))):
+        raise ValueError("chunk plan indices must be 0..n-1 in order")
+    return out
+
+
+def _vec(v) -> np.ndarray:
+    """An embedding as float32 [dim] (accepts numpy, torch, lists)."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().float().numpy()
+    a = np.ascontiguousarray(np.asarray(v, dtype=np.float32).reshape(-1))
+    if a.size == 0 or not np.isfinite(a).all():
+        raise ValueError("embedding must be a non-empty finite vector")
+    return a
+
+
+# ----------------------------------------------------------------------- txn helpers
+def load_video(txn, env: LmdbEnv, video_id: str) -> VideoRecord:
+    raw = txn.get(video_id.encode(), db=env.dbs["catalog"])
+    if raw is None:
+        raise VideoNotFoundError(f"no video {video_id!r}")
+    return VideoRecord.from_json(raw)
+
+
+def load_chunk(txn, env: LmdbEnv, rec: VideoRecord, index: int) -> ChunkRecord:
+    raw = txn.get(K.chunk_key(rec.content_key, index), db=env.dbs["chunks"])
+    if raw is None:
+        raise ChunkNotFoundError(f"video {rec.video_id} has no committed chunk {index}")
+    return ChunkRecord.from_json(raw)
+
+
+def content_seq(txn, env: LmdbEnv, ck: str) -> int | None:
+    raw = txn.get(ck.encode(), db=env.dbs["contents"])
+    return None if raw is None else json.loads(bytes(raw))["seq"]
+
+
+def _counter(txn, env: LmdbEnv, name: bytes) -> int:
+    """Increment and return a meta counter (inside the caller's write txn)."""
+    raw = txn.get(name, db=env.dbs["meta"])
+    n = (K.from_u64(raw) if raw is not None else 0) + 1
+    txn.put(name, K.u64(n), db=env.dbs["meta"])
+    return n
+
+
+def _log(txn, env: LmdbEnv, entry: dict) -> None:
+    """Append to the embedding change log (FAISS indexes replay it; see index.py)."""
+    txn.put(K.u64(_counter(txn, env, b"log_seq")), json.dumps(entry).encode(), db=env.dbs["emblog"])
+
+
+def _delete_prefix(txn, db, prefix: bytes) -> int:
+    n = 0
+    cur = txn.cursor(db=db)
+    if cur.set_range(prefix):
+        while cur.key()[:len(prefix)] == prefix:
+            n += 1
+            if not cur.delete():
+                break
+    return n
+
+
+# ----------------------------------------------------------------------- the catalog
+class Catalog:
+    def __init__(self, env: LmdbEnv):
+        self.env = env
+        self.db = env.dbs
+
+    def create_video(self, *, content_hash: str, fingerprint: str, tenant: str = "default",
+                     plan: Iterable = (), **fields) -> VideoRecord:
+        """Register a video, or return this tenant's existing one for the same content."""
+        ck = K.content_key(fingerprint, content_hash)
+        K.check_token("tenant", tenant)
+        now = time.time()
+        rec = VideoRecord(video_id=secrets.token_hex(6), content_hash=content_hash, fingerprint=fingerprint,
+                          tenant=tenant, plan=_plan(plan), created=now, updated=now, **fields)
+
+        def fn(txn):
+            raw = txn.get(ck.encode(), db=self.db["contents"])
+            content = json.loads(bytes(raw)) if raw is not None else None
+            if content is not None:
+                for vid, owner in content["videos"].items():
+                    if owner == tenant:
+                        return load_video(txn, self.env, vid)  # dedup: same tenant, same bytes
+            else:
+                content = {"seq": _counter(txn, self.env, b"content_seq"), "videos": {}}
+                txn.put(K.u64(content["seq"]), ck.encode(), db=self.db["seqs"])
+            content["videos"][rec.video_id] = tenant
+            txn.put(ck.encode(), json.dumps(content).encode(), db=self.db["contents"])
+            txn.put(rec.video_id.encode(), rec.to_json(), db=self.db["catalog"])
+            txn.put(K.tenant_key(tenant, rec.video_id), b"", db=self.db["tenants"])
+            return rec
+
+        return self.env.write(fn)
+
+    def find_by_content(self, content_hash: str, fingerprint: str, tenant: str | None = None) -> VideoRecord | None:
+        """A video over these bytes made with this fingerprint (this tenant's, if given)."""
+        ck = K.content_key(fingerprint, content_hash)
+        with self.env.read() as txn:
+            raw = txn.get(ck.encode(), db=self.db["contents"])
+            if raw is None:
+                return None
+            for vid, owner in json.loads(bytes(raw))["videos"].items():
+                if tenant is None or owner == tenant:
+                    return load_video(txn, self.env, vid)
+        return None
+
+    def get_video(self, video_id: str) -> VideoRecord:
+        with self.env.read() as txn:
+            return load_video(txn, self.env, video_id)
+
+    def list_videos(self, tenant: str | None = None) -> list[VideoRecord]:
+        with self.env.read() as txn:
+            if tenant is None:
+                return [VideoRecord.from_json(v) for _, v in txn.cursor(db=self.db["catalog"])]
+            prefix = K.tenant_key(tenant, "")
+            cur = txn.cursor(db=self.db["tenants"])
+            ids = []
+            if cur.set_range(prefix):
+                for k in cur.iternext(values=False):
+                    k = bytes(k)
+                    if not k.startswith(prefix):
+                        break
+                    ids.append(k[len(prefix):].decode())
+            return [load_video(txn, self.env, vid) for vid in ids]
+
+    def _update(self, video_id: str, change) -> VideoRecord:
+        def fn(txn):
+            rec = load_video(txn, self.env, video_id)
+            change(txn, rec)
+            rec.updated = time.time()
+            txn.put(video_id.encode(), rec.to_json(), db=self.db["catalog"])
+            return rec
+        return self.env.write(fn)
+
+    def set_status(self, video_id: str, status: Status | str, reason: str = "") -> VideoRecord:
+        """QUEUED/INGESTING/FAILED (with reason). READY only through `mark_ready`."""
+        status = Status(status)
+        if status is Status.READY:
+            raise ValueError("use mark_ready(): it checks that every chunk is committed")
+
+        def change(txn, rec):
+            rec.status, rec.reason = status, reason
+        return self._update(video_id, change)
+
+    def update_fields(self, video_id: str, **fields) -> VideoRecord:
+        """Set probe results (duration, fps, plan, ...) or `extra` after creation."""
+        if "plan" in fields:
+            fields["plan"] = _plan(fields["plan"])
+        bad = set(fields) - {"filename", "container", "codec", "duration", "fps", "sampled_frames", "plan", "extra"}
+        if bad:
+            raise ValueError(f"cannot update {sorted(bad)}")
+
+        def change(txn, rec):
+            for k, v in fields.items():
+                setattr(rec, k, v)
+        return self._update(video_id, change)
+
+    # ------------------------------------------------------------------- chunks
+    def put_chunk(self, video_id: str, levels: Iterable, embeddings: Mapping[str, object] | None = None) -> bool:
+        """Commit one chunk's levels (ChunkKV "L"/"H"/"full"), its record and its embeddings
+        ({oracle_id: [dim] vector}) in ONE write transaction: a chunk is wholly there or not.
+
+        Returns False (and writes nothing) if the chunk is already committed, so a resumed
+        or duplicated ingest never creates duplicate entries. index -1 = prompt prefix
+        (stored like a chunk, no embeddings).
+        """
+        levels = list(levels.values() if isinstance(levels, Mapping) else levels)
+        if not levels:
+            raise ValueError("put_chunk needs at least one level")
+        first = levels[0]
+        idx = first.index
+        if len({c.level for c in levels}) != len(levels) or any(c.index != idx for c in levels):
+            raise ValueError("levels must be distinct levels of the same chunk index")
+        embs = {oid: _vec(v) for oid, v in (embeddings or {}).items()}
+        if idx < 0 and embs:
+            raise ValueError("the prompt prefix (index -1) has no embeddings")
+        encoded = [(c, blobfmt.encode(c.keys, c.values, c.kinds)) for c in levels]  # outside the txn
+        now = time.time()
+
+        def fn(txn):
+            rec = load_video(txn, self.env, video_id)
+            for c in levels:
+                if c.fingerprint != rec.fingerprint:
+                    raise FingerprintMismatchError(
+                        f"chunk {idx} level {c.level} was made with fingerprint {c.fingerprint!r}, "
+                        f"video {video_id} expects {rec.fingerprint!r}")
+            if idx >= rec.chunks_total:
+                raise ValueError(f"chunk {idx} is outside video {video_id}'s plan of {rec.chunks_total} chunks")
+            ck = rec.content_key
+            if txn.get(K.chunk_key(ck, idx), db=self.db["chunks"]) is not None:
+                return False
+            seq = content_seq(txn, self.env, ck)
+            for c, buf in encoded:
+                txn.put(K.blob_key(ck, idx, c.level), buf, db=self.db["blobs"])
+            okeys = []
+            for oid, v in embs.items():
+                okey = K.oracle_key(oid, v.size)
+                ek = K.emb_key(ck, idx, okey)
+                txn.put(ek, v.tobytes(), db=self.db["embeddings"])
+                _log(txn, self.env, {"op": "add", "o": okey, "s": seq, "c": idx, "k": ek.decode()})
+                okeys.append(okey)
+            crec = ChunkRecord(idx, first.frame_start, first.frame_end, first.t_start, first.t_end,
+                               str(first.dtype).removeprefix("torch."), {c.level: c.tokens for c in levels},
+                               {c.level: c.nbytes for c in levels}, okeys, now)
+            txn.put(K.chunk_key(ck, idx), crec.to_json(), db=self.db["chunks"])
+            if idx >= 0:
+                rec.chunks_done += 1
+            if rec.status is Status.QUEUED:
+                rec.status = Status.INGESTING
+            rec.updated = now
+            txn.put(video_id.encode(), rec.to_json(), db=self.db["catalog"])
+            return True
+
+        return self.env.write(fn)
+
+    def missing_chunks(self, video_id: str) -> list[int]:
+        """Plan indices with no committed chunk, ascending (resume from the first)."""
+        with self.env.read() as txn:
+            rec = load_video(txn, self.env, video_id)
+            return [s.index for s in rec.plan
+                    if txn.get(K.chunk_key(rec.content_key, s.index), db=self.db["chunks"]) is None]
+
+    def has_prefix(self, video_id: str) -> bool:
+        with self.env.read() as txn:
+            rec = load_video(txn, self.env, video_id)
+            return txn.get(K.chunk_key(rec.content_key, -1), db=self.db["chunks"]) is not None
+
+    def mark_ready(self, video_id: str, oracles: Iterable[str] = (), require_prefix: bool = True) -> VideoRecord:
+        """READY, only if every planned chunk (and the prefix) is committed with index
+        entries (an embedding for each of `oracles`, or for at least one oracle)."""
+        oracles = list(oracles)
+
+        def fn(txn):
+            rec = load_video(txn, self.env, video_id)
+            missing, unindexed = [], []
+            if require_prefix and txn.get(K.chunk_key(rec.content_key, -1), db=self.db["chunks"]) is None:
+                missing.append(-1)
+            for s in rec.plan:
+                raw = txn.get(K.chunk_key(rec.content_key, s.index), db=self.db["chunks"])
+                if raw is None:
+                    missing.append(s.index)
+                    continue
+                have = {o.rsplit("@", 1)[0] for o in ChunkRecord.from_json(raw).oracles}
+                if not have or any(o not in have for o in oracles):
+                    unindexed.append(s.index)
+            if missing or unindexed:
+                raise NotReadyError(video_id, missing, unindexed)
+            rec.status, rec.reason, rec.chunks_done, rec.updated = Status.READY, "", rec.chunks_total, time.time()
+            txn.put(video_id.encode(), rec.to_json(), db=self.db["catalog"])
+            return rec
+
+        return self.env.write(fn)
+
+    def delete_video(self, video_id: str) -> bool:
+        """Remove the video; with the last video over its content, also every blob, chunk
+        record and embedding of that content, and log the index deletion. Freed LMDB pages
+        are reused by later writes."""
+        def fn(txn):
+            raw = txn.get(video_id.encode(), db=self.db["catalog"])
+            if raw is None:
+                return False
+            rec = VideoRecord.from_json(raw)
+            ck = rec.content_key
+            txn.delete(video_id.encode(), db=self.db["catalog"])
+            txn.delete(K.tenant_key(rec.tenant, video_id), db=self.db["tenants"])
+            craw = txn.get(ck.encode(), db=self.db["contents"])
+            if craw is None:
+                return True
+            content = json.loads(bytes(craw))
+            content["videos"].pop(video_id, None)
+            if content["videos"]:
+                txn.put(ck.encode(), json.dumps(content).encode(), db=self.db["contents"])
+                return True
+            prefix = (ck + "/").encode()
+            for name in ("blobs", "chunks", "embeddings"):
+                _delete_prefix(txn, self.db[name], prefix)
+            txn.delete(ck.encode(), db=self.db["contents"])
+            txn.delete(K.u64(content["seq"]), db=self.db["seqs"])
+            _log(txn, self.env, {"op": "del", "s": content["seq"]})
+            return True
+
+        return self.env.write(fn)

@@ -1,0 +1,56 @@
+"""LMDB key layout. Every KV key starts with the model fingerprint and content hash.
+
+    blobs       {fingerprint}/{content_hash}/{index:06d}/{level}     index -1 (prompt prefix) = "-00001"
+    chunks      {fingerprint}/{content_hash}/{index:06d}
+    embeddings  {fingerprint}/{content_hash}/{index:06d}/{oracle_id}@{dim}
+    contents    {fingerprint}/{content_hash}
+
+Because the fingerprint is the first component, a model or config never reads another's
+blobs, and one content's keys are one contiguous range (delete is a range delete).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+_U64 = struct.Struct(">Q")  # big-endian so byte order == numeric order in LMDB
+
+
+def check_token(name: str, value: str) -> str:
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise ValueError(f"{name} must be a non-empty string of [A-Za-z0-9_.:-], got {value!r}")
+    return value
+
+
+def content_key(fingerprint: str, content_hash: str) -> str:
+    return f"{check_token('fingerprint', fingerprint)}/{check_token('content_hash', content_hash)}"
+
+
+def chunk_key(ck: str, index: int) -> bytes:
+    return f"{ck}/{index:06d}".encode()
+
+
+def blob_key(ck: str, index: int, level: str) -> bytes:
+    return f"{ck}/{index:06d}/{level}".encode()
+
+
+def oracle_key(oracle_id: str, dim: int) -> str:
+    return f"{check_token('oracle_id', oracle_id)}@{int(dim)}"
+
+
+def emb_key(ck: str, index: int, okey: str) -> bytes:
+    return f"{ck}/{index:06d}/{okey}".encode()
+
+
+def tenant_key(tenant: str, video_id: str) -> bytes:
+    return f"{tenant}\0{video_id}".encode()
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def from_u64(b) -> int:
+    return _U64.unpack(bytes(b))[0]
