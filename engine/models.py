@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from videokv.errors import VideoKVError
+
 from .backend import HFCausalBackend
 from .vision import PatchTower
 
@@ -22,11 +24,11 @@ CONVERTED_NAME = "smollm2-135m-instruct-f32"
 CAUSAL_TYPES = {"llama", "qwen2", "mistral"}
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(VideoKVError, FileNotFoundError):
     """A model path that does not exist or is not a usable checkpoint (names the setting)."""
 
 
-class ModelIntegrityError(RuntimeError):
+class ModelIntegrityError(VideoKVError, RuntimeError):
     """A converted model folder whose weights no longer match their recorded hash."""
 
 

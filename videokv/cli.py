@@ -31,10 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"videokv: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from videokv.errors import VideoKVError
+
     module = importlib.import_module(COMMANDS[name][0])
     # Modules serving several commands expose `main_<command>`; others a plain `main`.
     fn = getattr(module, f"main_{name}", None) or module.main
-    return int(fn(rest) or 0)
+    try:
+        return int(fn(rest) or 0)
+    except VideoKVError as e:
+        print(f"videokv {name}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"videokv {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

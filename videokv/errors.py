@@ -1,0 +1,7 @@
+"""User-facing errors: the CLI prints their message as one sentence and exits with `exit_code`;
+the API maps `http_status`. Anything else is a bug and keeps its traceback."""
+
+
+class VideoKVError(Exception):
+    exit_code = 2
+    http_status = 400
