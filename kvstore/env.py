@@ -59,16 +59,16 @@ class LmdbEnv:
         self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(DB_NAMES) + 4,
                              max_readers=max_readers, lock=True, sync=sync, metasync=sync,
                              readahead=False, subdir=True)
-        self.dbs: dict[str, object] = {}
-        with self.env.begin(write=True) as txn:
-            for name in DB_NAMES:
-                self.dbs[name] = self.env.open_db(name.encode(), txn=txn, create=True)
         self._write_lock = threading.RLock()
         self._cond = threading.Condition()
         self._readers = 0          # open read sessions in this process
         self._remapping = False
         self._local = threading.local()  # per-thread read-session depth
         self.grow_count = 0        # how many times this process grew the map (tests, stats)
+        # Opening (creating) the named DBs is a write like any other: another process may
+        # already have grown the map past `map_size` (MapResizedError) or filled it.
+        self.dbs: dict[str, object] = self.write(
+            lambda txn: {n: self.env.open_db(n.encode(), txn=txn, create=True) for n in DB_NAMES})
 
     # ---------------------------------------------------------------- info
     @property
