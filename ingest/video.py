@@ -229,6 +229,7 @@ def _decoded(container, stream, path: Path) -> Iterator[av.VideoFrame]:
     Single broken packets are skipped (decoders conceal them); many raise CorruptVideo.
     A demuxer error (reading past the end of a cut file) raises TruncatedVideo."""
     errors = 0
+    decoded_any = False
     packets = container.demux(stream)
     while True:
         try:
@@ -242,8 +243,11 @@ def _decoded(container, stream, path: Path) -> Iterator[av.VideoFrame]:
         except av.error.FFmpegError as exc:
             errors += 1
             if errors > MAX_DECODE_ERRORS:
+                if not decoded_any:
+                    raise NoFrames(path, f"{path.name} has a video stream but none of its frames can be decoded.") from exc
                 raise CorruptVideo(path, f"{path.name} has too many undecodable frames.") from exc
             continue
+        decoded_any = decoded_any or bool(frames)
         yield from frames
 
 
@@ -275,21 +279,23 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         _check_resolution(path, first.width, first.height)
         start_pts = int(stream.start_time) if stream.start_time is not None else _frame_pts(first, 0)
 
-        if stream.duration:
-            duration = float(stream.duration * tb)
-        elif container.duration:
-            duration = container.duration / 1e6 - float((start_pts * tb)) + (container.start_time or 0) / 1e6
+        stated = float(stream.duration * tb) if stream.duration else None
+        rate = stream.average_rate or stream.guessed_rate
+        frame_count = int(stream.frames) or None
+        if stated is None and container.duration:
+            # Container duration covers all streams (audio may run longer): only a
+            # starting point for the tail check, which measures the video's own end.
+            guess = (container.start_time or 0) / 1e6 + container.duration / 1e6 - float(start_pts * tb)
         else:
+            guess = stated
+        if guess is None:
             container.seek(0)
             end = _scan_end_pts(container, stream)
-            duration = float((end - start_pts) * tb) if end is not None else 0.0
-        frame_count = int(stream.frames) or None
-        rate = stream.average_rate or stream.guessed_rate
-        if frame_count and duration > 0:
-            fps = frame_count / duration
-        else:
-            fps = float(rate) if rate else 0.0
-        _check_tail(container, stream, path, start_pts, duration, fps)
+            guess = float((end - start_pts) * tb) if end is not None else 0.0
+        nominal_fps = float(rate) if rate else 0.0
+        measured_end = _check_tail(container, stream, path, start_pts, guess, stated, nominal_fps)
+        duration = stated if stated is not None else max(measured_end or guess, 0.0)
+        fps = frame_count / duration if frame_count and duration > 0 else nominal_fps
         return VideoInfo(
             path=str(path), container=container.format.name, codec=stream.codec_context.name,
             width=first.width, height=first.height, duration=duration, fps=fps,
@@ -298,26 +304,32 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         )
 
 
-def _check_tail(container, stream, path: Path, start_pts: int, duration: float, fps: float) -> None:
-    """Decode from the keyframe before `duration - 2 s` to the end; if the video stops
-    well before its stated duration, the file was cut (e.g. an interrupted upload)."""
-    if duration <= 0:
-        return
+def _check_tail(container, stream, path: Path, start_pts: int, guess: float, stated: float | None,
+                fps: float) -> float | None:
+    """Decode from the keyframe before `guess - 2 s` to the end and return the time the
+    last frame ends. If the stream states its duration and the frames stop well before
+    it, or no frame decodes there at all, the file was cut (an interrupted upload)."""
+    if guess <= 0:
+        return None
     tb = stream.time_base
     try:
-        container.seek(start_pts + int(max(0.0, duration - 2.0) / tb), stream=stream, backward=True, any_frame=False)
+        container.seek(start_pts + int(max(0.0, guess - 2.0) / tb), stream=stream, backward=True, any_frame=False)
     except av.error.FFmpegError:
-        return  # unseekable input (raw streams): nothing cheap to check
+        return None  # unseekable input (raw streams): nothing cheap to check
     end = None
     for frame in _decoded(container, stream, path):
-        frame_end = frame.pts + (frame.duration or 0) if frame.pts is not None else None
-        if frame_end is not None:
-            end = max(end or 0, frame_end)
-    tolerance = max(1.0, 3.0 / fps) if fps > 0 else 1.0
-    if end is None or float((end - start_pts) * tb) < duration - tolerance:
-        raise TruncatedVideo(
-            path, f"{path.name} stops before its stated length of {duration:.1f} s: it is truncated or damaged."
-        )
+        if frame.pts is not None:
+            end = max(end or 0, frame.pts + (frame.duration or 0))
+    end_s = float((end - start_pts) * tb) if end is not None else None
+    if end_s is None or (stated is not None and end_s < stated - _gap_tolerance(fps)):
+        length = f" of {stated:.1f} s" if stated is not None else ""
+        raise TruncatedVideo(path, f"{path.name} stops before its stated length{length}: it is truncated or damaged.")
+    return end_s
+
+
+def _gap_tolerance(fps: float) -> float:
+    """How far the video may end before its stated end (or a target) without being cut."""
+    return max(1.0, 3.0 / fps) if fps > 0 else 1.0
 
 
 # ---------------------------------------------------------------- sampling
@@ -441,9 +453,12 @@ def iter_frames(
         last_pts = None
         for target in targets:
             chosen = _choose(cursor, float(target), seek)
-            if chosen is None:
-                break  # past the last decodable frame
-            frame, pts = chosen
+            frame, pts = chosen if chosen is not None else (None, None)
+            frame_end = None if frame is None else cursor.time(pts + (frame.duration or 0))
+            if frame is None or (cursor.peek() is None and target - frame_end > _gap_tolerance(info.fps)):
+                # The stream ended long before the duration probe promised.
+                raise TruncatedVideo(path, f"{path.name} ends at {frame_end or 0:.1f} s, before its stated "
+                                           f"length of {info.duration:.1f} s: it is truncated or damaged.")
             if dedupe and pts == last_pts:
                 continue
             last_pts = pts
