@@ -49,3 +49,9 @@ def make_video(tmp_path):
     def make(name="clip.mp4", **kwargs):
         return write_video(tmp_path / name, **kwargs)
     return make
+
+
+@pytest.fixture
+def pattern():
+    """`frame_pattern(i, W, H)`: the pixels `write_video` encodes as frame i."""
+    return frame_pattern

@@ -1,0 +1,135 @@
+"""The ingest pipeline: file -> frames -> vision tokens -> chunk-based prefill -> L-KV and
+H-KV -> KV store, one committed transaction per chunk (so a rerun resumes where it stopped).
+
+Nothing is stored before the file has been probed and decoded: a bad input leaves no trace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videokv.engine.backend import HFCausalBackend
+from videokv.engine.config import EngineConfig
+from videokv.engine.oracle import RelevanceOracle
+from videokv.engine.prefill import ChunkInput, ChunkPrefiller, PrefilledChunk
+from videokv.kvstore import ChunkSpan, KVStore, Status
+
+from .chunks import ChunkPlan, plan_chunks
+from .video import content_hash, probe, sample_frames
+
+Progress = Callable[[int, int], None]  # (chunks done, chunks total)
+
+
+@dataclass
+class IngestResult:
+    video_id: str
+    status: str
+    chunks_total: int
+    chunks_prefilled: int          # this run (0 when deduplicated or already complete)
+    resumed_from: int              # first chunk this run computed (0 = from scratch)
+    deduplicated: bool
+    frames: int
+    seconds: float
+    frames_per_s: float
+    tokens_per_s: float
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class IngestPipeline:
+    """Ingests files into `store` with one backend/config and the given oracles."""
+
+    def __init__(self, backend: HFCausalBackend, store: KVStore, config: EngineConfig,
+                 oracles: Sequence[RelevanceOracle] = (), max_frames: int = 4096):
+        self.backend, self.store, self.config = backend, store, config
+        self.fingerprint = config.fingerprint()
+        self.prefiller = ChunkPrefiller(backend, config, self.fingerprint)
+        self.oracles = list(oracles)
+        self.max_frames = max_frames
+
+    def ingest(self, path: str | Path, tenant: str = "default", filename: str | None = None,
+               progress: Progress | None = None) -> IngestResult:
+        t0 = time.perf_counter()
+        path = Path(path)
+        info = probe(path)                                    # bad input raises here ...
+        digest = content_hash(path)
+        existing = self.store.find_by_content(digest, self.fingerprint, tenant)
+        if existing is not None and existing.status is Status.READY:
+            return IngestResult(existing.video_id, "READY", existing.chunks_total, 0, existing.chunks_total,
+                                True, existing.sampled_frames, time.perf_counter() - t0, 0.0, 0.0)
+        vision = self.backend.vision
+        sampled = sample_frames(path, self.config.sample_fps, self.max_frames, size=vision.input_size, info=info)
+        plan = plan_chunks(sampled.timestamps, info.duration, self.config.chunk_frames, self.config.sample_fps)
+        if len(plan) == 0:                                    # ... or here: nothing stored yet
+            from .video import NoFrames
+            raise NoFrames(f"{path.name}: no frames could be sampled from this video")
+        rec = self.store.create_video(
+            content_hash=digest, fingerprint=self.fingerprint, tenant=tenant,
+            plan=[ChunkSpan(c.index, c.frame_start, c.frame_end, c.t_start, c.t_end) for c in plan],
+            filename=filename or path.name, container=info.container, codec=info.codec,
+            duration=info.duration, fps=info.fps, sampled_frames=len(sampled))
+        vid = rec.video_id
+        try:
+            self.store.set_status(vid, Status.INGESTING)
+            done, first = self._run(vid, plan, sampled.frames, progress)
+            self.store.mark_ready(vid, oracles=[o.identity for o in self.oracles])
+        except Exception as e:
+            # A permanent error: record why. (A killed process leaves INGESTING: resumable.)
+            self.store.set_status(vid, Status.FAILED, reason=f"{type(e).__name__}: {e}")
+            raise
+        secs = time.perf_counter() - t0
+        frames = plan[len(plan) - 1].frame_end - plan[first].frame_start if done else 0
+        tokens = frames * vision.tokens_per_frame
+        return IngestResult(vid, "READY", len(plan), done, first, False, len(sampled), secs,
+                            frames / secs if secs else 0.0, tokens / secs if secs else 0.0)
+
+    def _run(self, vid: str, plan: ChunkPlan, frames: np.ndarray, progress: Progress | None) -> tuple[int, int]:
+        """Prefill every chunk not yet committed; returns (chunks computed, first computed)."""
+        if not self.store.has_prefix(vid):
+            self.store.put_prefix(vid, [self.prefiller.prefix()])
+        prefix = self.store.read_chunk(vid, -1, "full", fingerprint=self.fingerprint)
+        missing = self.store.missing_chunks(vid)
+        total = len(plan)
+        if progress:
+            progress(total - len(missing), total)
+        if not missing:
+            return 0, total
+        first = missing[0]
+        history = self._history(vid, first)
+
+        def inputs():
+            for c in plan.chunks[first:]:
+                visual = self.backend.vision_tokens(frames_to_tensor(frames[c.frame_start:c.frame_end]))
+                yield ChunkInput(c.index, visual.reshape(-1, visual.shape[-1]), c.frame_start, c.frame_end,
+                                 c.t_start, c.t_end)
+
+        computed = 0
+        for pc in self.prefiller.run(prefix, inputs(), history=history):
+            emb = {o.identity: o.chunk_vector(pc.L).numpy() for o in self.oracles}
+            self.store.put_chunk(vid, [pc.L, pc.H], emb)    # one transaction; idempotent
+            computed += 1
+            if progress:
+                progress(pc.L.index + 1, total)
+        return computed, first
+
+    def _history(self, vid: str, first: int) -> list[PrefilledChunk]:
+        """The stored chunks before `first` that the prefill window needs (for resuming)."""
+        p = self.config.prefill
+        if first == 0 or p.window == 0:
+            return []
+        if "full" in (p.window_level, p.prev_level):
+            raise RuntimeError("resuming needs stored context, but window level 'full' is not stored; "
+                               "re-ingest from scratch")
+        start = 0 if p.window < 0 else max(0, first - p.window)
+        return [PrefilledChunk(self.store.read_chunk(vid, i, "L", fingerprint=self.fingerprint),
+                               self.store.read_chunk(vid, i, "H", fingerprint=self.fingerprint))
+                for i in range(start, first)]
