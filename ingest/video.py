@@ -294,7 +294,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             guess = float((end - start_pts) * tb) if end is not None else 0.0
         nominal_fps = float(rate) if rate else 0.0
         measured_end = _check_tail(container, stream, path, start_pts, guess, stated, nominal_fps)
-        duration = stated if stated is not None else max(measured_end or guess, 0.0)
+        # Timestamps win over stated durations: an mp4 of a VFR stream with B-frames can
+        # state a duration shorter than its last frame's timestamp.
+        duration = max(stated or 0.0, measured_end or 0.0) or max(guess, 0.0)
         fps = frame_count / duration if frame_count and duration > 0 else nominal_fps
         return VideoInfo(
             path=str(path), container=container.format.name, codec=stream.codec_context.name,
@@ -316,10 +318,12 @@ def _check_tail(container, stream, path: Path, start_pts: int, guess: float, sta
         container.seek(start_pts + int(max(0.0, guess - 2.0) / tb), stream=stream, backward=True, any_frame=False)
     except av.error.FFmpegError:
         return None  # unseekable input (raw streams): nothing cheap to check
-    end = None
+    last_pts, end = None, None
     for frame in _decoded(container, stream, path):
-        if frame.pts is not None:
-            end = max(end or 0, frame.pts + (frame.duration or 0))
+        # The end is the last-shown frame's pts + its duration (durations of earlier
+        # frames can be wrong: muxers assign them in decode order with B-frames).
+        if frame.pts is not None and (last_pts is None or frame.pts > last_pts):
+            last_pts, end = frame.pts, frame.pts + (frame.duration or 0)
     end_s = float((end - start_pts) * tb) if end is not None else None
     if end_s is None or (stated is not None and end_s < stated - _gap_tolerance(fps)):
         length = f" of {stated:.1f} s" if stated is not None else ""
