@@ -7,8 +7,10 @@ Python API:
     frame = frame_at(truth, 12.5)                                   # uint8 [H, W, 3]
     frame, labels = toyworld.random_scene(rng)                      # training frames
 
-Same seed and parameters -> identical frames and JSON (the noise of frame i is seeded
-by (seed, i)); libx264 output is byte-identical too in practice (tested).
+Same seed and parameters -> identical rendered frames and JSON (the noise of frame i is
+seeded by (seed, i)). The encoded file is usually but not always byte-identical:
+libx264 via PyAV 18 occasionally produces a different bitstream for the same frames
+(seen even single-threaded), so compare frames, not file hashes.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def encode_video(path: str | Path, frames, fps: float, size: tuple[int, int], co
     codec = pick_codec(path, codec)
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate, options=_ENCODER_OPTIONS.get(codec, {}))
+        # A copy: PyAV consumes the options it applies from the dict it is given.
+        stream = container.add_stream(codec, rate=rate, options=dict(_ENCODER_OPTIONS.get(codec, {})))
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         if codec == "mpeg4":
