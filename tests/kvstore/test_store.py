@@ -102,6 +102,18 @@ def test_flipped_byte_in_data_file_is_a_checksum_error(tmp_path):
     assert store.read_chunk(vid, 3, "H").tokens == 4      # the other blob is intact
 
 
+@pytest.mark.parametrize("algo", [blobfmt.CRC32, blobfmt.XXH3])
+def test_both_checksums_catch_a_flip(algo):
+    c = h.make_chunk(0, 1, "L", dtype=torch.float16)
+    buf = blobfmt.encode(c.keys, c.values, c.kinds, checksum=algo)
+    assert torch.equal(blobfmt.decode(buf).keys, c.keys)
+    for pos in (5 + 2, 20, blobfmt.HEADER_SIZE + 1, len(buf) - 1):   # dtype byte, dims, kinds, data
+        bad = bytearray(buf)
+        bad[pos] ^= 0x40
+        with pytest.raises(CorruptBlobError):
+            blobfmt.decode(bad)
+
+
 def test_unknown_magic_or_version_is_a_clear_error():
     c = h.make_chunk(0, 1, "H")
     buf = blobfmt.encode(c.keys, c.values, c.kinds)
