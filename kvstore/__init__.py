@@ -26,11 +26,11 @@ import numpy as np
 from videokv.settings import Settings, get_settings
 
 from . import keys as K
-from .blob import BlobHeader, BlobView, CorruptBlobError
+from .blob import BlobHeader, BlobView
 from .catalog import Catalog, ChunkRecord, ChunkSpan, Status, VideoRecord, content_seq, load_video
 from .env import DEFAULT_MAP_SIZE, LmdbEnv, open_env
-from .errors import (ChunkNotFoundError, FingerprintMismatchError, KVStoreError, NotReadyError,
-                     VideoNotFoundError)
+from .errors import (ChunkNotFoundError, CorruptBlobError, FingerprintMismatchError, KVStoreError,
+                     NotReadyError, VideoNotFoundError)
 from .index import ChunkIndex, env_uuid, log_head, split_id
 from .reader import ReadSession
 
@@ -50,7 +50,11 @@ class KVStore:
     """The store facade. `where`: a Settings (uses .home), a home directory, or None
     (get_settings().home). LMDB lives at home/kv.lmdb, FAISS snapshots at home/faiss/."""
 
-    def __init__(self, where: Settings | str | os.PathLike | None = None, *, map_size: int = DEFAULT_MAP_SIZE):
+    def __init__(self, where: Settings | str | os.PathLike | None = None, *, map_size: int = DEFAULT_MAP_SIZE,
+                 snapshot_every: int = 1000):
+        # snapshot_every: persist an oracle's FAISS snapshot after this many newly applied
+        # log entries (0 = only on save_index()), so a restart replays little.
+        self.snapshot_every = snapshot_every
         home = Path(where.home if isinstance(where, Settings) else where or get_settings().home)
         self.home = home
         self.env: LmdbEnv = open_env(home / "kv.lmdb", map_size=map_size)
@@ -155,6 +159,8 @@ class KVStore:
                 self._indexes[okey] = idx
         with self.env.read() as txn:
             idx.catch_up(txn, self.env)
+        if self.snapshot_every and idx.applied_seq - idx.saved_seq >= self.snapshot_every:
+            idx.save(self._snapshot_path(okey))
         return idx
 
     def rebuild_index(self, oracle_id: str, dim: int) -> ChunkIndex:

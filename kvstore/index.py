@@ -76,6 +76,7 @@ class ChunkIndex:
         self.okey, self.dim, self.uuid = okey, dim, uuid
         self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.applied_seq = 0
+        self.saved_seq = 0                      # applied_seq of the last snapshot written/loaded
         self.by_seq: dict[int, set[int]] = {}   # content_seq -> chunk indices present
         self.lock = threading.RLock()
 
@@ -184,6 +185,7 @@ class ChunkIndex:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        self.saved_seq = json.loads(head)["applied_seq"]
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
@@ -206,7 +208,7 @@ class ChunkIndex:
             return None
         self = cls(okey, dim, uuid)
         self.index = idx
-        self.applied_seq = head["applied_seq"]
+        self.applied_seq = self.saved_seq = head["applied_seq"]
         for fid in faiss.vector_to_array(idx.id_map):
             s, c = split_id(int(fid))
             self.by_seq.setdefault(s, set()).add(c)

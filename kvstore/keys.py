@@ -14,13 +14,15 @@ from __future__ import annotations
 import re
 import struct
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+# Key components may be anything printable except the separators we use: "/" (key
+# components), "@" (oracle@dim), NUL (tenant index) and whitespace.
+_TOKEN = re.compile(r"^[^/@\s\x00]+$")
 _U64 = struct.Struct(">Q")  # big-endian so byte order == numeric order in LMDB
 
 
 def check_token(name: str, value: str) -> str:
     if not isinstance(value, str) or not _TOKEN.match(value):
-        raise ValueError(f"{name} must be a non-empty string of [A-Za-z0-9_.:-], got {value!r}")
+        raise ValueError(f"{name} must be a non-empty string without '/', '@', NUL or spaces, got {value!r}")
     return value
 
 
@@ -45,7 +47,7 @@ def emb_key(ck: str, index: int, okey: str) -> bytes:
 
 
 def tenant_key(tenant: str, video_id: str) -> bytes:
-    return f"{tenant}\0{video_id}".encode()
+    return f"{check_token('tenant', tenant)}\0{video_id}".encode()
 
 
 def u64(n: int) -> bytes:

@@ -257,3 +257,16 @@ def test_index_snapshot_roundtrip_and_catch_up(tmp_path):
     (tmp_path / "other" / "faiss").mkdir(parents=True)
     (tmp_path / "other" / "faiss" / path.name).write_bytes(path.read_bytes())
     assert other.index(h.ORACLE, h.DIM).ntotal == 0
+
+
+def test_snapshot_written_automatically_and_keys_validated(tmp_path):
+    store = KVStore(tmp_path / "store", snapshot_every=3)
+    vid = _new(store, n=4)
+    h.ingest(store, vid, 0)
+    store.search(h.ORACLE, h.embedding(0, 0), k=1, video_ids=[vid])
+    snap = tmp_path / "store" / "faiss" / f"{h.ORACLE}@{h.DIM}.faiss"
+    assert snap.exists() and store.index(h.ORACLE, h.DIM).saved_seq == 4
+    with pytest.raises(ValueError, match="fingerprint"):
+        store.create_video(content_hash=h.sha("x"), fingerprint="a/b", plan=h.plan(1))
+    with pytest.raises(ValueError, match="tenant"):
+        store.create_video(content_hash=h.sha("x"), fingerprint=h.FP, tenant="a\0b", plan=h.plan(1))
