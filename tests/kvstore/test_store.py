@@ -270,3 +270,32 @@ def test_snapshot_written_automatically_and_keys_validated(tmp_path):
         store.create_video(content_hash=h.sha("x"), fingerprint="a/b", plan=h.plan(1))
     with pytest.raises(ValueError, match="tenant"):
         store.create_video(content_hash=h.sha("x"), fingerprint=h.FP, tenant="a\0b", plan=h.plan(1))
+
+
+def test_map_growth_waits_for_open_read_sessions_in_other_threads(tmp_path):
+    import threading
+    import time
+
+    store = _store(tmp_path, map_size=1 << 20)
+    vid = _new(store, n=8)
+    store.put_chunk(vid, [h.make_chunk(0, 0, "L", tokens=1024)], {h.ORACLE: h.embedding(0, 0)})
+    want = h.make_chunk(0, 0, "L", tokens=1024).keys
+    in_session, checked = threading.Event(), []
+
+    def reader():
+        with store.reader() as r:
+            keys = r.chunk(vid, 0, "L").keys          # a view of the current map
+            in_session.set()
+            time.sleep(0.3)                           # the writer must grow the map meanwhile
+            checked.append(torch.equal(keys, want))   # still valid: the remap waited for us
+
+    t = threading.Thread(target=reader)
+    t.start()
+    in_session.wait()
+    grows = store.env.grow_count
+    for i in range(1, 8):                             # ~2 MiB more: forces growth
+        store.put_chunk(vid, [h.make_chunk(0, i, "L", tokens=4096)], {h.ORACLE: h.embedding(0, i)})
+    t.join()
+    assert checked == [True] and store.env.grow_count > grows
+    with store.reader() as r, pytest.raises(Exception, match="read session"):
+        store.put_chunk(vid, [h.make_chunk(0, 0, "H")], None)   # writing inside one's own snapshot
