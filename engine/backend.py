@@ -57,6 +57,7 @@ class HFCausalBackend:
         self.rotary = Rotary(model.model.rotary_emb)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        self.vision_calls = 0  # counted so callers can prove a path ran no video prefill
 
     # -- inputs ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -64,6 +65,7 @@ class HFCausalBackend:
         """frames: [N, 3, H, W] float in [0, 1] -> [N, tokens_per_frame, hidden]."""
         if self.vision is None:
             raise RuntimeError("this backend has no vision tower")
+        self.vision_calls += 1
         return self.vision(frames.to(self.device)).to(self.dtype)
 
     def tokenize(self, text: str) -> torch.Tensor:

@@ -21,7 +21,7 @@ from videokv.engine.prefill import ChunkInput, ChunkPrefiller, PrefilledChunk
 from videokv.kvstore import ChunkSpan, KVStore, Status
 
 from .chunks import ChunkPlan, plan_chunks
-from .video import content_hash, probe, sample_frames
+from .video import NoFrames, content_hash, probe, sample_frames
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks total)
 
@@ -70,8 +70,7 @@ class IngestPipeline:
         sampled = sample_frames(path, self.config.sample_fps, self.max_frames, size=vision.input_size, info=info)
         plan = plan_chunks(sampled.timestamps, info.duration, self.config.chunk_frames, self.config.sample_fps)
         if len(plan) == 0:                                    # ... or here: nothing stored yet
-            from .video import NoFrames
-            raise NoFrames(f"{path.name}: no frames could be sampled from this video")
+            raise NoFrames(path, f"{path.name}: no frames could be sampled from this video")
         rec = self.store.create_video(
             content_hash=digest, fingerprint=self.fingerprint, tenant=tenant,
             plan=[ChunkSpan(c.index, c.frame_start, c.frame_end, c.t_start, c.t_end) for c in plan],

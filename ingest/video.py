@@ -21,6 +21,8 @@ from typing import Iterator
 import av
 import numpy as np
 
+from videokv.errors import VideoKVError
+
 MIN_SIDE = 16
 MAX_SIDE = 8192
 # A seek costs one GOP of decoding; below this spacing, decoding forward is cheaper.
@@ -52,10 +54,11 @@ _SIGNATURES = (
 )
 
 
-class VideoError(Exception):
+class VideoError(VideoKVError):
     """A video file we cannot use. `code` is stable; `str(err)` is for the user."""
 
     code = "video_error"
+    http_status = 422
 
     def __init__(self, path: str | os.PathLike, message: str):
         self.path = str(path)

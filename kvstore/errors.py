@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from videokv.errors import VideoKVError
 
-class KVStoreError(Exception):
+
+class KVStoreError(VideoKVError):
     """Base class for every kvstore error."""
+
+    http_status = 500  # a store fault is ours, unless a subclass says otherwise
 
 
 class CorruptBlobError(KVStoreError):
@@ -20,17 +24,23 @@ class CorruptBlobError(KVStoreError):
 
 
 class VideoNotFoundError(KVStoreError, KeyError):
+    http_status = 404
+
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "video not found"
 
 
 class ChunkNotFoundError(KVStoreError, KeyError):
+    http_status = 404
+
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "chunk not found"
 
 
 class FingerprintMismatchError(KVStoreError):
     """A caller asked for blobs made by another model/config than the video's."""
+
+    http_status = 409
 
 
 class NotReadyError(KVStoreError):

@@ -10,6 +10,8 @@ PY="${PYTHON:-python3}"
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# DejaVu fonts draw the toy world's digit cards.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,0 +1,125 @@
+"""`QueryEngine`: question -> oracle -> top-k chunks -> KVPager -> assembled cache -> answer.
+
+No video prefill ever runs here: every question is answered from stored KVs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from videokv.engine.backend import HFCausalBackend
+from videokv.engine.config import EngineConfig
+from videokv.engine.decode import GenerationConfig, assemble, generate
+from videokv.engine.oracle import RelevanceOracle
+from videokv.errors import VideoKVError
+from videokv.kvstore import KVStore, Status
+
+from .pager import KVPager
+
+MODES = ("bilevel", "dense", "sparse")
+
+
+class QueryError(VideoKVError):
+    """A question that cannot be answered as asked (bad mode, video not ready, ...)."""
+
+
+class VideoNotReady(QueryError):
+    http_status = 409
+
+
+@dataclass
+class Evidence:
+    chunk: int
+    t_start: float
+    t_end: float
+    score: float
+    level: str
+
+
+@dataclass
+class Answer:
+    answer: str
+    evidence: list[Evidence]
+    timings: dict[str, float]
+    kv_bytes_loaded: int
+    kv_bytes_read: int
+    context_tokens: int
+    video_prefill_runs: int = 0
+    mode: str = "bilevel"
+    video_id: str = ""
+    question: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class QueryEngine:
+    def __init__(self, backend: HFCausalBackend, store: KVStore, config: EngineConfig,
+                 oracle: RelevanceOracle, top_k: int = 3, always_first_last: bool = True,
+                 cache_bytes: int = 1 << 30):
+        self.backend, self.store, self.config, self.oracle = backend, store, config, oracle
+        self.fingerprint = config.fingerprint()
+        self.pager = KVPager(store, self.fingerprint, cache_bytes)
+        self.top_k = top_k
+        self.always_first_last = always_first_last
+
+    def retrieve(self, video_id: str, question: str, top_k: int) -> list:
+        qv = self.oracle.question_vector(question).numpy()
+        return self.store.search(self.oracle.identity, qv, top_k, video_ids=[video_id])
+
+    def ask(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
+            max_new_tokens: int = 48, gen: GenerationConfig | None = None,
+            on_token: Callable[[str], None] | None = None) -> Answer:
+        if mode not in MODES:
+            raise QueryError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if not question or not question.strip():
+            raise QueryError("the question is empty")
+        top_k = self.top_k if top_k is None else top_k
+        if top_k < 0:
+            raise QueryError(f"top_k must be >= 0, got {top_k}")
+        rec = self.store.get_video(video_id)
+        if rec.status is not Status.READY:
+            raise VideoNotReady(f"video {video_id} is {rec.status.value}"
+                                + (f" ({rec.reason})" if rec.reason else "") + ": it can be asked once READY")
+        if rec.fingerprint != self.fingerprint:
+            raise QueryError(f"video {video_id} was ingested with model/config fingerprint {rec.fingerprint}, "
+                             f"but this engine is {self.fingerprint}: re-ingest it with the current settings")
+        n = rec.chunks_total
+        vision_calls = self.backend.vision_calls
+        t0 = time.perf_counter()
+        hits = self.retrieve(video_id, question, top_k) if top_k else []
+        scores = {h.chunk: h.score for h in hits}
+        selected = set(scores)
+        if self.always_first_last and n:
+            selected |= {0, n - 1}
+        level = {"bilevel": lambda i: "L" if i in selected else "H", "dense": lambda i: "L",
+                 "sparse": lambda i: "H"}[mode]
+        levels = {i: level(i) for i in range(n)}
+        t1 = time.perf_counter()
+        paged = self.pager.load(video_id, n, levels)
+        t2 = time.perf_counter()
+        cache = assemble(self.backend, paged.parts)
+        _, suffix = self.backend.prompt_parts(self.config.system_prompt, question)
+        gen = gen or GenerationConfig(max_new_tokens=max_new_tokens, stop=("<|im_end|>",))
+        pieces, first_token_at = [], None
+        for piece in generate(self.backend, cache, suffix, gen):
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            pieces.append(piece)
+            if on_token:
+                on_token(piece)
+        t3 = time.perf_counter()
+        first_token_at = first_token_at or t3
+        t = {"retrieve_ms": (t1 - t0) * 1e3, "load_ms": (t2 - t1) * 1e3,
+             "prefill_ms": (first_token_at - t2) * 1e3, "decode_ms": (t3 - first_token_at) * 1e3,
+             "ttft_ms": (first_token_at - t0) * 1e3}
+        plan = {s.index: s for s in rec.plan}
+        shown = sorted(selected) if mode != "sparse" else sorted(scores)
+        evidence = [Evidence(i, plan[i].t_start, plan[i].t_end, scores.get(i, 0.0), levels[i])
+                    for i in sorted(shown, key=lambda i: -scores.get(i, float("-inf")))]
+        return Answer("".join(pieces).strip(), evidence, {k: round(v, 2) for k, v in t.items()},
+                      paged.bytes_in_context, paged.bytes_read, cache.tokens,
+                      self.backend.vision_calls - vision_calls, mode, video_id, question)

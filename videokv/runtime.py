@@ -1,0 +1,49 @@
+"""Wires the parts together from settings: backend, store, oracle, ingest pipeline, query engine.
+Used by the CLI, the workers and the API; each builds one Runtime per process."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from videokv.settings import Settings, get_settings
+
+
+class Runtime:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+
+    @cached_property
+    def backend(self):
+        from videokv.engine.models import load_backend
+        return load_backend(self.settings)
+
+    @cached_property
+    def config(self):
+        from videokv.engine.config import EngineConfig
+        be = self.backend
+        return EngineConfig.from_settings(self.settings, weights_id=be.weights_id, backend=be.name,
+                                          vision_id=be.vision.identity if be.vision else "")
+
+    @cached_property
+    def store(self):
+        from videokv.kvstore import KVStore
+        return KVStore(self.settings)
+
+    @cached_property
+    def oracle(self):
+        from videokv.engine.oracle import KeyQueryOracle
+        from videokv.engine.prefill import ChunkPrefiller
+        prefix = ChunkPrefiller(self.backend, self.config).prefix()
+        return KeyQueryOracle(backend=self.backend, prefix=prefix)
+
+    @cached_property
+    def pipeline(self):
+        from videokv.ingest.pipeline import IngestPipeline
+        return IngestPipeline(self.backend, self.store, self.config, [self.oracle], self.settings.max_frames)
+
+    @cached_property
+    def queries(self):
+        from videokv.query.engine import QueryEngine
+        s = self.settings
+        return QueryEngine(self.backend, self.store, self.config, self.oracle, s.top_k,
+                           s.always_first_last, s.h_cache_bytes)
