@@ -3,7 +3,6 @@ package, converted once to safetensors) and local checkpoint folders. Nothing is
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from videokv.errors import VideoKVError
+from videokv.hashing import sha256_file
 
 from .backend import HFCausalBackend
 from .vision import PatchTower
@@ -50,14 +50,6 @@ def find_gguf() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
-
-
 def convert_embedded(models_dir: Path) -> Path:
     """Convert the GGUF once to a float32 safetensors folder; return the folder.
 
@@ -85,8 +77,8 @@ def convert_embedded(models_dir: Path) -> Path:
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
     tok.save_pretrained(tmp)
-    manifest = {"source": GGUF_NAME, "source_sha256": _sha256(gguf),
-                "weights_sha256": _sha256(tmp / "model.safetensors"), "dtype": "float32"}
+    manifest = {"source": GGUF_NAME, "source_sha256": sha256_file(gguf),
+                "weights_sha256": sha256_file(tmp / "model.safetensors"), "dtype": "float32"}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     try:
         os.replace(tmp, out)
@@ -108,11 +100,11 @@ def load_folder(path: Path, dtype: str = "float32", device: str = "cpu", verify:
     if manifest_path.is_file():
         expected = json.loads(manifest_path.read_text())["weights_sha256"]
         weights_id = expected[:16]
-        if verify and _sha256(weights) != expected:
+        if verify and sha256_file(weights) != expected:
             raise ModelIntegrityError(f"{weights} does not match the sha256 recorded at conversion; "
                                       f"delete {path} and it will be converted again")
     else:
-        weights_id = _sha256(weights)[:16] if weights.is_file() else path.name
+        weights_id = sha256_file(weights)[:16] if weights.is_file() else path.name
     cfg = AutoConfig.from_pretrained(path)
     if cfg.model_type not in CAUSAL_TYPES:
         raise ValueError(f"{path}: model_type {cfg.model_type!r} is not supported by the causal backend "

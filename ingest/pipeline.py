@@ -77,6 +77,11 @@ class IngestPipeline:
             filename=filename or path.name, container=info.container, codec=info.codec,
             duration=info.duration, fps=info.fps, sampled_frames=len(sampled))
         vid = rec.video_id
+        if rec.chunks_total == 0:
+            # Registered before sampling (the API creates the record at upload): add the plan.
+            rec = self.store.update_video(
+                vid, plan=[ChunkSpan(c.index, c.frame_start, c.frame_end, c.t_start, c.t_end) for c in plan],
+                sampled_frames=len(sampled), duration=info.duration, fps=info.fps)
         try:
             self.store.set_status(vid, Status.INGESTING)
             done, first = self._run(vid, plan, sampled.frames, progress)

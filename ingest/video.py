@@ -11,7 +11,6 @@ frame counts.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -22,6 +21,7 @@ import av
 import numpy as np
 
 from videokv.errors import VideoKVError
+from videokv.hashing import sha256_file
 
 MIN_SIDE = 16
 MAX_SIDE = 8192
@@ -164,11 +164,7 @@ class SampledFrames:
 
 def content_hash(path: str | os.PathLike) -> str:
     """sha256 hex digest of the file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 # ---------------------------------------------------------------- opening and probing

@@ -27,7 +27,8 @@ from videokv.settings import Settings, get_settings
 
 from . import keys as K
 from .blob import BlobHeader, BlobView
-from .catalog import Catalog, ChunkRecord, ChunkSpan, Status, VideoRecord, content_seq, load_video
+from .catalog import (Catalog, ChunkRecord, ChunkSpan, Status, VideoRecord, content_seq, load_video,
+                      tenant_videos)
 from .env import DEFAULT_MAP_SIZE, LmdbEnv, open_env
 from .errors import (ChunkNotFoundError, CorruptBlobError, FingerprintMismatchError, KVStoreError,
                      NotReadyError, VideoNotFoundError)
@@ -198,7 +199,7 @@ class KVStore:
                 if tenant is not None:
                     recs = [r for r in recs if r.tenant == tenant]
             else:
-                recs = [r for r in self.catalog_list_in(txn, tenant) if r.status is Status.READY]
+                recs = [r for r in tenant_videos(txn, self.env, tenant) if r.status is Status.READY]
             for r in recs:
                 s = content_seq(txn, self.env, r.content_key)
                 if s is not None:
@@ -215,18 +216,6 @@ class KVStore:
                     hits.append(Hit(vid, c, float(score)))
             out.append(hits[:k])
         return out[0] if single else out
-
-    def catalog_list_in(self, txn, tenant: str) -> list[VideoRecord]:
-        prefix = K.tenant_key(tenant, "")
-        cur = txn.cursor(db=self.env.dbs["tenants"])
-        out = []
-        if cur.set_range(prefix):
-            for key in cur.iternext(values=False):
-                key = bytes(key)
-                if not key.startswith(prefix):
-                    break
-                out.append(load_video(txn, self.env, key[len(prefix):].decode()))
-        return out
 
     def close(self) -> None:
         self.env.close()

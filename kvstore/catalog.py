@@ -138,6 +138,20 @@ def load_chunk(txn, env: LmdbEnv, rec: VideoRecord, index: int) -> ChunkRecord:
     return ChunkRecord.from_json(raw)
 
 
+def tenant_videos(txn, env: LmdbEnv, tenant: str) -> list[VideoRecord]:
+    """Every video record the tenant owns (any status), via the tenants index."""
+    prefix = K.tenant_key(tenant, "")
+    cur = txn.cursor(db=env.dbs["tenants"])
+    ids = []
+    if cur.set_range(prefix):
+        for key in cur.iternext(values=False):
+            key = bytes(key)
+            if not key.startswith(prefix):
+                break
+            ids.append(key[len(prefix):].decode())
+    return [load_video(txn, env, vid) for vid in ids]
+
+
 def content_seq(txn, env: LmdbEnv, ck: str) -> int | None:
     raw = txn.get(ck.encode(), db=env.dbs["contents"])
     return None if raw is None else json.loads(bytes(raw))["seq"]
@@ -220,16 +234,7 @@ class Catalog:
         with self.env.read() as txn:
             if tenant is None:
                 return [VideoRecord.from_json(v) for _, v in txn.cursor(db=self.db["catalog"])]
-            prefix = K.tenant_key(tenant, "")
-            cur = txn.cursor(db=self.db["tenants"])
-            ids = []
-            if cur.set_range(prefix):
-                for k in cur.iternext(values=False):
-                    k = bytes(k)
-                    if not k.startswith(prefix):
-                        break
-                    ids.append(k[len(prefix):].decode())
-            return [load_video(txn, self.env, vid) for vid in ids]
+            return tenant_videos(txn, self.env, tenant)
 
     def _update(self, video_id: str, change) -> VideoRecord:
         def fn(txn):

@@ -13,6 +13,9 @@ COMMANDS = {
     "ask": ("videokv.query.cli", "ask a question about an ingested video"),
     "demo": ("videokv.query.demo", "make a toy-world video, ingest it, ask it its questions"),
     "bench": ("videokv.bench", "benchmarks: `videokv bench NAME --help`"),
+    "serve": ("videokv.api.cli", "serve the REST API (uvicorn; needs Redis and a worker)"),
+    "worker": ("videokv.workers.cli", "run a Celery worker (queues ingest, query)"),
+    "keys": ("videokv.api.cli", "API keys: create --tenant T | list | revoke PREFIX"),
 }
 
 

@@ -49,6 +49,21 @@ class Settings(BaseSettings):
     always_first_last: bool = True
     h_cache_bytes: int = 1 << 30
 
+    # Service (workers/, api/).
+    # Celery broker and result backend.
+    redis_url: str = "redis://localhost:6379/0"
+    # Largest accepted upload, in MiB (HTTP 413 above).
+    max_upload_mb: int = 2048
+    # "keys": every request needs `Authorization: Bearer KEY` (videokv keys create);
+    # "open": no auth, everything is tenant "default" (local use only; never the default).
+    auth: Literal["keys", "open"] = "keys"
+    # Seconds before Redis re-delivers a task whose worker vanished without acking it.
+    visibility_timeout: int = 3600
+    # Retries (exponential backoff) of an ingest that failed with a transient error.
+    ingest_max_retries: int = 3
+    # Longest accepted question, in characters.
+    max_question_chars: int = 4000
+
     @property
     def models_dir(self) -> Path:
         return Path(self.model_cache) if self.model_cache else self.home / "models"
