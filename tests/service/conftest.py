@@ -1,0 +1,178 @@
+"""A real redis-server on a free port, a real Celery worker process and the real API app
+(TestClient) over one service home shared by the tests of this folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MODEL_CACHE, ROOT
+
+CHUNK_FRAMES = 4          # more, smaller chunks: progress and mid-ingest kills are observable
+MAX_UPLOAD_MB = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def client(self):
+        import redis
+        return redis.Redis(port=self.port)
+
+
+class Worker:
+    """`celery -A videokv.workers.app worker` as a subprocess (prefork, one child)."""
+
+    def __init__(self, env: dict, log: Path):
+        self.env, self.log, self.proc = env, log, None
+
+    def start(self) -> "Worker":
+        self._fh = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "videokv.workers.app", "worker", "-Q", "ingest,query",
+             "-c", "1", "--pool=prefork", "--loglevel=INFO", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-n", f"w{time.monotonic_ns()}@%h"],
+            env=self.env, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT)
+        return self
+
+    def children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(x) for x in text.split()]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                for c in self.children():
+                    os.kill(c, signal.SIGKILL)
+                self.proc.kill()
+                self.proc.wait(5)
+        self._fh.close()
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory):
+    work = tmp_path_factory.mktemp("service")
+    redis = RedisServer(work)
+    redis.start()
+    home = work / "home"
+    env = {**os.environ, "VIDEOKV_HOME": str(home), "VIDEOKV_MODEL_CACHE": str(MODEL_CACHE),
+           "VIDEOKV_REDIS_URL": redis.url, "VIDEOKV_CHUNK_FRAMES": str(CHUNK_FRAMES),
+           "VIDEOKV_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "VIDEOKV_AUTH": "keys", "VIDEOKV_DEVICE": "cpu",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    yield {"env": env, "home": home, "redis": redis, "work": work}
+    redis.stop()
+
+
+@pytest.fixture
+def svc(service_env, monkeypatch):
+    """Points this test's settings at the shared service home."""
+    for k in ("VIDEOKV_HOME", "VIDEOKV_REDIS_URL", "VIDEOKV_CHUNK_FRAMES", "VIDEOKV_MAX_UPLOAD_MB", "VIDEOKV_AUTH",
+              "VIDEOKV_MODEL_CACHE", "VIDEOKV_DEVICE"):
+        monkeypatch.setenv(k, service_env["env"][k])
+    from videokv.settings import get_settings
+    get_settings.cache_clear()
+    return service_env
+
+
+@pytest.fixture(scope="session")
+def worker(service_env):
+    w = Worker(service_env["env"], service_env["work"] / "worker.log").start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def app_client(service_env):
+    from fastapi.testclient import TestClient
+
+    from videokv.api.app import create_app
+    from videokv.settings import Settings
+
+    e = service_env["env"]
+    settings = Settings(home=service_env["home"], model_cache=MODEL_CACHE, redis_url=e["VIDEOKV_REDIS_URL"],
+                        chunk_frames=CHUNK_FRAMES, max_upload_mb=MAX_UPLOAD_MB, auth="keys", device="cpu")
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def keys(service_env):
+    from videokv.api.auth import KeyRing
+    ring = KeyRing(service_env["home"])
+    return {"acme": ring.create("acme"), "globex": ring.create("globex"), "empty": ring.create("empty")}
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory):
+    from videokv.ingest.synth import render_video
+    d = tmp_path_factory.mktemp("videos")
+    out = {}
+    for name, minutes, seed in (("a", 0.5, 1), ("b", 0.5, 2)):
+        p = d / f"{name}.mp4"
+        render_video(p, minutes, 2, seed)
+        out[name] = p
+    return out
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_status(client, vid: str, key: str, statuses=("READY", "FAILED"), timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/v1/videos/{vid}", headers=auth(key))
+        assert r.status_code == 200, r.text
+        if r.json()["status"] in statuses:
+            return r.json()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"video {vid} still {r.json()} after {timeout} s")
+        time.sleep(0.2)
