@@ -6,7 +6,9 @@ Reliability: tasks are acknowledged *after* they finish (`task_acks_late`) and a
 worker process dies is put back on its queue (`task_reject_on_worker_lost`); a worker takes
 one task at a time (`worker_prefetch_multiplier=1`). A whole worker host that vanishes has
 its unacked tasks re-delivered by Redis after `VIDEOKV_VISIBILITY_TIMEOUT` seconds. Every
-task is idempotent, so a re-delivery only finishes what was left.
+task is idempotent, so a re-delivery only finishes what was left. A Redis restart is
+survived: the worker reconnects (no retry limit), running tasks keep running, and queued
+and unacked task messages survive when Redis persists them (`appendonly yes`).
 
 The Runtime (model, LMDB store) is created lazily in the process that runs the tasks,
 never in the parent before the prefork pool forks.
@@ -46,7 +48,17 @@ def make_app(settings=None) -> Celery:
         result_expires=7 * 24 * 3600,
         broker_transport_options={"visibility_timeout": s.visibility_timeout},
         result_backend_transport_options={"visibility_timeout": s.visibility_timeout},
+        # Redis restarts (or blips): the worker keeps reconnecting forever instead of exiting
+        # after 100 tries; a task already running keeps running (its progress goes to LMDB,
+        # not Redis); result/state writes retry until Redis is back, so an ingest that
+        # finishes during an outage is never reported as failed.
+        broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        result_backend_always_retry=True,
+        result_backend_max_retries=60,
+        result_backend_max_sleep_between_retries_ms=5000,
         worker_hijack_root_logger=False,
         task_track_started=True,
     )

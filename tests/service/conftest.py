@@ -38,8 +38,10 @@ class RedisServer:
 
     def start(self) -> None:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        # Persistence on (AOF, fsync per write), as a real deployment runs it: queued and
+        # unacked task messages live in Redis and must survive a Redis restart.
         self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
+                                      "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
         deadline = time.monotonic() + 10
@@ -56,6 +58,11 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Stop (SIGTERM) and start again on the same port and data dir."""
+        self.stop()
+        self.start()
 
     def client(self):
         import redis
