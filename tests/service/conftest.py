@@ -183,3 +183,15 @@ def wait_status(client, vid: str, key: str, statuses=("READY", "FAILED"), timeou
         if time.monotonic() > deadline:
             raise AssertionError(f"video {vid} still {r.json()} after {timeout} s")
         time.sleep(0.2)
+
+
+def wait_mid_ingest(store, vid: str, min_done: int, timeout: float) -> None:
+    """Block until `vid` has >= min_done chunks committed and at least 3 still to go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = store.get_video(vid)
+        if rec.chunks_total and min_done <= rec.chunks_done < rec.chunks_total - 3:
+            return
+        assert rec.status.value != "READY", "ingest finished too early: make the video longer"
+        assert time.monotonic() < deadline, rec
+        time.sleep(0.02)

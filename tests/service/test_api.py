@@ -9,9 +9,8 @@ import os
 import signal
 import time
 
-import pytest
 
-from .conftest import auth, wait_status
+from .conftest import auth, wait_mid_ingest, wait_status
 
 PROBLEM = "application/problem+json"
 
@@ -183,14 +182,7 @@ def test_worker_sigkill_mid_ingest_resumes(svc, worker, app_client, keys, tmp_pa
     assert r.status_code == 202, r.text
     vid = r.json()["id"]
     store = app_client.app.state.service.rt.store
-    deadline = time.monotonic() + 60
-    while True:
-        rec = store.get_video(vid)
-        if rec.chunks_total and 2 <= rec.chunks_done < rec.chunks_total - 3:
-            break
-        assert rec.status.value != "READY", "ingest finished before the kill: make the video longer"
-        assert time.monotonic() < deadline, rec
-        time.sleep(0.02)
+    wait_mid_ingest(store, vid, min_done=2, timeout=60)
     victims = worker.children()
     assert len(victims) == 1
     for pid in victims:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from .conftest import auth, wait_status
+from .conftest import auth, wait_mid_ingest, wait_status
 
 
 def _upload(client, key, path):
@@ -28,14 +28,7 @@ def test_redis_restart_mid_ingest(svc, worker, app_client, tmp_path):
     store = app_client.app.state.service.rt.store
 
     v_long = _upload(app_client, k, long_path)
-    deadline = time.monotonic() + 90
-    while True:
-        rec = store.get_video(v_long)
-        if rec.chunks_total and 1 <= rec.chunks_done < rec.chunks_total - 3:
-            break
-        assert rec.status.value != "READY", "ingest finished before the restart: make the video longer"
-        assert time.monotonic() < deadline, rec
-        time.sleep(0.02)
+    wait_mid_ingest(store, v_long, min_done=1, timeout=90)
     # A second video waits in the queue (the one worker process is busy, prefetch 1): its task
     # message exists only in Redis.
     v_short = _upload(app_client, k, short_path)
