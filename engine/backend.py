@@ -23,11 +23,12 @@ VIDEO_MARK = "\x00VIDEO\x00"
 @dataclass
 class ForwardOut:
     """logits: [T, vocab] or None; keys, values: [layers, kv_heads, T, head_dim] of the new
-    tokens, rotated at their positions; queries: [layers, q_heads, T, head_dim] pre-RoPE, or None."""
+    tokens, rotated at their positions (None with kv=False); queries: [layers, q_heads, T,
+    head_dim] pre-RoPE, or None."""
 
     logits: torch.Tensor | None
-    keys: torch.Tensor
-    values: torch.Tensor
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
     queries: torch.Tensor | None
     cache: DynamicCache
 
@@ -96,8 +97,9 @@ class HFCausalBackend:
 
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, cache: DynamicCache | None = None, *,
-                logits: bool = True, queries: bool = False) -> ForwardOut:
-        """embeds [T, hidden] continue `cache` at positions P..P+T-1 (P = cache length)."""
+                logits: bool = True, queries: bool = False, kv: bool = True) -> ForwardOut:
+        """embeds [T, hidden] continue `cache` at positions P..P+T-1 (P = cache length).
+        kv=False skips gathering the new tokens' K,V (decoding only needs the grown cache)."""
         cache = cache if cache is not None else self.make_cache()
         past = cache.get_seq_length()
         T = embeds.shape[0]
@@ -106,8 +108,10 @@ class HFCausalBackend:
             out = self.model.model(inputs_embeds=embeds[None].to(self.dtype), past_key_values=cache,
                                    position_ids=pos[None], cache_position=pos, use_cache=True)
         cache = out.past_key_values
-        keys = torch.stack([layer.keys[0, :, past:] for layer in cache.layers])
-        values = torch.stack([layer.values[0, :, past:] for layer in cache.layers])
+        keys = values = None
+        if kv:
+            keys = torch.stack([layer.keys[0, :, past:] for layer in cache.layers])
+            values = torch.stack([layer.values[0, :, past:] for layer in cache.layers])
         q = None
         if queries:
             q = torch.stack([c.view(T, self.num_q_heads, self.head_dim).transpose(0, 1) for c in captured])

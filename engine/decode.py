@@ -59,7 +59,7 @@ def generate(backend: HFCausalBackend, cache: AssembledCache, suffix: str,
     """Stream the answer's text pieces. suffix: the text after the video (question + the
     chat template's assistant opening). Stops at EOS, a stop string, or max_new_tokens."""
     ids = backend.tokenize(suffix)
-    out = backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values))
+    out = backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values), kv=False)
     rng = torch.Generator().manual_seed(gen.seed) if gen.seed is not None else None
     eos = backend.eos_token_ids
     produced: list[int] = []
@@ -80,7 +80,7 @@ def generate(backend: HFCausalBackend, cache: AssembledCache, suffix: str,
             return
         if piece:
             yield piece
-        out = backend.forward(backend.embed_text(torch.tensor([tok])), out.cache)
+        out = backend.forward(backend.embed_text(torch.tensor([tok])), out.cache, kv=False)
 
 
 def _pick(logits: torch.Tensor, gen: GenerationConfig, rng) -> int:
@@ -98,4 +98,4 @@ def _pick(logits: torch.Tensor, gen: GenerationConfig, rng) -> int:
 def question_logits(backend: HFCausalBackend, cache: AssembledCache, suffix: str) -> torch.Tensor:
     """Logits [T, vocab] of the suffix tokens on top of the cache (for exactness checks)."""
     ids = backend.tokenize(suffix)
-    return backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values)).logits
+    return backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values), kv=False).logits

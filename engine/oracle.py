@@ -90,7 +90,7 @@ class KeyQueryOracle(RelevanceOracle):
     def _question(self, question: str) -> torch.Tensor:
         be = self.backend
         ids = be.tokenize(question)
-        out = be.forward(be.embed_text(ids), logits=False, queries=True)
+        out = be.forward(be.embed_text(ids), logits=False, queries=True, kv=False)
         q = out.queries[list(self.layers)].float()                       # [l, Hq, T, D]
         l, Hq, T, D = q.shape
         q = q.view(l, be.num_kv_heads, Hq // be.num_kv_heads, T, D).mean((2, 3))

@@ -30,7 +30,7 @@ class Rotary:
         self.scaling = float(getattr(rotary_emb, "attention_scaling", 1.0))
 
     @torch.no_grad()
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(self, positions: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: [T] int64 -> cos, sin: [T, head_dim] in float32 (scaled by attention_scaling)."""
         pos = positions.to(device=device, dtype=torch.long)[None]
         probe = torch.empty(0, device=device, dtype=torch.float32)
@@ -39,12 +39,12 @@ class Rotary:
 
     def rotate(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Pre-RoPE keys [..., T, D] -> keys as the model would cache them at `positions` [T]."""
-        cos, sin = self.cos_sin(positions, keys.dtype, keys.device)
+        cos, sin = self.cos_sin(positions, keys.device)
         k = keys.float()
         return (k * cos + rotate_half(k) * sin).to(keys.dtype)
 
     def unrotate(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Keys cached at `positions` [T] -> pre-RoPE keys [..., T, D] (exact inverse of rotate)."""
-        cos, sin = self.cos_sin(positions, keys.dtype, keys.device)
+        cos, sin = self.cos_sin(positions, keys.device)
         k = keys.float()
         return ((k * cos - rotate_half(k) * sin) / (self.scaling ** 2)).to(keys.dtype)

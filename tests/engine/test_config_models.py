@@ -54,7 +54,7 @@ def test_missing_model_path_cli_exit_code(tmp_path, monkeypatch, capsys):
     assert "VIDEOKV_MODEL" in err and "no checkpoint folder" in err
 
 
-def test_embedded_reloads_fast_and_is_verified(tmp_path):
+def test_embedded_reloads_fast_and_is_verified():
     folder = MODEL_CACHE / "smollm2-135m-instruct-f32"
     load_folder(folder)  # warm the page cache
     t0 = time.perf_counter()
