@@ -2,11 +2,14 @@
 
 `build_world(seed, n_frames, n_events, fps, size)` is a pure function of its arguments
 (one numpy Generator seeded with `seed`), so a ground-truth JSON that records them is
-enough to re-render any frame exactly (`World.render(i)`).
+enough to re-render any frame exactly (`World.render(i)`). `build_needle_world(seed,
+n_frames, fps, size, needles)` is the same with the events given (identity and time span),
+for benchmarks that control where the needles sit (bench/needle.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -214,6 +217,14 @@ def build_world(seed: int, n_frames: int, n_events: int, fps: float, size: tuple
                   blur=float(np.round(rng.uniform(0.0, 0.8), 2)), noise=float(np.round(rng.uniform(0.0, 4.0), 2)))
     identities = _identities(rng, n_events)
     spans = _timings(rng, n_events, n_frames, fps)
+    _populate(rng, world, identities, spans)
+    return world
+
+
+def _populate(rng: np.random.Generator, world: World, identities, spans) -> None:
+    """Add the events (identities at spans) and 0-4 distractors to `world`, then render-check
+    each event's placement."""
+    W, H, fps = world.width, world.height, world.fps
     placeholder = tw.ToyObject(kind="shape", color="red", shape="circle")
     world.events = [Event(i, placeholder, a, b, (0.0, 0.0), (0.0, 0.0), fps) for i, (a, b) in enumerate(spans)]
 
@@ -232,6 +243,54 @@ def build_world(seed: int, n_frames: int, n_events: int, fps: float, size: tuple
             (w / 2, h / 2, max(w / 2, W - w / 2), max(h / 2, H - h / 2))))
     for event, identity in zip(world.events, identities):
         _place_event(rng, world, event, identity)
+
+
+@dataclass(frozen=True)
+class Needle:
+    """An event to place at a given time: a `{color} card showing {digit}` (kind "card")
+    or a `{color} {shape}` (kind "shape"), visible for [t_start, t_end) seconds."""
+
+    kind: str
+    color: str
+    t_start: float
+    t_end: float
+    shape: str | None = None
+    digit: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def build_needle_world(seed: int, n_frames: int, fps: float, size: tuple[int, int],
+                       needles: Sequence[Needle]) -> World:
+    """A world whose events are exactly `needles`, in the given order (event i = needles[i]),
+    each shown from frame round(t_start * fps) to round(t_end * fps) (exclusive); background,
+    blur, noise, distractors and each event's rendering are drawn from `seed` as in
+    build_world. Needles must be 1-10 s long, inside the video and not overlap in time (two
+    large objects at once could hide each other); distractors avoid every needle's (colour,
+    shape) and every shape that appears once among the needles (attribute questions)."""
+    rng = np.random.default_rng(seed)
+    W, H = size
+    world = World(seed, W, H, fps, n_frames, tw.Background.random(rng),
+                  blur=float(np.round(rng.uniform(0.0, 0.8), 2)), noise=float(np.round(rng.uniform(0.0, 4.0), 2)))
+    identities, spans = [], []
+    for n in needles:
+        if n.kind not in ("card", "shape") or n.color not in tw.COLORS:
+            raise ValueError(f"bad needle {n}: kind must be card/shape and color one of {', '.join(tw.COLORS)}")
+        if (n.kind == "card") != (n.digit in tw.DIGITS) or (n.kind == "shape") != (n.shape in tw.SHAPES):
+            raise ValueError(f"bad needle {n}: a card needs a digit, a shape one of {', '.join(tw.SHAPES)}")
+        a, b = int(round(n.t_start * fps)), int(round(n.t_end * fps))
+        if not (0 <= a < b <= n_frames):
+            raise ValueError(f"needle {n} is outside the video (0-{n_frames / fps:g} s) or empty at {fps:g} fps")
+        if not MIN_EVENT_S - 1e-6 <= (b - a) / fps <= MAX_EVENT_S + 1e-6:
+            raise ValueError(f"needle {n} lasts {(b - a) / fps:g} s; events last {MIN_EVENT_S:g}-{MAX_EVENT_S:g} s")
+        identities.append((n.kind, n.color, n.shape, n.digit))
+        spans.append((a, b))
+    order = sorted(range(len(spans)), key=lambda i: spans[i])
+    for i, j in zip(order, order[1:]):
+        if spans[j][0] < spans[i][1]:
+            raise ValueError(f"needles {needles[i]} and {needles[j]} overlap in time")
+    _populate(rng, world, identities, spans)
     return world
 
 
@@ -249,6 +308,36 @@ def _mmss(t: float) -> str:
     return f"{int(t // 60):02d}:{int(t % 60):02d}"
 
 
+# One function per TOYWORLD question template (make_questions and the needle bench use them).
+
+def retrieval_question(card: Event) -> dict:
+    return {"type": "retrieval", "question": f"What digit was shown on the {card.obj.color} card?",
+            "answer": card.obj.digit, "event_ids": [card.index]}
+
+
+def attribute_question(e: Event) -> dict:
+    return {"type": "attribute", "question": f"What color was the {e.obj.shape}?",
+            "answer": e.obj.color, "event_ids": [e.index]}
+
+
+def counting_question(group: list[Event]) -> dict:
+    color, shape = group[0].obj.color, group[0].obj.shape
+    return {"type": "counting", "question": f"How many times did a {color} {shape} appear?",
+            "answer": str(len(group)), "event_ids": [x.index for x in group]}
+
+
+def ordering_question(a: Event, b: Event) -> dict:
+    first = a if a.start_frame < b.start_frame else b
+    return {"type": "ordering", "question": f"Which appeared first, the {a.obj.name} or the {b.obj.name}?",
+            "answer": f"the {first.obj.name}", "event_ids": [a.index, b.index]}
+
+
+def temporal_question(card: Event, chunk_seconds: float) -> dict:
+    return {"type": "temporal", "question": f"When did the {card.obj.color} card appear?",
+            "answer": _mmss(card.t_start), "answer_seconds": card.t_start,
+            "answer_span": [card.t_start, card.t_end], "tolerance_s": chunk_seconds, "event_ids": [card.index]}
+
+
 def make_questions(world: World, rng: np.random.Generator, chunk_seconds: float) -> list[dict]:
     """Question/answer pairs for every TOYWORLD template the events allow."""
     events = sorted(world.events, key=lambda e: e.start_frame)
@@ -257,30 +346,17 @@ def make_questions(world: World, rng: np.random.Generator, chunk_seconds: float)
     pair_count: dict[tuple[str, str], list[Event]] = {}
     for e in shapes:
         pair_count.setdefault((e.obj.color, e.obj.shape), []).append(e)
-    qs: list[dict] = []
-    for e in cards:
-        qs.append({"type": "retrieval", "question": f"What digit was shown on the {e.obj.color} card?",
-                   "answer": e.obj.digit, "event_ids": [e.index]})
+    qs: list[dict] = [retrieval_question(e) for e in cards]
     for shape in attribute_shapes_of([(e.obj.kind, e.obj.color, e.obj.shape, None) for e in events]):
-        e = next(x for x in shapes if x.obj.shape == shape)
-        qs.append({"type": "attribute", "question": f"What color was the {shape}?",
-                   "answer": e.obj.color, "event_ids": [e.index]})
-    for (color, shape), group in pair_count.items():
-        qs.append({"type": "counting", "question": f"How many times did a {color} {shape} appear?",
-                   "answer": str(len(group)), "event_ids": [x.index for x in group]})
+        qs.append(attribute_question(next(x for x in shapes if x.obj.shape == shape)))
+    qs += [counting_question(group) for group in pair_count.values()]
     # Ordering between objects that appear exactly once (then "first" is unambiguous).
     once = [g[0] for g in pair_count.values() if len(g) == 1]
     if len(once) < 2:
         once = sorted(once + cards, key=lambda e: e.start_frame)
     order = [once[i] for i in rng.permutation(len(once))]
-    for a, b in list(zip(order[::2], order[1::2]))[:5]:
-        first = a if a.start_frame < b.start_frame else b
-        qs.append({"type": "ordering", "question": f"Which appeared first, the {a.obj.name} or the {b.obj.name}?",
-                   "answer": f"the {first.obj.name}", "event_ids": [a.index, b.index]})
-    for e in cards:
-        qs.append({"type": "temporal", "question": f"When did the {e.obj.color} card appear?",
-                   "answer": _mmss(e.t_start), "answer_seconds": e.t_start,
-                   "answer_span": [e.t_start, e.t_end], "tolerance_s": chunk_seconds, "event_ids": [e.index]})
+    qs += [ordering_question(a, b) for a, b in list(zip(order[::2], order[1::2]))[:5]]
+    qs += [temporal_question(e, chunk_seconds) for e in cards]
     for i, q in enumerate(qs):
         q["id"] = f"q{i}"
     return qs

@@ -6,7 +6,7 @@ No video prefill ever runs here: every question is answered from stored KVs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from videokv.engine.backend import HFCausalBackend
@@ -72,7 +72,10 @@ class QueryEngine:
 
     def ask(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
             max_new_tokens: int = 48, gen: GenerationConfig | None = None,
-            on_token: Callable[[str], None] | None = None) -> Answer:
+            on_token: Callable[[str], None] | None = None, chunks: Sequence[int] | None = None) -> Answer:
+        """chunks: the chunk indices to load at L level, chosen by the caller instead of by the
+        oracle (no retrieval runs; top_k is ignored; first/last are still added when
+        always_first_last). For ablations such as bench/needle.py's random selection."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if not question or not question.strip():
@@ -90,8 +93,14 @@ class QueryEngine:
         n = rec.chunks_total
         vision_calls = self.backend.vision_calls
         t0 = time.perf_counter()
-        hits = self.retrieve(video_id, question, top_k) if top_k else []
-        scores = {h.chunk: h.score for h in hits}
+        if chunks is not None:
+            bad = [i for i in chunks if not 0 <= int(i) < n]
+            if bad:
+                raise QueryError(f"chunks {bad} are out of range: video {video_id} has chunks 0..{n - 1}")
+            scores = {int(i): 0.0 for i in chunks}
+        else:
+            hits = self.retrieve(video_id, question, top_k) if top_k else []
+            scores = {h.chunk: h.score for h in hits}
         selected = set(scores)
         if self.always_first_last and n:
             selected |= {0, n - 1}
