@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -20,6 +21,8 @@ class RelevanceOracle:
     """Base. `identity` names everything the vectors depend on (stored with them)."""
 
     name: str = "base"
+    # True when chunk_vector needs the chunk's frames (the pipeline passes them).
+    needs_frames: ClassVar[bool] = False
 
     @property
     def dim(self) -> int:
@@ -29,8 +32,13 @@ class RelevanceOracle:
     def identity(self) -> str:
         raise NotImplementedError
 
-    def chunk_vector(self, chunk: ChunkKV) -> torch.Tensor:
-        """A stored chunk (any level) -> [dim] float32, L2-normalised."""
+    def chunk_vector(self, chunk: ChunkKV, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """A stored chunk (any level) -> [dim] float32, L2-normalised.
+        frames: the chunk's frames [N, 3, H, W] in [0, 1], for oracles with needs_frames."""
+        if self.needs_frames:
+            if frames is None:
+                raise ValueError(f"the {self.name} oracle embeds a chunk from its frames: pass frames=")
+            return _unit(self._chunk_frames(chunk, frames))
         return _unit(self._chunk(chunk))
 
     def question_vector(self, question: str) -> torch.Tensor:
@@ -38,6 +46,9 @@ class RelevanceOracle:
         return _unit(self._question(question))
 
     def _chunk(self, chunk: ChunkKV) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _chunk_frames(self, chunk: ChunkKV, frames: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _question(self, question: str) -> torch.Tensor:
@@ -95,3 +106,48 @@ class KeyQueryOracle(RelevanceOracle):
         l, Hq, T, D = q.shape
         q = q.view(l, be.num_kv_heads, Hq // be.num_kv_heads, T, D).mean((2, 3))
         return q - self._center
+
+
+@dataclass
+class DualEncoderOracle(RelevanceOracle):
+    """Two encoders into all-MiniLM-L6-v2's space: a question is its MiniLM sentence
+    embedding; a chunk is the sum of the toy-world tower's per-frame retrieval vectors
+    (unit vectors scaled by P(event), so frames showing nothing add ~0), normalised.
+
+    One extra coordinate (0 for questions, toytower.NULL_WEIGHT for chunks) keeps a chunk
+    of empty frames from being normalised into a random direction: it scores ~0 instead.
+
+    tower: a ToyWorldTower; minilm: a MiniLM (engine/minilm.py); batch: frames per tower call."""
+
+    tower: object = None
+    minilm: object = None
+    batch: int = 64
+    name: str = "dualenc"
+    needs_frames: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.minilm is None:
+            from .minilm import MiniLM
+            self.minilm = MiniLM.load()
+
+    @property
+    def dim(self) -> int:
+        return self.minilm.dim + 1
+
+    @property
+    def identity(self) -> str:
+        from .toytower import NULL_WEIGHT
+        return f"{self.name}-{self.tower.identity}-{self.minilm.identity}-n{NULL_WEIGHT:g}"
+
+    @torch.no_grad()
+    def _chunk_frames(self, chunk: ChunkKV, frames: torch.Tensor) -> torch.Tensor:
+        from .toytower import chunk_retrieval_vector
+        if len(frames) == 0:
+            return chunk_retrieval_vector(torch.zeros(0, self.minilm.dim))
+        vecs = torch.cat([self.tower.retrieval_vectors(frames[i:i + self.batch]).cpu()
+                          for i in range(0, len(frames), self.batch)])
+        return chunk_retrieval_vector(vecs)
+
+    def _question(self, question: str) -> torch.Tensor:
+        from .toytower import question_retrieval_vector
+        return question_retrieval_vector(self.minilm.encode([question])[0])

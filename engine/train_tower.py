@@ -1,0 +1,497 @@
+"""Train the toy-world vision tower (engine/toytower.py) on rendered scenes.
+
+    python -m videokv.engine.train_tower --seed 0 --steps 4500 --out models/toyworld
+
+Deterministic for a seed (and thread count): numpy and torch are seeded, frames are
+rendered by `ingest.toyworld.random_scene` with a numpy Generator. Rendering is the slow
+part, so a pool of frames is rendered once (at random resolutions and aspect ratios
+160x120..1280x720, JPEG artefacts, then resized to the tower's input like the pipeline
+does) and each pooled frame is reused a few times under cheap batch augmentations
+(zoom/shift, brightness, blur, noise).
+
+Losses: cross-entropy on the heads (colour only for events, digit only for cards, shape
+only for shapes) plus a contrastive loss that ties the retrieval head to frozen
+all-MiniLM-L6-v2 embeddings of questions and captions about each object (TOYWORLD
+templates with wording variants; a text is positive for every object it describes).
+
+Writes out_dir/tower.safetensors and out_dir/tower_metrics.json (held-out accuracies on
+another seed's renderings, and recall@3 of the right chunk in synthetic haystacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from videokv.ingest import toyworld as tw
+
+from . import captions as cap
+from .toytower import ToyWorldTower, chunk_retrieval_vector, question_retrieval_vector
+
+INPUT_SIZE = (128, 96)
+BATCH = 64
+REUSE = 20                # each pooled frame is seen ~REUSE times (augmented differently)
+TAU = 0.05                # contrastive temperature
+CONTRAST_WEIGHT = 0.5
+HEAD_WEIGHTS = {"kind": 1.0, "color": 1.0, "shape": 1.5, "digit": 2.0}   # digits are the hardest
+N_IDS = len(cap.COLORS) * len(cap.DIGITS) + len(cap.COLORS) * len(cap.SHAPES)   # 80 cards + 40 shapes
+
+# ---------------------------------------------------------------- object identities
+
+
+def identity_index(kind: int, color: int, shape: int, digit: int) -> int:
+    """cards 0..79 (color*10 + digit), shapes 80..119 (80 + color*5 + shape); -1 for none."""
+    if kind == 1:
+        return color * 10 + digit
+    if kind == 2:
+        return 80 + color * 5 + shape
+    return -1
+
+
+def identity_labels(i: int) -> tuple[int, int, int, int]:
+    if i < 80:
+        return 1, i // 10, -1, i % 10
+    return 2, (i - 80) // 5, (i - 80) % 5, -1
+
+
+def _object_name(i: int) -> str:
+    k, c, s, _ = identity_labels(i)
+    return f"{cap.COLORS[c]} card" if k == 1 else f"{cap.COLORS[c]} {cap.SHAPES[s]}"
+
+
+# ---------------------------------------------------------------- texts (MiniLM side)
+
+CARD_QUESTIONS = (
+    "What digit was shown on the {c} card?", "Which number did the {c} card show?",
+    "What number was on the {c} card?", "Which digit appeared on the {c} card?",
+    "What was the digit on the {c} card?", "Tell me the number shown on the {c} card.",
+    "When did the {c} card appear?", "At what time was the {c} card shown?",
+    "When was the {c} card visible?", "At what time did the {c} card show up?",
+    "How many times did a {c} card appear?", "a {c} card", "the {c} card",
+)
+CARD_CAPTIONS = ("a {c} card showing {d}", "the {c} card with the number {d}", "a {c} card with a {d} on it")
+SHAPE_QUESTIONS = (
+    "What color was the {s}?", "Which color did the {s} have?", "What was the color of the {s}?",
+    "What colour was the {s}?", "Which colour was the {s}?",
+)
+PAIR_TEXTS = (
+    "How many times did a {c} {s} appear?", "How often did the {c} {s} appear?",
+    "How many times was a {c} {s} shown?", "Count the appearances of the {c} {s}.",
+    "When did the {c} {s} appear?", "a {c} {s}", "the {c} {s}",
+)
+ORDERING = ("Which appeared first, the {a} or the {b}?", "Which came first: the {a} or the {b}?",
+            "Did the {a} or the {b} appear first?")
+N_ORDERING = 1500
+# Held-out wordings (never trained on), for the retrieval check.
+HELDOUT_CARD = "Which digit did the {c} card display?"
+HELDOUT_SHAPE = "Can you tell me the color of the {s}?"
+
+
+def text_bank() -> tuple[list[str], np.ndarray]:
+    """(texts, positives [T, N_IDS] bool). Fixed: does not depend on the training seed."""
+    texts, pos = [], []
+
+    def add(text, ids):
+        row = np.zeros(N_IDS, bool)
+        row[list(ids)] = True
+        texts.append(text)
+        pos.append(row)
+
+    for ci, c in enumerate(cap.COLORS):
+        cards = [ci * 10 + d for d in range(10)]
+        for t in CARD_QUESTIONS:
+            add(t.format(c=c), cards)
+        for d in range(10):
+            for t in CARD_CAPTIONS:
+                add(t.format(c=c, d=d), [ci * 10 + d])
+    for si, s in enumerate(cap.SHAPES):
+        for t in SHAPE_QUESTIONS:
+            add(t.format(s=s), [80 + ci * 5 + si for ci in range(len(cap.COLORS))])
+        for ci, c in enumerate(cap.COLORS):
+            for t in PAIR_TEXTS:
+                add(t.format(c=c, s=s), [80 + ci * 5 + si])
+    # Ordering questions: objects are named "{color} card" or "{color} {shape}".
+    objects = [[ci * 10 + d for d in range(10)] for ci in range(len(cap.COLORS))] + [[i] for i in range(80, N_IDS)]
+    names = [_object_name(o[0]) for o in objects]
+    rng = np.random.default_rng(12345)
+    for _ in range(N_ORDERING):
+        a, b = rng.choice(len(objects), 2, replace=False)
+        t = ORDERING[int(rng.integers(len(ORDERING)))]
+        add(t.format(a=names[a], b=names[b]), objects[a] + objects[b])
+    return texts, np.stack(pos)
+
+
+_TEXT_CACHE: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
+
+
+def text_embeddings(minilm) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(texts, MiniLM embeddings [T, 384], positives [T, N_IDS] bool), computed once per process."""
+    if minilm.identity not in _TEXT_CACHE:
+        texts, pos = text_bank()
+        _TEXT_CACHE[minilm.identity] = (texts, minilm.encode(texts), torch.from_numpy(pos))
+    return _TEXT_CACHE[minilm.identity]
+
+
+def identity_prototypes(device="cpu") -> dict[str, torch.Tensor]:
+    """Head 'probabilities' of a perfectly classified frame of each identity: [N_IDS, classes]."""
+    labels = np.array([identity_labels(i) for i in range(N_IDS)])
+    out = {}
+    for j, (head, n) in enumerate((("kind", 3), ("color", 8), ("shape", 5), ("digit", 10))):
+        idx = torch.as_tensor(labels[:, j]).clamp_min(0)
+        oh = F.one_hot(idx, n).float()
+        oh[torch.as_tensor(labels[:, j]) < 0] = 0.0
+        out[head] = oh.to(device)
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+ASPECTS = (4 / 3, 16 / 9, 3 / 2, 1.0, 5 / 4, 2.0, 3 / 4, 9 / 16)
+ASPECT_P = (0.27, 0.27, 0.1, 0.08, 0.06, 0.05, 0.07, 0.10)
+EVAL_SIZES = ((160, 120), (320, 240), (426, 240), (640, 360), (640, 480), (854, 480), (1280, 720),
+              (480, 480), (360, 640), (200, 150))
+
+
+def sample_size(rng: np.random.Generator) -> tuple[int, int]:
+    """Random resolution within 160x120..1280x720, any common aspect. Heights are
+    log-uniform in 120..270 (90%) or 270..720 (10%): rendering cost grows with the
+    pixel count, and after the resize to 128x96 large frames differ from medium ones
+    only in finer noise and anti-aliasing."""
+    aspect = float(rng.choice(ASPECTS, p=ASPECT_P))
+    lo, hi = (120, 270) if rng.random() < 0.9 else (270, 720)
+    h = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    w = min(1280, max(160, int(round(h * aspect))))
+    return w, min(720, max(120, int(round(h))))
+
+
+def _degrade_and_resize(frame: np.ndarray, rng: np.random.Generator, size=INPUT_SIZE) -> np.ndarray:
+    img = Image.fromarray(frame)
+    if rng.random() < 0.4:  # codec-like blocking and chroma subsampling
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=int(rng.integers(35, 92)))
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    r = rng.random()
+    method = (Image.Resampling.BOX if r < 0.6 else Image.Resampling.BILINEAR if r < 0.8
+              else Image.Resampling.LANCZOS if r < 0.9 else Image.Resampling.BICUBIC)
+    return np.asarray(img.resize(size, method))
+
+
+def _frame_labels(labels: list[dict]) -> tuple[int, int, int, int]:
+    events = [lab for lab in labels if lab["role"] == "event"]
+    if not events:
+        return 0, -1, -1, -1
+    e = events[0]
+    color = cap.COLORS.index(e["color"])
+    if e["kind"] == "card":
+        return 1, color, -1, int(e["digit"])
+    return 2, color, cap.SHAPES.index(e["shape"]), -1
+
+
+def render_pool(rng: np.random.Generator, n: int, p_event: float = 0.7, sizes=None,
+                progress: Callable | None = None, phase: str = "render") -> tuple[np.ndarray, np.ndarray]:
+    """n frames: uint8 [n, H, W, 3] at the input size, and labels int64 [n, 4]
+    (kind, color, shape, digit; -1 where irrelevant). One event or none per frame."""
+    W, H = INPUT_SIZE
+    frames = np.empty((n, H, W, 3), np.uint8)
+    labels = np.empty((n, 4), np.int64)
+    for i in range(n):
+        size = sizes[int(rng.integers(len(sizes)))] if sizes else sample_size(rng)
+        while True:
+            try:
+                frame, labs = tw.random_scene(rng, size, n_events=int(rng.random() < p_event))
+                break
+            except ValueError:  # toyworld._occlude on a tiny sprite draws an empty strip: redraw
+                continue
+        frames[i] = _degrade_and_resize(frame, rng)
+        labels[i] = _frame_labels(labs)
+        if progress and (i + 1) % 500 == 0:
+            progress({"phase": phase, "done": i + 1, "total": n})
+    return frames, labels
+
+
+# ---------------------------------------------------------------- batch augmentation
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """x [B, 3, H, W] float in [0, 1] -> augmented copy (zoom/shift, colour, blur, noise)."""
+    B = x.shape[0]
+
+    def u(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*(shape or (B,)), generator=g)
+
+    # zoom/shift (half the batch): object sizes change by at most 8%
+    on = (torch.rand(B, generator=g) < 0.5).float()
+    s = 1 + on * u(-0.08, 0.08)
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0] = s
+    theta[:, 1, 1] = s
+    theta[:, 0, 2] = on * u(-0.04, 0.04)
+    theta[:, 1, 2] = on * u(-0.04, 0.04)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # brightness / contrast / slight per-channel gain
+    x = x * u(0.88, 1.12)[:, None, None, None] * u(0.97, 1.03, B, 3)[:, :, None, None] + u(-0.04, 0.04)[:, None, None, None]
+    # blur (a quarter of the batch), 3x3 Gaussian
+    sigma = u(0.3, 0.9)
+    k1 = torch.exp(-torch.tensor([-1.0, 0.0, 1.0])[None] ** 2 / (2 * sigma[:, None] ** 2))
+    k1 = k1 / k1.sum(1, keepdim=True)
+    k2 = (k1[:, :, None] * k1[:, None, :])                                          # [B, 3, 3]
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate").reshape(1, B * 3, x.shape[2] + 2, x.shape[3] + 2)
+    blurred = F.conv2d(padded, k2.repeat_interleave(3, 0)[:, None], groups=B * 3).reshape_as(x)
+    bmask = (torch.rand(B, generator=g) < 0.25).float()[:, None, None, None]
+    x = bmask * blurred + (1 - bmask) * x
+    # Gaussian noise (half the batch)
+    nsig = (torch.rand(B, generator=g) < 0.5).float() * u(0.0, 0.03)
+    x = x + torch.randn(x.shape, generator=g) * nsig[:, None, None, None]
+    return x.clamp(0, 1)
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+# ---------------------------------------------------------------- losses
+
+
+def head_losses(logits: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
+    kind, color, shape, digit = y.unbind(1)
+    out = {"kind": F.cross_entropy(logits["kind"], kind)}
+    for head, target, mask in (("color", color, kind > 0), ("shape", shape, kind == 2), ("digit", digit, kind == 1)):
+        out[head] = (F.cross_entropy(logits[head][mask], target[mask]) if mask.any()
+                     else logits[head].sum() * 0.0)
+    return out
+
+
+def _multi_positive_nll(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the mean over positives of -log softmax (SupCon style)."""
+    logp = torch.log_softmax(logits, 1)
+    keep = pos.any(1)
+    per_row = -(logp * pos).sum(1)[keep] / pos[keep].sum(1)
+    return per_row.mean() if keep.any() else logits.sum() * 0.0
+
+
+def contrastive_loss(tower: ToyWorldTower, probs: dict[str, torch.Tensor], ids: torch.Tensor,
+                     text_emb: torch.Tensor, text_pos: torch.Tensor, protos: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Frames -> texts (event frames of the batch against the whole text bank) and
+    texts -> identities (every text against the 120 perfectly classified prototypes)."""
+    proto_vec = tower.retrieval_from_probs(protos)                      # [N_IDS, 384]
+    loss = _multi_positive_nll(text_emb @ proto_vec.T / TAU, text_pos.float())
+    loss = loss + _multi_positive_nll(proto_vec @ text_emb.T / TAU, text_pos.T.float())
+    ev = ids >= 0
+    if ev.any():
+        v = tower.retrieval_from_probs({k: p[ev] for k, p in probs.items()})
+        loss = loss + _multi_positive_nll(v @ text_emb.T / TAU, text_pos[:, ids[ev]].T.float())
+    return loss
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _predict(tower: ToyWorldTower, frames: np.ndarray, batch: int = 256):
+    probs, vecs = [], []
+    with torch.no_grad():
+        for i in range(0, len(frames), batch):
+            x = to_tensor(frames[i:i + batch])
+            p = tower.probabilities(x)
+            probs.append({k: v for k, v in p.items()})
+            vecs.append(tower.retrieval_from_probs(p) * (1.0 - p["kind"][:, :1]))
+    cat = {k: torch.cat([p[k] for p in probs]) for k in probs[0]}
+    return cat, torch.cat(vecs)
+
+
+def accuracy(probs: dict[str, torch.Tensor], y: np.ndarray) -> dict[str, float]:
+    pred = {k: v.argmax(-1).numpy() for k, v in probs.items()}
+    kind = y[:, 0]
+    ev, cards, shapes = kind > 0, kind == 1, kind == 2
+    exact = (pred["kind"] == kind) & np.where(ev, pred["color"] == y[:, 1], True) \
+        & np.where(cards, pred["digit"] == y[:, 3], True) & np.where(shapes, pred["shape"] == y[:, 2], True)
+    return {
+        "kind": float((pred["kind"] == kind).mean()),
+        "none_as_event": float((pred["kind"][kind == 0] != 0).mean()),
+        "event_as_none": float((pred["kind"][ev] == 0).mean()),
+        "color": float((pred["color"][ev] == y[ev, 1]).mean()),
+        "digit": float((pred["digit"][cards] == y[cards, 3]).mean()),
+        "shape": float((pred["shape"][shapes] == y[shapes, 2]).mean()),
+        "caption_exact": float(exact.mean()),
+        "n": int(len(y)), "n_cards": int(cards.sum()), "n_shapes": int(shapes.sum()),
+    }
+
+
+def haystack_recall(vecs: torch.Tensor, y: np.ndarray, q_vecs: dict[str, torch.Tensor], rng: np.random.Generator,
+                    trials: int = 200, chunk_frames: int = 16, k: int = 3) -> dict[str, float]:
+    """Synthetic haystacks built from held-out frames: chunks of `chunk_frames` frames,
+    about half of them holding one event for 2-12 consecutive frames (the rest shows
+    distractors only); event identities follow the synth rules (distinct card colours;
+    the asked-about shape appears once). recall@k of the target chunk by cosine of the
+    question vector with each chunk vector.
+
+    q_vecs: {"card:{color}" | "shape:{shape}": [385] question vectors}."""
+    ids = np.array([identity_index(*row) for row in y])
+    by_id = {i: np.nonzero(ids == i)[0] for i in range(N_IDS)}
+    empty = np.nonzero(ids < 0)[0]
+    hits = {"retrieval": [], "attribute": []}
+    for qtype in hits:
+        for _ in range(trials):
+            n_chunks = int(rng.choice([16, 32, 64]))
+            n_events = n_chunks // 2
+            target = -1
+            while target < 0 or len(by_id[target]) == 0:
+                if qtype == "retrieval":
+                    c = int(rng.integers(8))
+                    target = c * 10 + int(rng.integers(10))
+                    qkey = f"card:{cap.COLORS[c]}"
+                    ok = lambda i: not (i < 80 and i // 10 == c)                   # noqa: E731
+                else:
+                    s = int(rng.integers(5))
+                    target = 80 + int(rng.integers(8)) * 5 + s
+                    qkey = f"shape:{cap.SHAPES[s]}"
+                    ok = lambda i: not (i >= 80 and (i - 80) % 5 == s)              # noqa: E731
+            used_card_colors = {target // 10} if target < 80 else set()
+            others = []
+            while len(others) < n_events - 1:
+                i = int(rng.integers(N_IDS))
+                if not ok(i) or len(by_id[i]) == 0:
+                    continue
+                if i < 80:
+                    if i // 10 in used_card_colors:
+                        continue
+                    used_card_colors.add(i // 10)
+                others.append(i)
+            chunk_ids = [target] + others + [-1] * (n_chunks - n_events)
+            chunk_vecs = []
+            for cid in chunk_ids:
+                idx = rng.choice(empty, chunk_frames)
+                if cid >= 0:
+                    n_ev = int(rng.integers(2, 13))
+                    start = int(rng.integers(0, chunk_frames - n_ev + 1))
+                    idx[start:start + n_ev] = rng.choice(by_id[cid], n_ev)
+                chunk_vecs.append(chunk_retrieval_vector(vecs[idx]))
+            scores = torch.stack(chunk_vecs) @ q_vecs[qkey]
+            rank = int((scores > scores[0]).sum())                              # target is chunk 0
+            hits[qtype].append(rank < k)
+    return {f"{qtype}_recall@{k}": float(np.mean(h)) for qtype, h in hits.items()}
+
+
+def evaluate(tower: ToyWorldTower, frames: np.ndarray, y: np.ndarray, minilm, seed: int,
+             trials: int = 200) -> dict:
+    tower.eval()
+    probs, vecs = _predict(tower, frames)
+    out = {"heldout": accuracy(probs, y)}
+    for name, (tc, ts) in {"templates": ("What digit was shown on the {c} card?", "What color was the {s}?"),
+                           "paraphrases": (HELDOUT_CARD, HELDOUT_SHAPE)}.items():
+        keys = [f"card:{c}" for c in cap.COLORS] + [f"shape:{s}" for s in cap.SHAPES]
+        texts = [tc.format(c=c) for c in cap.COLORS] + [ts.format(s=s) for s in cap.SHAPES]
+        q = question_retrieval_vector(minilm.encode(texts))
+        out[f"haystack_{name}"] = haystack_recall(vecs, y, dict(zip(keys, q)), np.random.default_rng(seed),
+                                                  trials=trials)
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_tower(seed: int = 0, steps: int = 4500, out_dir: str | Path = "models/toyworld", threads: int = 1,
+                progress: Callable[[dict], None] | None = None, batch: int = BATCH, reuse: int = REUSE,
+                eval_frames: int = 2400, eval_trials: int = 200, lr: float = 3e-3) -> dict:
+    """Train a ToyWorldTower; write tower.safetensors and tower_metrics.json into out_dir.
+    Returns the metrics. progress(event_dict) is called during rendering and training."""
+    from .minilm import MiniLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    progress = progress or (lambda e: None)
+    t_start = time.perf_counter()
+    try:
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
+
+        minilm = MiniLM.load()
+        texts, text_emb, text_pos = text_embeddings(minilm)
+        protos = identity_prototypes()
+        t_texts = time.perf_counter() - t_start
+
+        n_pool = max(batch, steps * batch // reuse)
+        t0 = time.perf_counter()
+        pool, pool_y = render_pool(rng, n_pool, progress=progress)
+        t_render = time.perf_counter() - t0
+
+        tower = ToyWorldTower(None, input_size=INPUT_SIZE)
+        opt = torch.optim.AdamW(tower.parameters(), lr=lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+        pool_ids = torch.tensor([identity_index(*row) for row in pool_y])
+        pool_y_t = torch.from_numpy(pool_y)
+        tower.train()
+        t0 = time.perf_counter()
+        running = None
+        for step in range(steps):
+            idx = torch.randint(0, n_pool, (batch,), generator=g)
+            x = augment(to_tensor(pool[idx.numpy()]), g)
+            logits = tower.logits(x)
+            hl = head_losses(logits, pool_y_t[idx])
+            probs = ToyWorldTower.probs_of(logits)
+            cl = contrastive_loss(tower, probs, pool_ids[idx], text_emb, text_pos, protos)
+            loss = sum(HEAD_WEIGHTS[k] * v for k, v in hl.items()) + CONTRAST_WEIGHT * cl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            item = {k: v.item() for k, v in hl.items()} | {"contrast": cl.item(), "loss": loss.item()}
+            running = item if running is None else {k: 0.95 * running[k] + 0.05 * v for k, v in item.items()}
+            if (step + 1) % 50 == 0 or step + 1 == steps:
+                progress({"phase": "train", "step": step + 1, "steps": steps,
+                          "seconds": time.perf_counter() - t0, **{k: round(v, 4) for k, v in running.items()}})
+        t_train = time.perf_counter() - t0
+        tower.eval()
+        sha = tower.save(out_dir / "tower.safetensors")
+
+        metrics = {"seed": seed, "steps": steps, "batch": batch, "pool_frames": n_pool, "threads": threads,
+                   "weights_sha256": sha, "identity": tower.identity, "minilm": minilm.identity,
+                   "texts": len(texts), "final_train_loss": running,
+                   "seconds": {"texts": round(t_texts, 1), "render": round(t_render, 1), "train": round(t_train, 1)}}
+        if eval_frames:
+            t0 = time.perf_counter()
+            erng = np.random.default_rng([seed, 7919])
+            ev_frames, ev_y = render_pool(erng, eval_frames, sizes=EVAL_SIZES, progress=progress, phase="render-eval")
+            metrics.update(evaluate(tower, ev_frames, ev_y, minilm, seed + 1, trials=eval_trials))
+            metrics["eval_sizes"] = [f"{w}x{h}" for w, h in EVAL_SIZES]
+            metrics["seconds"]["eval"] = round(time.perf_counter() - t0, 1)
+        metrics["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
+        (out_dir / "tower_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        return metrics
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m videokv.engine.train_tower", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=4500)
+    ap.add_argument("--out", default="models/toyworld")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-frames", type=int, default=2400)
+    args = ap.parse_args(argv)
+
+    def show(e):
+        print(json.dumps(e), file=sys.stderr, flush=True)
+
+    m = train_tower(args.seed, args.steps, args.out, args.threads, progress=show, eval_frames=args.eval_frames)
+    print(json.dumps(m, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
