@@ -18,6 +18,8 @@ from videokv.hashing import sha256_file
 from .backend import HFCausalBackend
 from .vision import PatchTower
 
+TOYWORLD_DIR = "weights/toyworld"      # inside the videokv package: shipped, never fetched
+
 EMBEDDED = "smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_NAME = "smollm2-135m-instruct-f32"
@@ -142,7 +144,48 @@ def load_backend(settings, verify: bool = True) -> HFCausalBackend:
                 "embedded default")
     t0 = time.perf_counter()
     model, tok, weights_id = load_folder(folder, settings.dtype, device, verify=verify)
-    vision = PatchTower(model.config.hidden_size, settings.tokens_per_frame).to(device)
+    if settings.model == EMBEDDED and settings.vision == "toyworld":
+        vision, adapter_id = load_toyworld(model, tok, settings.tokens_per_frame, device)
+        weights_id = f"{weights_id}+{adapter_id}"
+    else:
+        vision = PatchTower(model.config.hidden_size, settings.tokens_per_frame).to(device)
     backend = HFCausalBackend(model, tok, vision=vision, weights_id=weights_id)
     backend.load_seconds = time.perf_counter() - t0
     return backend
+
+
+def toyworld_dir() -> Path:
+    from importlib.resources import files
+    return Path(str(files("videokv"))) / TOYWORLD_DIR
+
+
+def load_toyworld(model, tokenizer, tokens_per_frame: int, device: str = "cpu", folder: Path | None = None):
+    """Merge the toy-world LLM adapter into `model` (in place) and load the trained tower.
+
+    Both files are checked against manifest.json's sha256 first. Returns (tower, adapter id)."""
+    from safetensors.torch import load_file
+
+    from . import lora
+    from .toytower import ToyWorldTower, caption_piece_embeddings
+
+    folder = folder or toyworld_dir()
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise ModelNotFoundError(f"the toy-world weights are missing ({manifest_path}); reinstall videokv, "
+                                 "or set VIDEOKV_VISION=patch for the untrained tower")
+    manifest = json.loads(manifest_path.read_text())
+    for name in ("tower.safetensors", "adapter.safetensors"):
+        got = sha256_file(folder / name) if (folder / name).is_file() else "missing"
+        if got != manifest["files"][name]:
+            raise ModelIntegrityError(f"{folder / name} does not match the sha256 in {manifest_path} "
+                                      f"({got[:12]} != {manifest['files'][name][:12]}); reinstall videokv "
+                                      "or retrain with `videokv train-vision`")
+    tpf = manifest.get("tokens_per_frame", tokens_per_frame)
+    if tokens_per_frame != tpf:
+        raise ValueError(f"the toy-world model was trained with VIDEOKV_TOKENS_PER_FRAME={tpf}, "
+                         f"got {tokens_per_frame}")
+    state = load_file(folder / "adapter.safetensors")
+    lora.merge(model, state, float(manifest["adapter"]["alpha"]))
+    embeds = caption_piece_embeddings(tokenizer, model.get_input_embeddings())
+    tower = ToyWorldTower.load(folder / "tower.safetensors", embeds, tokens_per_frame, device=device)
+    return tower, "tw" + manifest["files"]["adapter.safetensors"][:12]

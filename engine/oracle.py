@@ -126,6 +126,8 @@ class DualEncoderOracle(RelevanceOracle):
     needs_frames: ClassVar[bool] = True
 
     def __post_init__(self):
+        if self.tower is None:
+            raise ValueError("DualEncoderOracle needs tower= (a ToyWorldTower)")
         if self.minilm is None:
             from .minilm import MiniLM
             self.minilm = MiniLM.load()

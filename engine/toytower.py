@@ -85,6 +85,8 @@ class ToyWorldTower(VisionTower):
         # Retrieval: head probabilities (detached) -> MiniLM space.
         self.retrieval = nn.Sequential(nn.Linear(N_PROBS, 256), nn.ReLU(inplace=True), nn.Linear(256, RETRIEVAL_DIM))
         self._weights_sha: str | None = None
+        # NHWC convolutions: ~1.4x faster on CPU (oneDNN), for training and inference.
+        self.backbone.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ identity, io
 
@@ -136,7 +138,7 @@ class ToyWorldTower(VisionTower):
         W, H = self.input_size
         if x.shape[-2:] != (H, W):
             x = F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
-        return (x - 0.5) * 4.0
+        return ((x - 0.5) * 4.0).contiguous(memory_format=torch.channels_last)
 
     def logits(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames [N, 3, H, W] in [0, 1] -> {head: [N, classes]} logits."""

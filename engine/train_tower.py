@@ -41,7 +41,7 @@ from .toytower import ToyWorldTower, chunk_retrieval_vector, question_retrieval_
 
 INPUT_SIZE = (128, 96)
 BATCH = 64
-REUSE = 20                # each pooled frame is seen ~REUSE times (augmented differently)
+REUSE = 12                # each pooled frame is seen ~REUSE times (augmented differently)
 TAU = 0.05                # contrastive temperature
 CONTRAST_WEIGHT = 0.5
 HEAD_WEIGHTS = {"kind": 1.0, "color": 1.0, "shape": 1.5, "digit": 2.0}   # digits are the hardest

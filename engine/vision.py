@@ -33,10 +33,8 @@ class PatchTower(VisionTower):
     def __init__(self, hidden_size: int, tokens_per_frame: int = 16, input_size=(128, 96),
                  seed: int = 0, scale: float = 1.0):
         super().__init__()
-        side = math.isqrt(tokens_per_frame)
-        if side * side != tokens_per_frame:
-            raise ValueError(f"PatchTower needs a square tokens_per_frame, got {tokens_per_frame}")
-        self.grid = side
+        rows = next(r for r in range(math.isqrt(tokens_per_frame), 0, -1) if tokens_per_frame % r == 0)
+        self.grid = (rows, tokens_per_frame // rows)
         self.tokens_per_frame = tokens_per_frame
         self.hidden_size = hidden_size
         self.input_size = tuple(input_size)

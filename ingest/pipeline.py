@@ -118,7 +118,11 @@ class IngestPipeline:
 
         computed = 0
         for pc in self.prefiller.run(prefix, inputs(), history=history):
-            emb = {o.identity: o.chunk_vector(pc.L).numpy() for o in self.oracles}
+            c = plan.chunks[pc.L.index]
+            chunk_frames = None
+            if any(getattr(o, "needs_frames", False) for o in self.oracles):
+                chunk_frames = frames_to_tensor(frames[c.frame_start:c.frame_end])
+            emb = {o.identity: o.chunk_vector(pc.L, frames=chunk_frames).numpy() for o in self.oracles}
             self.store.put_chunk(vid, [pc.L, pc.H], emb)    # one transaction; idempotent
             computed += 1
             if progress:

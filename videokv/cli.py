@@ -16,6 +16,7 @@ COMMANDS = {
     "serve": ("videokv.api.cli", "serve the REST API (uvicorn; needs Redis and a worker)"),
     "worker": ("videokv.workers.cli", "run a Celery worker (queues ingest, query)"),
     "keys": ("videokv.api.cli", "API keys: create --tenant T | list | revoke PREFIX"),
+    "train-vision": ("videokv.train_vision", "train the toy-world tower + LLM adapter (--seed S)"),
 }
 
 

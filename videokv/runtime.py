@@ -31,8 +31,20 @@ class Runtime:
 
     @cached_property
     def oracle(self):
-        from videokv.engine.oracle import KeyQueryOracle
+        """The dual encoder (tower + MiniLM) when the toy-world tower is loaded, else the
+        model-internal key/query oracle (any model, no extra weights)."""
+        from videokv.engine.oracle import DualEncoderOracle, KeyQueryOracle
         from videokv.engine.prefill import ChunkPrefiller
+        from videokv.engine.toytower import ToyWorldTower
+        want = self.settings.oracle
+        tower = self.backend.vision
+        if want == "auto":
+            want = "dualenc" if isinstance(tower, ToyWorldTower) else "keyquery"
+        if want == "dualenc":
+            if not isinstance(tower, ToyWorldTower):
+                raise ValueError("VIDEOKV_ORACLE=dualenc needs the toy-world tower (VIDEOKV_VISION=toyworld "
+                                 "with the embedded model)")
+            return DualEncoderOracle(tower=tower)
         prefix = ChunkPrefiller(self.backend, self.config).prefix()
         return KeyQueryOracle(backend=self.backend, prefix=prefix)
 

@@ -31,7 +31,13 @@ class Settings(BaseSettings):
     sample_fps: float = 1.0
     max_frames: int = 4096
     chunk_frames: int = 16
-    tokens_per_frame: int = 16
+    tokens_per_frame: int = 8
+    # "toyworld": the trained toy-world tower + LLM adapter (embedded model only);
+    # "patch": an untrained patch projection (any model; sees colours, not objects).
+    vision: Literal["toyworld", "patch"] = "toyworld"
+    # Relevance oracle: "auto" = the toy-world dual encoder when the toy-world tower is
+    # loaded, else the model-internal key/query oracle.
+    oracle: Literal["auto", "dualenc", "keyquery"] = "auto"
 
     # Bi-level compression: L-KV (dense-ish) and H-KV (sparse) per chunk.
     l_policy: str = "avgpool"

@@ -16,7 +16,7 @@ def test_ingest_result_and_catalog(ingested, toy_video):
     assert res.chunks_total == rec.chunks_total == 6 and res.chunks_prefilled == 6
     assert [s.frame_start for s in rec.plan] == [0, 16, 32, 48, 64, 80]
     assert rec.plan[1].t_start == pytest.approx(16.0, abs=0.3)
-    assert res.frames_per_s > 0 and res.tokens_per_s == pytest.approx(res.frames_per_s * 16, rel=1e-6)
+    assert res.frames_per_s > 0 and res.tokens_per_s == pytest.approx(res.frames_per_s * 8, rel=1e-6)
 
 
 def test_same_file_again_is_deduplicated(ingested, toy_video):

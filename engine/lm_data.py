@@ -1,0 +1,137 @@
+"""Training data for the LLM adapter, in caption space: a "video" is a list of FrameLabels
+(what the trained tower writes for each sampled frame), chunked like the ingest pipeline,
+with the questions of TOYWORLD.md (several wordings each) and short sentence answers.
+
+No pixels here: the tower is trained separately on rendered frames; the adapter learns
+to read captions through the real chunk-prefill / compression / assembly path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .captions import COLORS, DIGITS, SHAPES, FrameLabel
+
+WORDINGS = {
+    "retrieval": ("What digit was shown on the {color} card?", "Which digit did the {color} card show?",
+                  "What number was on the {color} card?", "The {color} card showed which digit?",
+                  "What was the digit on the {color} card?"),
+    "attribute": ("What color was the {shape}?", "Which color did the {shape} have?",
+                  "What was the color of the {shape}?", "The {shape} was which color?"),
+    "counting": ("How many times did a {color} {shape} appear?", "How often did a {color} {shape} appear?",
+                 "How many times was a {color} {shape} shown?", "Count the appearances of the {color} {shape}."),
+    "ordering": ("Which appeared first, the {a} or the {b}?", "Which came first: the {a} or the {b}?",
+                 "Did the {a} or the {b} appear first?"),
+    "temporal": ("When did the {color} card appear?", "At what time did the {color} card appear?",
+                 "When was the {color} card shown?"),
+}
+
+
+@dataclass
+class Event:
+    label: FrameLabel
+    start: int          # first frame
+    end: int            # one past the last frame
+
+    @property
+    def name(self) -> str:
+        lb = self.label
+        return f"{lb.color} card" if lb.kind == "card" else f"{lb.color} {lb.shape}"
+
+
+@dataclass
+class CaptionVideo:
+    frames: list[FrameLabel]
+    events: list[Event]
+    chunk_frames: int
+    chunk_times: list[float]          # start time of each chunk, seconds
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_times)
+
+    def chunks_of(self, ev: Event) -> set[int]:
+        return set(range(ev.start // self.chunk_frames, (ev.end - 1) // self.chunk_frames + 1))
+
+
+@dataclass
+class QA:
+    type: str
+    question: str
+    answer: str
+    chunks: set[int] = field(default_factory=set)   # chunks showing what it asks about
+    key: str = ""                                   # what a right answer must contain
+
+
+def random_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16,
+                 n_events: int | None = None) -> CaptionVideo:
+    """Events of 1-10 frames, never overlapping; cards of distinct colours; one colour/shape
+    pair may repeat (for counting); other shape events have distinct pairs."""
+    n = n_chunks * chunk_frames
+    k = int(rng.integers(1, min(7, max(2, n // 12)) + 1)) if n_events is None else n_events
+    n_cards = int(rng.integers(0, k + 1))
+    ids = [FrameLabel("card", c, digit=str(rng.choice(DIGITS))) for c in rng.permutation(COLORS)[:n_cards]]
+    n_shapes = k - len(ids)
+    used: set[tuple[str, str]] = set()
+    if n_shapes >= 2 and rng.random() < 0.6:
+        rep = int(rng.integers(2, min(5, n_shapes) + 1))
+        pair = (str(rng.choice(COLORS)), str(rng.choice(SHAPES)))
+        used.add(pair)
+        ids += [FrameLabel("shape", pair[0], shape=pair[1])] * rep
+    while len(ids) < k:
+        pair = (str(rng.choice(COLORS)), str(rng.choice(SHAPES)))
+        if pair not in used:
+            used.add(pair)
+            ids.append(FrameLabel("shape", pair[0], shape=pair[1]))
+    ids = [ids[i] for i in rng.permutation(len(ids))]
+    # one event per equal time slot, so they never overlap
+    frames = [FrameLabel()] * n
+    events = []
+    for j, lb in enumerate(ids):
+        a, b = j * n // k, (j + 1) * n // k
+        length = int(min(rng.integers(1, 11), max(1, b - a - 1)))
+        s = int(rng.integers(a, max(a + 1, b - length)))
+        events.append(Event(lb, s, s + length))
+        frames[s:s + length] = [lb] * length
+    seconds = float(rng.choice([16.0, 16.0, 16.0, 8.0, 32.0, 4.0]))
+    t0 = float(rng.choice([0.0, 0.0, round(float(rng.uniform(0, 600)), 0)]))
+    return CaptionVideo(frames, events, chunk_frames, [t0 + i * seconds for i in range(n_chunks)])
+
+
+def questions(video: CaptionVideo, rng: np.random.Generator) -> list[QA]:
+    """Every question type the events allow, one random wording each."""
+    evs = sorted(video.events, key=lambda e: e.start)
+    out: list[QA] = []
+
+    def ask(kind: str, answer: str, chunks: set[int], key: str, **fmt) -> None:
+        out.append(QA(kind, str(rng.choice(WORDINGS[kind])).format(**fmt), answer, chunks, key))
+
+    shapes: dict[str, list[Event]] = {}
+    pairs: dict[tuple[str, str], list[Event]] = {}
+    for e in evs:
+        if e.label.kind == "card":
+            ask("retrieval", f"The {e.label.color} card showed {e.label.digit}.", video.chunks_of(e), e.label.digit,
+                color=e.label.color)
+            t = video.chunk_times[e.start // video.chunk_frames]
+            ask("temporal", f"The {e.label.color} card appeared at {t:.1f}s.", video.chunks_of(e), f"{t:.1f}s",
+                color=e.label.color)
+        else:
+            shapes.setdefault(e.label.shape, []).append(e)
+            pairs.setdefault((e.label.color, e.label.shape), []).append(e)
+    for shape, group in shapes.items():
+        if len({e.label.color for e in group}) == 1:
+            ask("attribute", f"The {shape} was {group[0].label.color}.",
+                set().union(*(video.chunks_of(e) for e in group)), group[0].label.color, shape=shape)
+    for (color, shape), group in pairs.items():
+        n = len(group)
+        ask("counting", f"The {color} {shape} appeared {n} time{'s' if n > 1 else ''}.",
+            set().union(*(video.chunks_of(e) for e in group)), str(n), color=color, shape=shape)
+    once = [g[0] for g in pairs.values() if len(g) == 1] + [e for e in evs if e.label.kind == "card"]
+    if len(once) >= 2:
+        a, b = (once[i] for i in rng.choice(len(once), 2, replace=False))
+        first = a if a.start < b.start else b
+        ask("ordering", f"The {first.name} appeared first.", video.chunks_of(a) | video.chunks_of(b),
+            first.name, a=a.name, b=b.name)
+    return out

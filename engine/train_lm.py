@@ -1,0 +1,221 @@
+"""Training the LLM adapter (LoRA on attention) to answer toy-world questions from captions.
+
+The frozen SmolLM2-135M can copy a word from a short text, but it cannot reliably bind
+"the red card" to the digit shown on it among other cards (measured: about half right on a
+five-line text, near zero over a 64-frame caption stream). A rank-8 adapter on q/k/v/o
+teaches it that, trained through the same path a query takes at run time:
+
+    prefix KV -> each chunk prefilled on top of it (batched) -> de-rotated K,V
+    -> avg-pooled to L (2x) or H (16x) per chunk, as a query would load them
+    -> re-rotated to contiguous positions -> question + answer tokens on top -> CE loss
+
+so the adapter learns to read pooled KVs, not just clean text. Layouts alternate between
+dense (every chunk L) and bi-level (the chunks that show the answer, the first and the
+last, and fillers up to top-k at L; the rest H). Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from . import lora
+from .captions import caption_ids, piece_ids
+from .lm_data import CaptionVideo, questions, random_video
+from .prefill import timestamp_text
+from .rope import Rotary
+
+
+@dataclass
+class LMTrainConfig:
+    seed: int = 0
+    steps: int = 800
+    lr: float = 1e-3
+    warmup: int = 30
+    rank: int = 8
+    alpha: float = 16.0
+    tokens_per_frame: int = 8
+    chunk_frames: int = 16
+    max_chunks: int = 16
+    top_k: int = 3
+    l_ratio: int = 2
+    h_ratio: int = 16
+    questions_per_video: int = 4
+    bilevel_share: float = 0.5
+    write_grad: float = 0.0        # share of steps whose gradient also flows into how chunks are written
+    system_prompt: str = "You are a helpful assistant that answers questions about a video."
+
+
+class CaptionLM:
+    """The model + tokenizer with the helpers training and evaluation share."""
+
+    def __init__(self, model, tokenizer, cfg: LMTrainConfig):
+        self.model, self.tok, self.cfg = model, tokenizer, cfg
+        self.rotary = Rotary(model.model.rotary_emb)
+        self.ids = piece_ids(tokenizer)
+        self.embed = model.get_input_embeddings()
+        msgs = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": "\x00"}]
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        self.before, _ = text.split("\x00")
+
+    def tokens(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+    def suffix(self, question: str) -> str:
+        msgs = [{"role": "system", "content": self.cfg.system_prompt}, {"role": "user", "content": "\x00" + question}]
+        return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True).split("\x00")[1]
+
+    def chunk_ids(self, video: CaptionVideo, i: int) -> tuple[torch.Tensor, int]:
+        """Token ids of chunk i (timestamp text, then captions) and how many are text."""
+        ts = self.tokens(timestamp_text(video.chunk_times[i]))
+        f = video.chunk_frames
+        vis = [t for lb in video.frames[i * f:(i + 1) * f] for t in caption_ids(lb, self.ids, self.cfg.tokens_per_frame)]
+        return torch.cat([ts, torch.tensor(vis, dtype=torch.long)]), len(ts)
+
+    def run(self, embeds: torch.Tensor, cache: DynamicCache, start: int):
+        """embeds [B, T, h] at positions start.. on top of cache -> (hidden [B, T, h], cache)."""
+        B, T, _ = embeds.shape
+        pos = torch.arange(start, start + T)[None].expand(B, -1)
+        out = self.model.model(inputs_embeds=embeds, past_key_values=cache, position_ids=pos,
+                               cache_position=pos[0], use_cache=True)
+        return out.last_hidden_state, out.past_key_values
+
+
+def _cache(keys: torch.Tensor, values: torch.Tensor, config) -> DynamicCache:
+    """keys/values [L, B, H, T, D] (keys rotated) -> DynamicCache."""
+    c = DynamicCache(config=config)
+    for i in range(keys.shape[0]):
+        c.update(keys[i], values[i], i)
+    return c
+
+
+def pool(k: torch.Tensor, v: torch.Tensor, n_text: int, ratio: int):
+    """[L, H, T, D] chunk K/V -> text tokens kept, visual tokens avg-pooled by ratio."""
+    if ratio == 1:
+        return k, v
+    def p(x):
+        vis = x[:, :, n_text:]
+        L, H, T, D = vis.shape
+        return torch.cat([x[:, :, :n_text], vis.reshape(L, H, T // ratio, ratio, D).mean(3)], 2)
+    return p(k), p(v)
+
+
+def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int]):
+    """Prefix K/V and every chunk's full K/V (pre-RoPE, [L, H, T, D]); grad only where asked.
+
+    Chunks that show nothing are all alike but for their timestamp: one is prefilled in
+    full and the others reuse its visual K/V with their own timestamp's K/V, which makes
+    long training videos cheap (at run time every chunk is prefilled for real)."""
+    m = lm.model
+    pid = lm.tokens(lm.before)
+    P = len(pid)
+    _, cache = lm.run(lm.embed(pid)[None], DynamicCache(config=m.config), 0)
+    pk = torch.stack([layer.keys[0] for layer in cache.layers])          # rotated, [L, H, P, D]
+    pv = torch.stack([layer.values[0] for layer in cache.layers])
+    f = video.chunk_frames
+    blank = [i for i in range(video.n_chunks) if all(lb.kind == "none" for lb in video.frames[i * f:(i + 1) * f])]
+    full = [i for i in range(video.n_chunks) if i not in blank[1:]]
+    ids = {i: lm.chunk_ids(video, i) for i in range(video.n_chunks)}
+    chunks: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def batch(members, take, needs_grad):
+        groups: dict[int, list[int]] = {}
+        for i in members:
+            groups.setdefault(len(take(i)), []).append(i)
+        for T, group in groups.items():
+            with torch.set_grad_enabled(needs_grad and torch.is_grad_enabled()):
+                B = len(group)
+                emb = lm.embed(torch.stack([take(i) for i in group]))
+                c = _cache(pk[:, None].expand(-1, B, -1, -1, -1), pv[:, None].expand(-1, B, -1, -1, -1), m.config)
+                _, c = lm.run(emb, c, P)
+                ks = torch.stack([layer.keys[:, :, P:] for layer in c.layers])     # [L, B, H, T, D]
+                vs = torch.stack([layer.values[:, :, P:] for layer in c.layers])
+                ks = lm.rotary.unrotate(ks, torch.arange(P, P + T))
+                for b, i in enumerate(group):
+                    yield i, ks[:, b], vs[:, b]
+
+    for needs_grad in (True, False):
+        members = [i for i in full if (i in grad_chunks) == needs_grad]
+        for i, k, v in batch(members, lambda i: ids[i][0], needs_grad):
+            chunks[i] = (k, v, ids[i][1])
+    if len(blank) > 1:
+        rk, rv, rn = chunks[blank[0]]
+        for i, k, v in batch(blank[1:], lambda i: ids[i][0][:ids[i][1]], False):
+            chunks[i] = (torch.cat([k, rk[:, :, rn:]], 2), torch.cat([v, rv[:, :, rn:]], 2), ids[i][1])
+    return (lm.rotary.unrotate(pk, torch.arange(P)), pv), chunks
+
+
+def layout(n: int, relevant: set[int], top_k: int, rng: np.random.Generator, bilevel: bool) -> dict[int, str]:
+    """Which level each chunk is loaded at, as the QueryEngine would (first/last always L)."""
+    if not bilevel:
+        return {i: "L" for i in range(n)}
+    chosen = set(sorted(relevant)[:top_k])
+    others = [i for i in range(n) if i not in chosen]
+    while len(chosen) < min(top_k, n) and others:
+        chosen.add(others.pop(int(rng.integers(len(others)))))
+    chosen |= {0, n - 1}
+    return {i: "L" if i in chosen else "H" for i in range(n)}
+
+
+def assemble(lm: CaptionLM, prefix, chunks, levels: dict[int, str]):
+    cfg = lm.cfg
+    ks, vs = [prefix[0]], [prefix[1]]
+    for i in sorted(chunks):
+        k, v, n_text = chunks[i]
+        k, v = pool(k, v, n_text, cfg.l_ratio if levels[i] == "L" else cfg.h_ratio)
+        ks.append(k)
+        vs.append(v)
+    k, v = torch.cat(ks, 2), torch.cat(vs, 2)
+    N = k.shape[2]
+    return _cache(lm.rotary.rotate(k, torch.arange(N))[:, None], v[:, None], lm.model.config), N
+
+
+def answer_loss(lm: CaptionLM, cache: DynamicCache, N: int, question: str, answer: str) -> torch.Tensor:
+    q = lm.tokens(lm.suffix(question))
+    a = lm.tokens(answer + "<|im_end|>")
+    ids = torch.cat([q, a])
+    hidden, _ = lm.run(lm.embed(ids)[None], cache, N)
+    h = hidden[0, len(q) - 1:-1]                                          # predicts the answer tokens
+    return F.cross_entropy(lm.model.lm_head(h).float(), a)
+
+
+def train(model, tokenizer, cfg: LMTrainConfig, progress=None) -> dict:
+    """Attach LoRA, train cfg.steps steps, leave the adapters attached; returns metrics."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    params = lora.attach(model, cfg.rank, cfg.alpha, cfg.seed)
+    model.train()
+    lm = CaptionLM(model, tokenizer, cfg)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup)
+                                              * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+    t0, losses = time.perf_counter(), []
+    for step in range(cfg.steps):
+        n = int(rng.integers(1, cfg.max_chunks + 1))
+        video = random_video(rng, n, cfg.chunk_frames)
+        qas = questions(video, rng)
+        qas = [qas[i] for i in rng.permutation(len(qas))[:cfg.questions_per_video]]
+        grad = set().union(*(video.chunks_of(e) for e in video.events)) if rng.random() < cfg.write_grad else set()
+        prefix, chunks = prefill_video(lm, video, grad)
+        loss = 0.0
+        for qa in qas:
+            levels = layout(n, qa.chunks, cfg.top_k, rng, bilevel=rng.random() < cfg.bilevel_share)
+            cache, N = assemble(lm, prefix, chunks, levels)
+            loss = loss + answer_loss(lm, cache, N, qa.question, qa.answer) / len(qas)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, cfg.steps, float(np.mean(losses[-20:])), time.perf_counter() - t0)
+    model.eval()
+    return {"steps": cfg.steps, "final_loss": float(np.mean(losses[-50:])), "seconds": time.perf_counter() - t0,
+            "config": asdict(cfg)}

@@ -1,0 +1,95 @@
+"""The LLM adapter: LoRA maths, caption-space training data, deterministic training, and the
+shipped toy-world weights (hash-verified, merged into the embedded model)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from videokv.engine import lora
+from videokv.engine.captions import FrameLabel, caption_ids, piece_ids
+from videokv.engine.lm_data import questions, random_video
+from videokv.engine.tiny import tiny_backend
+from videokv.engine.train_lm import LMTrainConfig, train
+
+
+def test_merged_weights_equal_the_adapted_model(tokenizer):
+    be = tiny_backend(tokenizer, seed=3)
+    model = be.model
+    lora.attach(model, rank=4, alpha=8.0, seed=1)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)    # B starts at zero; make the adapter do something
+    x = torch.randn(1, 12, model.config.hidden_size) * 0.1
+    with torch.no_grad():
+        adapted = model.model(inputs_embeds=x).last_hidden_state
+    state = lora.adapter_state(model)
+    lora.detach(model)
+    with torch.no_grad():
+        base = model.model(inputs_embeds=x).last_hidden_state
+        assert (adapted - base).abs().max() > 1e-3          # the adapter changed something
+        assert lora.merge(model, state, alpha=8.0) == 4 * model.config.num_hidden_layers
+        merged = model.model(inputs_embeds=x).last_hidden_state
+    assert torch.allclose(merged, adapted, atol=1e-5)
+
+
+def test_caption_videos_and_questions_agree():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        v = random_video(rng, n_chunks=int(rng.integers(1, 9)))
+        for a, b in zip(v.events, v.events[1:]):
+            assert a.end <= b.start                              # never overlapping
+        for qa in questions(v, rng):
+            assert qa.key.lower().rstrip("s").rstrip(".0") in qa.answer.lower() or qa.type == "temporal"
+            shown = {i for e in v.events for i in v.chunks_of(e)}
+            assert qa.chunks and qa.chunks <= shown
+            if qa.type == "retrieval":
+                color = qa.answer.split()[1]
+                card = next(e for e in v.events if e.label.kind == "card" and e.label.color == color)
+                assert card.label.digit == qa.key
+
+
+def test_caption_layout_repeats_slots(tokenizer):
+    ids = piece_ids(tokenizer)
+    got = caption_ids(FrameLabel("card", "red", digit="7"), ids, 8)
+    assert got == [ids[" red"]] * 2 + [ids[" card"]] * 2 + [ids["7"]] * 2 + [ids[" ."]] * 2
+    with pytest.raises(ValueError, match="multiple of 4"):
+        caption_ids(FrameLabel(), ids, 6)
+
+
+def test_training_is_deterministic_and_learns_something(tokenizer):
+    cfg = LMTrainConfig(seed=5, steps=3, max_chunks=2, questions_per_video=2, rank=2, warmup=1)
+    states = []
+    for _ in range(2):
+        be = tiny_backend(tokenizer, seed=0)
+        metrics = train(be.model, tokenizer, cfg)
+        assert np.isfinite(metrics["final_loss"])
+        states.append(lora.adapter_state(be.model))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(states[0][k].abs().sum() > 0 for k in states[0] if k.endswith("lora_B"))   # B moved off zero
+
+
+def test_shipped_weights_are_verified(tmp_path, embedded_backend):
+    from videokv.engine.models import ModelIntegrityError, load_toyworld, toyworld_dir
+
+    manifest = json.loads((toyworld_dir() / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"tower.safetensors", "adapter.safetensors"}
+    total = sum((toyworld_dir() / n).stat().st_size for n in manifest["files"])
+    assert total <= 20 * 2 ** 20
+    bad = tmp_path / "toyworld"
+    shutil.copytree(toyworld_dir(), bad)
+    with open(bad / "adapter.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        load_toyworld(embedded_backend.model, embedded_backend.tokenizer, 8, folder=bad)
+
+
+def test_embedded_default_loads_the_trained_parts(embedded_backend):
+    from videokv.engine.toytower import ToyWorldTower
+
+    assert isinstance(embedded_backend.vision, ToyWorldTower)
+    assert "+tw" in embedded_backend.weights_id                  # the adapter is part of the identity

@@ -1,0 +1,93 @@
+"""`videokv train-vision`: train the embedded default's toy-world model from scratch.
+
+Two stages, both generated on the fly and deterministic for a seed:
+  1. the vision tower (CNN classifier of the salient object + retrieval head into
+     all-MiniLM-L6-v2's space) on rendered toy-world frames (engine/train_tower.py);
+  2. the LLM adapter (LoRA on SmolLM2's attention) reading tower captions through the
+     run-time chunk-prefill / compression / assembly path (engine/train_lm.py).
+Writes tower.safetensors, adapter.safetensors, manifest.json (sha256 of both) and
+metrics.json to --out; `--install` also copies them over the shipped weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ADAPTER_ALPHA = 16.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="videokv train-vision", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tower-steps", type=int, default=4500)
+    ap.add_argument("--lm-steps", type=int, default=400)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    ap.add_argument("--out", default=None, help="output folder (default runs/train-vision-seed<S>)")
+    ap.add_argument("--skip-tower", action="store_true", help="reuse --out/tower.safetensors")
+    ap.add_argument("--install", action="store_true", help="copy the result over the shipped weights")
+    args = ap.parse_args(argv)
+
+    import torch
+    from safetensors.torch import save_file
+
+    from videokv.engine import lora
+    from videokv.engine.models import convert_embedded, load_folder, toyworld_dir
+    from videokv.engine.train_lm import LMTrainConfig, train
+    from videokv.engine.train_tower import train_tower
+    from videokv.hashing import sha256_file
+    from videokv.settings import get_settings
+
+    out = Path(args.out or f"runs/train-vision-seed{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.skip_tower:
+        tower_metrics = json.loads((out / "tower_metrics.json").read_text())
+    else:
+        def tower_progress(e: dict) -> None:
+            if e.get("phase") == "train":
+                print(f"tower: step {e['step']}/{e['steps']} loss {e['loss']:.3f} ({e['seconds']:.0f} s)", flush=True)
+        tower_metrics = train_tower(args.seed, args.tower_steps, out, args.threads, progress=tower_progress)
+        print(f"tower: done in {time.perf_counter() - t0:.0f} s; held-out "
+              + ", ".join(f"{k} {v}" for k, v in tower_metrics.items() if k.startswith("acc")), flush=True)
+
+    t1 = time.perf_counter()
+    model, tok, base_id = load_folder(convert_embedded(get_settings().models_dir))
+    cfg = LMTrainConfig(seed=args.seed, steps=args.lm_steps, alpha=ADAPTER_ALPHA)
+
+    def lm_progress(step: int, steps: int, loss: float, secs: float) -> None:
+        if step % 10 == 0 or step == steps:
+            print(f"adapter: step {step}/{steps} loss {loss:.3f} ({secs:.0f} s)", flush=True)
+
+    lm_metrics = train(model, tok, cfg, lm_progress)
+    state = {k: v.contiguous() for k, v in lora.adapter_state(model).items()}
+    save_file(state, str(out / "adapter.safetensors"), metadata={"rank": str(cfg.rank), "alpha": str(cfg.alpha)})
+    manifest = {
+        "files": {n: sha256_file(out / n) for n in ("tower.safetensors", "adapter.safetensors")},
+        "base_model": {"name": "SmolLM2-135M-Instruct", "weights_sha256_prefix": base_id},
+        "adapter": {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(lora.TARGETS)},
+        "tokens_per_frame": cfg.tokens_per_frame, "chunk_frames": cfg.chunk_frames,
+        "seed": args.seed, "tower_steps": args.tower_steps, "lm_steps": args.lm_steps,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    metrics = {"tower": tower_metrics, "adapter": lm_metrics,
+               "seconds": {"adapter": round(time.perf_counter() - t1, 1), "total": round(time.perf_counter() - t0, 1)}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    print(f"wrote {out}: tower {manifest['files']['tower.safetensors'][:12]}, adapter "
+          f"{manifest['files']['adapter.safetensors'][:12]} in {metrics['seconds']['total']:.0f} s")
+    if args.install:
+        dest = toyworld_dir()
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("tower.safetensors", "adapter.safetensors", "manifest.json", "metrics.json"):
+            shutil.copy2(out / name, dest / name)
+        print(f"installed into {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
