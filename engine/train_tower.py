@@ -401,7 +401,7 @@ def evaluate(tower: ToyWorldTower, frames: np.ndarray, y: np.ndarray, minilm, se
 # ---------------------------------------------------------------- training
 
 
-def train_tower(seed: int = 0, steps: int = 4500, out_dir: str | Path = "models/toyworld", threads: int = 1,
+def train_tower(seed: int = 0, steps: int = 4500, out_dir: str | Path = "runs/toyworld-tower", threads: int = 1,
                 progress: Callable[[dict], None] | None = None, batch: int = BATCH, reuse: int = REUSE,
                 eval_frames: int = 2400, eval_trials: int = 200, lr: float = 3e-3) -> dict:
     """Train a ToyWorldTower; write tower.safetensors and tower_metrics.json into out_dir.
@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m videokv.engine.train_tower", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=4500)
-    ap.add_argument("--out", default="models/toyworld")
+    ap.add_argument("--out", default="runs/toyworld-tower")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-frames", type=int, default=2400)
     args = ap.parse_args(argv)
