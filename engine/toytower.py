@@ -28,11 +28,6 @@ from . import captions as cap
 from .vision import VisionTower
 
 ARCH = "toyworld-cnn-v2"
-# The trained weights shipped with the project (python -m videokv.engine.train_tower).
-def default_weights() -> Path:
-    """The shipped tower (inside the videokv package, see engine.models.toyworld_dir)."""
-    from .models import toyworld_dir
-    return toyworld_dir() / "tower.safetensors"
 RETRIEVAL_DIM = 384
 # conv (in, out, stride); 3x3, BatchNorm, ReLU. 128x96 in -> 8x6 feature map.
 LAYERS = ((3, 24, 2), (24, 48, 2), (48, 48, 1), (48, 80, 2), (80, 80, 1), (80, 128, 2), (128, 128, 1))
@@ -48,12 +43,36 @@ _I_SHAPES = [_IDX[" " + s] for s in cap.SHAPES]
 _I_DIGITS = [_IDX[d] for d in cap.DIGITS]
 
 
+def default_weights() -> Path:
+    """The shipped tower (inside the videokv package, see engine.models.toyworld_dir);
+    made by `python -m videokv.engine.train_tower --seed 0 --steps 4500`."""
+    from .models import toyworld_dir
+    return toyworld_dir() / "tower.safetensors"
+
+
 def caption_piece_embeddings(tokenizer, embedding) -> torch.Tensor:
     """[V_cap, hidden]: the LLM input embeddings of `caption_vocabulary()` pieces, in order.
     embedding: the model's input embedding module (`model.get_input_embeddings()`) or its weight."""
     ids = cap.piece_ids(tokenizer)
     weight = embedding.weight if hasattr(embedding, "weight") else embedding
     return weight.detach()[torch.tensor([ids[p] for p in _VOCAB], device=weight.device)].clone()
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """safetensors writes its __metadata__ map in a per-process random order (a Rust
+    HashMap), so identical weights could hash differently. Sort it: same weights, same
+    bytes, same sha256. The header keeps its length (only the key order changes)."""
+    import json
+    import struct
+
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    if len(raw) > n:
+        raise RuntimeError("safetensors header grew when canonicalised")
+    return data[:8] + raw + b" " * (n - len(raw)) + data[8 + n:]
 
 
 def _block(i: int, o: int, s: int) -> nn.Sequential:
@@ -85,8 +104,13 @@ class ToyWorldTower(VisionTower):
         # Retrieval: head probabilities (detached) -> MiniLM space.
         self.retrieval = nn.Sequential(nn.Linear(N_PROBS, 256), nn.ReLU(inplace=True), nn.Linear(256, RETRIEVAL_DIM))
         self._weights_sha: str | None = None
-        # NHWC convolutions: ~1.4x faster on CPU (oneDNN), for training and inference.
-        self.backbone.to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True) -> "ToyWorldTower":
+        """Inference runs NHWC (channels_last: ~1.5x faster on CPU); training stays NCHW,
+        the layout the shipped weights were trained in (bit-for-bit reproducible)."""
+        super().train(mode)
+        self.backbone.to(memory_format=torch.contiguous_format if mode else torch.channels_last)
+        return self
 
     # ------------------------------------------------------------------ identity, io
 
@@ -104,13 +128,13 @@ class ToyWorldTower(VisionTower):
 
     def save(self, path: str | Path) -> str:
         """Write the weights (fp32 safetensors); return the file's sha256."""
-        from safetensors.torch import save_file
-
-        from videokv.hashing import sha256_file
+        from safetensors.torch import save
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata={"arch": ARCH, "input_size": f"{self.input_size[0]}x{self.input_size[1]}"})
-        self._weights_sha = sha256_file(path)
+        data = _canonical_header(save(state, metadata={"arch": ARCH,
+                                                       "input_size": f"{self.input_size[0]}x{self.input_size[1]}"}))
+        Path(path).write_bytes(data)
+        self._weights_sha = hashlib.sha256(data).hexdigest()
         return self._weights_sha
 
     @classmethod
@@ -138,7 +162,8 @@ class ToyWorldTower(VisionTower):
         W, H = self.input_size
         if x.shape[-2:] != (H, W):
             x = F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
-        return ((x - 0.5) * 4.0).contiguous(memory_format=torch.channels_last)
+        x = (x - 0.5) * 4.0
+        return x if self.training else x.contiguous(memory_format=torch.channels_last)
 
     def logits(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames [N, 3, H, W] in [0, 1] -> {head: [N, classes]} logits."""

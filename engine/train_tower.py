@@ -1,8 +1,10 @@
 """Train the toy-world vision tower (engine/toytower.py) on rendered scenes.
 
-    python -m videokv.engine.train_tower --seed 0 --steps 4500 --out models/toyworld
+    python -m videokv.engine.train_tower --seed 0 --steps 4500 --out runs/toyworld-tower
 
-Deterministic for a seed (and thread count): numpy and torch are seeded, frames are
+reproduces the shipped videokv/weights/toyworld/tower.safetensors bit for bit (one torch
+thread; ~20 min on one free core). Deterministic for a seed (and thread count): numpy
+and torch are seeded, frames are
 rendered by `ingest.toyworld.random_scene` with a numpy Generator. Rendering is the slow
 part, so a pool of frames is rendered once (at random resolutions and aspect ratios
 160x120..1280x720, JPEG artefacts, then resized to the tower's input like the pipeline
@@ -41,7 +43,7 @@ from .toytower import ToyWorldTower, chunk_retrieval_vector, question_retrieval_
 
 INPUT_SIZE = (128, 96)
 BATCH = 64
-REUSE = 12                # each pooled frame is seen ~REUSE times (augmented differently)
+REUSE = 20                # each pooled frame is seen ~REUSE times (augmented differently)
 TAU = 0.05                # contrastive temperature
 CONTRAST_WEIGHT = 0.5
 HEAD_WEIGHTS = {"kind": 1.0, "color": 1.0, "shape": 1.5, "digit": 2.0}   # digits are the hardest

@@ -157,3 +157,13 @@ def test_text_bank_positives():
     assert pos[i].sum() == 10 and pos[i, :10].all()
     order = [j for j, t in enumerate(texts) if t.startswith("Which appeared first")]
     assert order and all(pos[j].sum() >= 2 for j in order)
+
+
+def test_saving_is_canonical(tmp_path):
+    """Re-saving the shipped weights gives the shipped file byte for byte (the safetensors
+    metadata order is normalised), so a retrain with the same seed reproduces its sha256."""
+    from videokv.hashing import sha256_file
+    shipped = sha256_file(default_weights())
+    tower = ToyWorldTower.load(default_weights())
+    assert tower.save(tmp_path / "t.safetensors") == shipped == sha256_file(tmp_path / "t.safetensors")
+    assert tower.identity.startswith(f"{ARCH}-{shipped[:16]}")
