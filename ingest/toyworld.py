@@ -268,6 +268,8 @@ def _occlude(img: Image.Image, bbox, fraction: float, side: str) -> Image.Image:
         strip = {"left": (x0, y0, x0 + bw, y1), "right": (x1 - bw, y0, x1, y1),
                  "top": (x0, y0, x1, y0 + bh), "bottom": (x0, y1 - bh, x1, y1)}[side]
         sx0, sy0, sx1, sy1 = (int(round(v)) for v in strip)
+        if sx1 <= sx0 or sy1 <= sy0:      # a sprite too small for a visible strip: no occluder
+            return img
         if alpha[sy0:sy1, sx0:sx1].sum() <= MAX_OCCLUSION * total:
             out = img.copy()
             ImageDraw.Draw(out).rectangle([sx0, sy0, sx1 - 1, sy1 - 1], fill=OCCLUDER_RGB + (255,))

@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             if e.get("phase") == "train":
                 print(f"tower: step {e['step']}/{e['steps']} loss {e['loss']:.3f} ({e['seconds']:.0f} s)", flush=True)
         tower_metrics = train_tower(args.seed, args.tower_steps, out, args.threads, progress=tower_progress)
+        held = tower_metrics.get("heldout", {})
         print(f"tower: done in {time.perf_counter() - t0:.0f} s; held-out "
-              + ", ".join(f"{k} {v}" for k, v in tower_metrics.items() if k.startswith("acc")), flush=True)
+              + ", ".join(f"{k} {held[k]:.4f}" for k in ("kind", "color", "digit", "shape") if k in held), flush=True)
 
     t1 = time.perf_counter()
     model, tok, base_id = load_folder(convert_embedded(get_settings().models_dir))
