@@ -42,11 +42,6 @@ class FrameLabel:
             return (" " + self.color, " " + self.shape, END, END)
         return (BLANK,) * SLOTS
 
-    @property
-    def name(self) -> str:
-        return {"card": f"{self.color} card showing {self.digit}",
-                "shape": f"{self.color} {self.shape}"}.get(self.kind, "nothing")
-
 
 def caption_vocabulary() -> tuple[str, ...]:
     """Every text piece a caption slot can hold, in a fixed order (tower output classes)."""

@@ -39,9 +39,11 @@ def evaluate(backend: HFCausalBackend, config: EngineConfig, seed: int = 1234, v
     for _ in range(videos):
         video = random_video(rng, n_chunks, f)
         chunks = []
-        for i, t in enumerate(video.chunk_times):
+        times = video.chunk_times
+        step = times[1] - times[0] if len(times) > 1 else float(f)
+        for i, t in enumerate(times):
             tok = torch.tensor([x for lb in video.frames[i * f:(i + 1) * f] for x in caption_ids(lb, ids, tpf)])
-            chunks.append(ChunkInput(i, backend.embed_text(tok), i * f, (i + 1) * f, t, t + 1))
+            chunks.append(ChunkInput(i, backend.embed_text(tok), i * f, (i + 1) * f, t, t + step))
         done = list(pf.run(prefix, chunks))
         for qa in questions(video, rng):
             chosen = set(sorted(qa.chunks)[:top_k]) | {0, n_chunks - 1}

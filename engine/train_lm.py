@@ -26,10 +26,13 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from . import lora
+from .backend import HFCausalBackend
 from .captions import caption_ids, piece_ids
+from .chunkkv import ChunkKV, TokenKind
+from .compress import make_policy
+from .config import CompressionConfig
 from .lm_data import CaptionVideo, questions, random_video
 from .prefill import timestamp_text
-from .rope import Rotary
 
 
 @dataclass
@@ -53,23 +56,24 @@ class LMTrainConfig:
 
 
 class CaptionLM:
-    """The model + tokenizer with the helpers training and evaluation share."""
+    """The model (wrapped as the run-time backend, for its prompt template, tokenizer and
+    rotary maths) and the compression policies; shared by training steps."""
 
     def __init__(self, model, tokenizer, cfg: LMTrainConfig):
-        self.model, self.tok, self.cfg = model, tokenizer, cfg
-        self.rotary = Rotary(model.model.rotary_emb)
+        self.backend = HFCausalBackend(model, tokenizer)
+        self.model, self.cfg = model, cfg
+        self.rotary = self.backend.rotary
         self.ids = piece_ids(tokenizer)
         self.embed = model.get_input_embeddings()
-        msgs = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": "\x00"}]
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        self.before, _ = text.split("\x00")
+        self.before, _ = self.backend.prompt_parts(cfg.system_prompt, "")
+        self.policies = {"L": make_policy(CompressionConfig("avgpool", cfg.l_ratio)),
+                         "H": make_policy(CompressionConfig("avgpool", cfg.h_ratio))}
 
     def tokens(self, text: str) -> torch.Tensor:
-        return torch.tensor(self.tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        return self.backend.tokenize(text)
 
     def suffix(self, question: str) -> str:
-        msgs = [{"role": "system", "content": self.cfg.system_prompt}, {"role": "user", "content": "\x00" + question}]
-        return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True).split("\x00")[1]
+        return self.backend.prompt_parts(self.cfg.system_prompt, question)[1]
 
     def chunk_ids(self, video: CaptionVideo, i: int) -> tuple[torch.Tensor, int]:
         """Token ids of chunk i (timestamp text, then captions) and how many are text."""
@@ -93,17 +97,6 @@ def _cache(keys: torch.Tensor, values: torch.Tensor, config) -> DynamicCache:
     for i in range(keys.shape[0]):
         c.update(keys[i], values[i], i)
     return c
-
-
-def pool(k: torch.Tensor, v: torch.Tensor, n_text: int, ratio: int):
-    """[L, H, T, D] chunk K/V -> text tokens kept, visual tokens avg-pooled by ratio."""
-    if ratio == 1:
-        return k, v
-    def p(x):
-        vis = x[:, :, n_text:]
-        L, H, T, D = vis.shape
-        return torch.cat([x[:, :, :n_text], vis.reshape(L, H, T // ratio, ratio, D).mean(3)], 2)
-    return p(k), p(v)
 
 
 def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int]):
@@ -164,13 +157,14 @@ def layout(n: int, relevant: set[int], top_k: int, rng: np.random.Generator, bil
 
 
 def assemble(lm: CaptionLM, prefix, chunks, levels: dict[int, str]):
-    cfg = lm.cfg
     ks, vs = [prefix[0]], [prefix[1]]
     for i in sorted(chunks):
         k, v, n_text = chunks[i]
-        k, v = pool(k, v, n_text, cfg.l_ratio if levels[i] == "L" else cfg.h_ratio)
-        ks.append(k)
-        vs.append(v)
+        kinds = torch.full((k.shape[2],), TokenKind.VISUAL, dtype=torch.uint8)
+        kinds[:n_text] = TokenKind.TEXT
+        c = lm.policies[levels[i]].compress(ChunkKV(k, v, kinds, index=i), levels[i])
+        ks.append(c.keys)
+        vs.append(c.values)
     k, v = torch.cat(ks, 2), torch.cat(vs, 2)
     N = k.shape[2]
     return _cache(lm.rotary.rotate(k, torch.arange(N))[:, None], v[:, None], lm.model.config), N
@@ -190,8 +184,8 @@ def train(model, tokenizer, cfg: LMTrainConfig, progress=None) -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     params = lora.attach(model, cfg.rank, cfg.alpha, cfg.seed)
-    model.train()
     lm = CaptionLM(model, tokenizer, cfg)
+    model.train()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup)
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))

@@ -110,18 +110,21 @@ class IngestPipeline:
         first = missing[0]
         history = self._history(vid, first)
 
+        wants_frames = any(getattr(o, "needs_frames", False) for o in self.oracles)
+        pending: dict[int, torch.Tensor] = {}   # chunk index -> its frames, until its oracles ran
+
         def inputs():
             for c in plan.chunks[first:]:
-                visual = self.backend.vision_tokens(frames_to_tensor(frames[c.frame_start:c.frame_end]))
+                x = frames_to_tensor(frames[c.frame_start:c.frame_end])
+                if wants_frames:
+                    pending[c.index] = x
+                visual = self.backend.vision_tokens(x)
                 yield ChunkInput(c.index, visual.reshape(-1, visual.shape[-1]), c.frame_start, c.frame_end,
                                  c.t_start, c.t_end)
 
         computed = 0
         for pc in self.prefiller.run(prefix, inputs(), history=history):
-            c = plan.chunks[pc.L.index]
-            chunk_frames = None
-            if any(getattr(o, "needs_frames", False) for o in self.oracles):
-                chunk_frames = frames_to_tensor(frames[c.frame_start:c.frame_end])
+            chunk_frames = pending.pop(pc.L.index, None)
             emb = {o.identity: o.chunk_vector(pc.L, frames=chunk_frames).numpy() for o in self.oracles}
             self.store.put_chunk(vid, [pc.L, pc.H], emb)    # one transaction; idempotent
             computed += 1

@@ -42,7 +42,7 @@ def test_caption_videos_and_questions_agree():
         for a, b in zip(v.events, v.events[1:]):
             assert a.end <= b.start                              # never overlapping
         for qa in questions(v, rng):
-            assert qa.key.lower().rstrip("s").rstrip(".0") in qa.answer.lower() or qa.type == "temporal"
+            assert qa.key and qa.key.lower() in qa.answer.lower()      # the answer says what grading wants
             shown = {i for e in v.events for i in v.chunks_of(e)}
             assert qa.chunks and qa.chunks <= shown
             if qa.type == "retrieval":
