@@ -66,16 +66,21 @@ class QA:
 
 
 def random_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16,
-                 n_events: int | None = None) -> CaptionVideo:
+                 n_events: int | None = None, clustered: bool | None = None) -> CaptionVideo:
     """Events of 1-10 frames, never overlapping; cards of distinct colours; one colour/shape
-    pair may repeat (for counting); other shape events have distinct pairs."""
+    pair may repeat (for counting); other shape events have distinct pairs.
+
+    Placement: one event per equal time slot, or (clustered, half the videos when None) a
+    run of 2+ short events back to back with 1-3 blank frames between them, so several
+    share a chunk (as in a busy scene, or the needle bench's cluster), and the rest at
+    random free places."""
     n = n_chunks * chunk_frames
     k = int(rng.integers(1, min(7, max(2, n // 12)) + 1)) if n_events is None else n_events
     n_cards = int(rng.integers(0, k + 1))
     ids = [FrameLabel("card", c, digit=str(rng.choice(DIGITS))) for c in rng.permutation(COLORS)[:n_cards]]
     n_shapes = k - len(ids)
     used: set[tuple[str, str]] = set()
-    if n_shapes >= 2 and rng.random() < 0.6:
+    if n_shapes >= 2 and rng.random() < 0.75:
         rep = int(rng.integers(2, min(5, n_shapes) + 1))
         pair = (str(rng.choice(COLORS)), str(rng.choice(SHAPES)))
         used.add(pair)
@@ -86,18 +91,56 @@ def random_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16
             used.add(pair)
             ids.append(FrameLabel("shape", pair[0], shape=pair[1]))
     ids = [ids[i] for i in rng.permutation(len(ids))]
-    # one event per equal time slot, so they never overlap
+    if clustered is None:
+        clustered = k >= 2 and rng.random() < 0.5
+    spans = _clustered_spans(rng, n, k) if clustered and k >= 2 else None
+    if spans is None:   # one event per equal time slot, so they never overlap
+        spans = []
+        for j in range(k):
+            a, b = j * n // k, (j + 1) * n // k
+            length = int(min(rng.integers(1, 11), max(1, b - a - 1)))
+            s = int(rng.integers(a, max(a + 1, b - length)))
+            spans.append((s, s + length))
     frames = [FrameLabel()] * n
     events = []
-    for j, lb in enumerate(ids):
-        a, b = j * n // k, (j + 1) * n // k
-        length = int(min(rng.integers(1, 11), max(1, b - a - 1)))
-        s = int(rng.integers(a, max(a + 1, b - length)))
-        events.append(Event(lb, s, s + length))
-        frames[s:s + length] = [lb] * length
+    for lb, (s, e) in zip(ids, spans):
+        events.append(Event(lb, s, e))
+        frames[s:e] = [lb] * (e - s)
+    events.sort(key=lambda e: e.start)
     seconds = float(rng.choice([16.0, 16.0, 16.0, 8.0, 32.0, 4.0]))
     t0 = float(rng.choice([0.0, 0.0, round(float(rng.uniform(0, 600)), 0)]))
     return CaptionVideo(frames, events, chunk_frames, [t0 + i * seconds for i in range(n_chunks)])
+
+
+def _clustered_spans(rng: np.random.Generator, n: int, k: int) -> list[tuple[int, int]] | None:
+    """k non-overlapping (start, end) frame spans: the first m (2..k) back to back with 1-3
+    frame gaps, the others anywhere free (one blank frame apart). None if they do not fit."""
+    m = int(rng.integers(2, k + 1))
+    lengths = [int(x) for x in rng.integers(1, 6, size=m)]
+    gaps = [int(x) for x in rng.integers(1, 4, size=m - 1)]
+    span = sum(lengths) + sum(gaps)
+    if span > n:
+        return None
+    pos = int(rng.integers(0, n - span + 1))
+    spans = []
+    for j, length in enumerate(lengths):
+        spans.append((pos, pos + length))
+        pos += length + (gaps[j] if j < m - 1 else 0)
+    busy = np.zeros(n + 2, bool)
+    for s, e in spans:
+        busy[s:e + 2] = True
+    for _ in range(k - m):
+        length = int(rng.integers(1, 11))
+        for _try in range(50):
+            s = int(rng.integers(0, max(1, n - length + 1)))
+            e = min(n, s + length)
+            if not busy[max(0, s - 1):e + 1].any():
+                break
+        else:
+            return None
+        spans.append((s, e))
+        busy[s:e + 2] = True
+    return spans      # ids are already in random order, so which ones cluster is random
 
 
 def questions(video: CaptionVideo, rng: np.random.Generator) -> list[QA]:
@@ -134,4 +177,24 @@ def questions(video: CaptionVideo, rng: np.random.Generator) -> list[QA]:
         first = a if a.start < b.start else b
         ask("ordering", f"The {first.name} appeared first.", video.chunks_of(a) | video.chunks_of(b),
             first.name, a=a.name, b=b.name)
+    return out
+
+
+def sample_questions(qas: list[QA], n: int, rng: np.random.Generator) -> list[QA]:
+    """Up to n questions, one type at a time in random order (so rare types are not drowned
+    by per-event ones); a counting question asks about a repeated pair when there is one
+    (otherwise the answer would nearly always be "1 time")."""
+    by_type: dict[str, list[QA]] = {}
+    for i in rng.permutation(len(qas)):
+        by_type.setdefault(qas[i].type, []).append(qas[i])
+    counting = by_type.get("counting", [])
+    repeated = [q for q in counting if q.key != "1"]
+    if repeated and rng.random() < 0.8:
+        by_type["counting"] = repeated + [q for q in counting if q.key == "1"]
+    types = [t for t in rng.permutation(sorted(by_type))]
+    out: list[QA] = []
+    while len(out) < n and any(by_type.values()):
+        for t in types:
+            if by_type[t] and len(out) < n:
+                out.append(by_type[t].pop(0))
     return out

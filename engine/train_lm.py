@@ -31,7 +31,7 @@ from .captions import caption_ids, piece_ids
 from .chunkkv import ChunkKV, TokenKind
 from .compress import make_policy
 from .config import CompressionConfig
-from .lm_data import CaptionVideo, questions, random_video
+from .lm_data import CaptionVideo, questions, random_video, sample_questions
 from .prefill import timestamp_text
 
 
@@ -45,7 +45,9 @@ class LMTrainConfig:
     alpha: float = 16.0
     tokens_per_frame: int = 8
     chunk_frames: int = 16
-    max_chunks: int = 16
+    max_chunks: int = 256         # long videos are cheap: blank chunks share one prefill
+    dense_max_chunks: int = 64     # dense layouts only up to here (the LLM's context, as at run time)
+    long_share: float = 0.5        # share of videos longer than 16 chunks (log-uniform 17..max_chunks)
     top_k: int = 3
     l_ratio: int = 2
     h_ratio: int = 16
@@ -94,8 +96,9 @@ class CaptionLM:
 def _cache(keys: torch.Tensor, values: torch.Tensor, config) -> DynamicCache:
     """keys/values [L, B, H, T, D] (keys rotated) -> DynamicCache."""
     c = DynamicCache(config=config)
-    for i in range(keys.shape[0]):
-        c.update(keys[i], values[i], i)
+    # unbind, not keys[i]: backward of L selects would write L full-size zero tensors
+    for i, (k, v) in enumerate(zip(keys.unbind(0), values.unbind(0))):
+        c.update(k, v, i)
     return c
 
 
@@ -104,11 +107,14 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int]):
 
     Chunks that show nothing are all alike but for their timestamp: one is prefilled in
     full and the others reuse its visual K/V with their own timestamp's K/V, which makes
-    long training videos cheap (at run time every chunk is prefilled for real)."""
+    long training videos cheap (at run time every chunk is prefilled for real). Such chunks
+    come back holding only their timestamp's K/V (n_text == tokens); `blank` is the shared
+    visual part (keys, values), or None."""
     m = lm.model
     pid = lm.tokens(lm.before)
     P = len(pid)
-    _, cache = lm.run(lm.embed(pid)[None], DynamicCache(config=m.config), 0)
+    with torch.no_grad():   # the system prompt's K/V: current adapter, but a constant within the step
+        _, cache = lm.run(lm.embed(pid)[None], DynamicCache(config=m.config), 0)
     pk = torch.stack([layer.keys[0] for layer in cache.layers])          # rotated, [L, H, P, D]
     pv = torch.stack([layer.values[0] for layer in cache.layers])
     f = video.chunk_frames
@@ -137,11 +143,13 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int]):
         members = [i for i in full if (i in grad_chunks) == needs_grad]
         for i, k, v in batch(members, lambda i: ids[i][0], needs_grad):
             chunks[i] = (k, v, ids[i][1])
+    shared = None
     if len(blank) > 1:
         rk, rv, rn = chunks[blank[0]]
+        shared = (rk[:, :, rn:], rv[:, :, rn:])
         for i, k, v in batch(blank[1:], lambda i: ids[i][0][:ids[i][1]], False):
-            chunks[i] = (torch.cat([k, rk[:, :, rn:]], 2), torch.cat([v, rv[:, :, rn:]], 2), ids[i][1])
-    return (lm.rotary.unrotate(pk, torch.arange(P)), pv), chunks
+            chunks[i] = (k, v, ids[i][1])
+    return (lm.rotary.unrotate(pk, torch.arange(P)), pv), chunks, shared
 
 
 def layout(n: int, relevant: set[int], top_k: int, rng: np.random.Generator, bilevel: bool) -> dict[int, str]:
@@ -156,10 +164,26 @@ def layout(n: int, relevant: set[int], top_k: int, rng: np.random.Generator, bil
     return {i: "L" if i in chosen else "H" for i in range(n)}
 
 
-def assemble(lm: CaptionLM, prefix, chunks, levels: dict[int, str]):
+def assemble(lm: CaptionLM, prefix, chunks, levels: dict[int, str], shared=None, memo: dict | None = None):
+    """The context a query loads: prefix, then every chunk compressed to its level, as a
+    fresh cache (N tokens). memo (one dict per video) reuses the K/V of a layout seen before."""
+    key = tuple(levels[i] for i in sorted(chunks))
+    if memo is not None and key in memo:
+        k, v = memo[key]
+        return _cache(k[:, None], v[:, None], lm.model.config), k.shape[2]
     ks, vs = [prefix[0]], [prefix[1]]
+    pooled_blank = {}
     for i in sorted(chunks):
         k, v, n_text = chunks[i]
+        if n_text == k.shape[2] and shared is not None:
+            # a blank chunk: its timestamp, then the shared visual part pooled like any other
+            # (text first, then pooled visual: Policy.compress's output order)
+            if levels[i] not in pooled_blank:
+                pooled_blank[levels[i]] = lm.policies[levels[i]]._reduce(*shared, None)
+            pk, pv = pooled_blank[levels[i]]
+            ks += [k, pk]
+            vs += [v, pv]
+            continue
         kinds = torch.full((k.shape[2],), TokenKind.VISUAL, dtype=torch.uint8)
         kinds[:n_text] = TokenKind.TEXT
         c = lm.policies[levels[i]].compress(ChunkKV(k, v, kinds, index=i), levels[i])
@@ -167,7 +191,10 @@ def assemble(lm: CaptionLM, prefix, chunks, levels: dict[int, str]):
         vs.append(c.values)
     k, v = torch.cat(ks, 2), torch.cat(vs, 2)
     N = k.shape[2]
-    return _cache(lm.rotary.rotate(k, torch.arange(N))[:, None], v[:, None], lm.model.config), N
+    k = lm.rotary.rotate(k, torch.arange(N))
+    if memo is not None:
+        memo[key] = (k, v)
+    return _cache(k[:, None], v[:, None], lm.model.config), N
 
 
 def answer_loss(lm: CaptionLM, cache: DynamicCache, N: int, question: str, answer: str) -> torch.Tensor:
@@ -177,6 +204,14 @@ def answer_loss(lm: CaptionLM, cache: DynamicCache, N: int, question: str, answe
     hidden, _ = lm.run(lm.embed(ids)[None], cache, N)
     h = hidden[0, len(q) - 1:-1]                                          # predicts the answer tokens
     return F.cross_entropy(lm.model.lm_head(h).float(), a)
+
+
+def video_chunks(cfg: LMTrainConfig, rng: np.random.Generator) -> int:
+    """Length of a training video in chunks: 1..16 uniform, or (long_share) log-uniform above."""
+    short = min(16, cfg.max_chunks)
+    if cfg.max_chunks <= short or rng.random() >= cfg.long_share:
+        return int(rng.integers(1, short + 1))
+    return int(round(math.exp(rng.uniform(math.log(short + 1), math.log(cfg.max_chunks)))))
 
 
 def train(model, tokenizer, cfg: LMTrainConfig, progress=None) -> dict:
@@ -191,16 +226,16 @@ def train(model, tokenizer, cfg: LMTrainConfig, progress=None) -> dict:
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
     t0, losses = time.perf_counter(), []
     for step in range(cfg.steps):
-        n = int(rng.integers(1, cfg.max_chunks + 1))
+        n = video_chunks(cfg, rng)
         video = random_video(rng, n, cfg.chunk_frames)
-        qas = questions(video, rng)
-        qas = [qas[i] for i in rng.permutation(len(qas))[:cfg.questions_per_video]]
+        qas = sample_questions(questions(video, rng), cfg.questions_per_video, rng)
         grad = set().union(*(video.chunks_of(e) for e in video.events)) if rng.random() < cfg.write_grad else set()
-        prefix, chunks = prefill_video(lm, video, grad)
-        loss = 0.0
+        prefix, chunks, shared = prefill_video(lm, video, grad)
+        loss, memo = 0.0, {}
         for qa in qas:
-            levels = layout(n, qa.chunks, cfg.top_k, rng, bilevel=rng.random() < cfg.bilevel_share)
-            cache, N = assemble(lm, prefix, chunks, levels)
+            bilevel = n > cfg.dense_max_chunks or rng.random() < cfg.bilevel_share
+            levels = layout(n, qa.chunks, cfg.top_k, rng, bilevel=bilevel)
+            cache, N = assemble(lm, prefix, chunks, levels, shared, memo)
             loss = loss + answer_loss(lm, cache, N, qa.question, qa.answer) / len(qas)
         opt.zero_grad(set_to_none=True)
         loss.backward()

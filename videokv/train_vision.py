@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         tower_metrics = json.loads((out / "tower_metrics.json").read_text())
     else:
         def tower_progress(e: dict) -> None:
-            if e.get("phase") == "train":
-                print(f"tower: step {e['step']}/{e['steps']} loss {e['loss']:.3f} ({e['seconds']:.0f} s)", flush=True)
+            if e.get("phase") in ("train", "refine"):
+                print(f"tower {e['phase']}: step {e['step']}/{e['steps']} loss {e['loss']:.3f} ({e['seconds']:.0f} s)", flush=True)
         tower_metrics = train_tower(args.seed, args.tower_steps, out, args.threads, progress=tower_progress)
         held = tower_metrics.get("heldout", {})
         print(f"tower: done in {time.perf_counter() - t0:.0f} s; held-out "
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         "base_model": {"name": "SmolLM2-135M-Instruct", "weights_sha256_prefix": base_id},
         "adapter": {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(lora.TARGETS)},
         "tokens_per_frame": cfg.tokens_per_frame, "chunk_frames": cfg.chunk_frames,
-        "seed": args.seed, "tower_steps": args.tower_steps, "lm_steps": args.lm_steps,
+        "seed": args.seed, "tower_steps": args.tower_steps, "tower_refine_steps": tower_metrics.get("refine_steps", 0),
+        "lm_steps": args.lm_steps,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     metrics = {"tower": tower_metrics, "adapter": lm_metrics,

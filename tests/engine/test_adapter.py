@@ -10,7 +10,7 @@ import torch
 
 from videokv.engine import lora
 from videokv.engine.captions import FrameLabel, caption_ids, piece_ids
-from videokv.engine.lm_data import questions, random_video
+from videokv.engine.lm_data import questions, random_video, sample_questions
 from videokv.engine.tiny import tiny_backend
 from videokv.engine.train_lm import LMTrainConfig, train
 
@@ -49,6 +49,20 @@ def test_caption_videos_and_questions_agree():
                 color = qa.answer.split()[1]
                 card = next(e for e in v.events if e.label.kind == "card" and e.label.color == color)
                 assert card.label.digit == qa.key
+
+
+def test_clustered_videos_share_chunks_and_counting_asks_repeats():
+    rng = np.random.default_rng(1)
+    shared = 0
+    for _ in range(40):
+        v = random_video(rng, n_chunks=int(rng.integers(2, 40)), clustered=True)
+        for a, b in zip(v.events, v.events[1:]):
+            assert a.end < b.start                               # at least one blank frame between
+        per_chunk = [sum(1 for e in v.events if i in v.chunks_of(e)) for i in range(v.n_chunks)]
+        shared += max(per_chunk) > 1
+        qas = sample_questions(questions(v, rng), 4, rng)
+        assert len({q.type for q in qas}) == min(4, len({q.type for q in questions(v, rng)}))
+    assert shared >= 20                                          # clusters put several events in one chunk
 
 
 def test_caption_layout_repeats_slots(tokenizer):

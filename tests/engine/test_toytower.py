@@ -135,7 +135,7 @@ def test_dual_encoder_oracle_ranks_the_chunk_with_the_event(tower, minilm):
 
 
 def test_tiny_training_run_is_deterministic(tmp_path):
-    kw = dict(seed=3, steps=3, threads=1, batch=8, eval_frames=0)
+    kw = dict(seed=3, steps=3, threads=1, batch=8, eval_frames=0, refine_steps=2)
     m1 = tt.train_tower(out_dir=tmp_path / "a", **kw)
     m2 = tt.train_tower(out_dir=tmp_path / "b", **kw)
     a = (tmp_path / "a" / "tower.safetensors").read_bytes()
@@ -143,6 +143,10 @@ def test_tiny_training_run_is_deterministic(tmp_path):
     assert m1["weights_sha256"] == m2["weights_sha256"]
     m3 = tt.train_tower(out_dir=tmp_path / "c", **{**kw, "seed": 4})
     assert m3["weights_sha256"] != m1["weights_sha256"]
+    # the refine stage alone, from stage 1's output, gives the same weights as the full run
+    tt.train_tower(out_dir=tmp_path / "d", init=tmp_path / "a" / "tower_stage1.safetensors", **kw)
+    assert (tmp_path / "d" / "tower.safetensors").read_bytes() == a
+    assert (tmp_path / "a" / "tower_stage1.safetensors").read_bytes() != a
     loaded = ToyWorldTower.load(tmp_path / "a" / "tower.safetensors")
     assert loaded.identity.startswith(f"{ARCH}-{m1['weights_sha256'][:16]}")
 
