@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from .chunkkv import ChunkKV, TokenKind
 from .rope import Rotary
 from .vision import VisionTower
 
@@ -39,6 +40,12 @@ class HFCausalBackend:
     model: an `*ForCausalLM` with `.model.layers[i].self_attn.q_proj` and `.model.rotary_emb`.
     vision: maps frames [N, 3, H, W] in [0, 1] to [N, tokens_per_frame, hidden]; may be None
         for text-only use (tests then feed visual embeddings directly).
+
+    Positions (subclasses with another layout, e.g. M-RoPE, override the four hooks
+    `chunk_tokens`, `store_positions`, `rope_offsets`, `extent`): a part (the prompt prefix or
+    a chunk) is stored with its keys un-rotated by `store_positions` (here: fully, to
+    pre-RoPE), and when parts are loaded they are laid out contiguously, each starting where
+    the previous one's `extent` ends (here: one position per stored token).
     """
 
     name = "hf-causal"
@@ -48,17 +55,24 @@ class HFCausalBackend:
         self.tokenizer = tokenizer
         self.vision = vision
         self.weights_id = weights_id
-        cfg = model.config
+        self.decoder, self.lm_head, cfg = self._parts(model)
         self.config = cfg
         self.num_layers = cfg.num_hidden_layers
         self.num_q_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.hidden_size = cfg.hidden_size
-        self.rotary = Rotary(model.model.rotary_emb)
+        self.rotary = self._make_rotary()
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.vision_calls = 0  # counted so callers can prove a path ran no video prefill
+
+    def _parts(self, model: nn.Module):
+        """(decoder stack, lm_head, text config) of the wrapped model."""
+        return model.model, model.lm_head, model.config
+
+    def _make_rotary(self) -> Rotary:
+        return Rotary(self.decoder.rotary_emb)
 
     # -- inputs ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -86,6 +100,44 @@ class HFCausalBackend:
         before, after = text.split(VIDEO_MARK)
         return before, after
 
+    # -- positions ------------------------------------------------------------------------
+    def text_positions(self, n: int) -> torch.Tensor:
+        """In-part positions [n] of n text tokens."""
+        return torch.arange(n)
+
+    def chunk_tokens(self, stamp: str, visual: torch.Tensor, n_frames: int):
+        """A chunk's inputs: (embeds [T, hidden], kinds [T] uint8, in-chunk positions [T]).
+        Layout: the timestamp text, then the visual tokens [n_visual, hidden]."""
+        ids = self.tokenize(stamp)
+        text = self.embed_text(ids)
+        vis = visual.to(device=text.device, dtype=text.dtype)
+        kinds = torch.cat([torch.full((len(ids),), TokenKind.TEXT, dtype=torch.uint8),
+                           torch.full((vis.shape[0],), TokenKind.VISUAL, dtype=torch.uint8)])
+        return torch.cat([text, vis]), kinds, torch.arange(len(ids) + vis.shape[0])
+
+    def store_positions(self, local: torch.Tensor, base: int) -> torch.Tensor:
+        """1-D positions [T] to un-rotate a part's cached keys by, when it ran at `base` +
+        `local` ([T] in-part positions). Here: all of it, so stored keys are pre-RoPE."""
+        return base + local
+
+    def rope_offsets(self, part: ChunkKV) -> torch.Tensor:
+        """1-D positions [tokens], relative to the part's base, to rotate stored keys at.
+        Compression re-lays tokens out densely, so a stored token's offset is its index."""
+        return torch.arange(part.tokens)
+
+    def extent(self, part: ChunkKV) -> int:
+        """Positions a stored part occupies when loaded: one per token."""
+        return part.tokens
+
+    def part_positions(self, parts) -> tuple[torch.Tensor, int]:
+        """(1-D positions [sum of tokens] to rotate the parts' stored keys at, next free
+        position): parts laid out contiguously in the order given, from 0."""
+        out, base = [], 0
+        for p in parts:
+            out.append(base + self.rope_offsets(p))
+            base += self.extent(p)
+        return (torch.cat(out) if out else torch.zeros(0, dtype=torch.long)), base
+
     # -- forward --------------------------------------------------------------------------
     def make_cache(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> DynamicCache:
         """A cache holding rotated keys/values [layers, kv_heads, P, head_dim] (or empty)."""
@@ -97,16 +149,18 @@ class HFCausalBackend:
 
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, cache: DynamicCache | None = None, *,
+                positions: torch.Tensor | None = None,
                 logits: bool = True, queries: bool = False, kv: bool = True) -> ForwardOut:
-        """embeds [T, hidden] continue `cache` at positions P..P+T-1 (P = cache length).
-        kv=False skips gathering the new tokens' K,V (decoding only needs the grown cache)."""
+        """embeds [T, hidden] continue `cache`, at absolute `positions` ([T]; default
+        P..P+T-1, P = cache length). kv=False skips gathering the new tokens' K,V (decoding
+        only needs the grown cache)."""
         cache = cache if cache is not None else self.make_cache()
         past = cache.get_seq_length()
         T = embeds.shape[0]
-        pos = torch.arange(past, past + T, device=self.device)
+        if positions is None:
+            positions = torch.arange(past, past + T)
         with self._capture_queries(queries) as captured:
-            out = self.model.model(inputs_embeds=embeds[None].to(self.dtype), past_key_values=cache,
-                                   position_ids=pos[None], cache_position=pos, use_cache=True)
+            out = self._run_decoder(embeds[None].to(self.dtype), cache, positions.to(self.device), past)
         cache = out.past_key_values
         keys = values = None
         if kv:
@@ -115,8 +169,14 @@ class HFCausalBackend:
         q = None
         if queries:
             q = torch.stack([c.view(T, self.num_q_heads, self.head_dim).transpose(0, 1) for c in captured])
-        lg = self.model.lm_head(out.last_hidden_state[0]).float() if logits else None
+        lg = self.lm_head(out.last_hidden_state[0]).float() if logits else None
         return ForwardOut(lg, keys, values, q, cache)
+
+    def _run_decoder(self, embeds: torch.Tensor, cache: DynamicCache, positions: torch.Tensor, past: int):
+        """One decoder pass: embeds [1, T, hidden] at positions [T] on top of `cache`."""
+        cache_pos = torch.arange(past, past + embeds.shape[1], device=self.device)
+        return self.decoder(inputs_embeds=embeds, past_key_values=cache, position_ids=positions[None],
+                            cache_position=cache_pos, use_cache=True)
 
     @contextmanager
     def _capture_queries(self, enabled: bool):
@@ -124,7 +184,7 @@ class HFCausalBackend:
         captured: list[torch.Tensor] = []
         hooks = []
         if enabled:
-            for layer in self.model.model.layers:
+            for layer in self.decoder.layers:
                 hooks.append(layer.self_attn.q_proj.register_forward_hook(
                     lambda _m, _i, out: captured.append(out[0])))
         try:

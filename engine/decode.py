@@ -1,7 +1,9 @@
 """Cache assembly and decoding.
 
 Assembly: prompt prefix + chunk KVs in temporal order (whatever level each was loaded at),
-keys rotated to contiguous positions 0..N-1; the question then continues at N.
+keys rotated to contiguous positions from 0 (`backend.part_positions`: one position per
+token for 1-D RoPE, each chunk's extent for M-RoPE); the question continues at the next
+free position N.
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ from .prefill import concat_kv
 @dataclass
 class AssembledCache:
     """keys (rotated), values: [layers, kv_heads, N, head_dim]; spans: (chunk index, start, end)
-    token ranges of each part, for evidence and attention bookkeeping."""
+    token ranges of each part, for evidence and attention bookkeeping. next_position: where
+    the text after the video starts (None: N, one position per token)."""
 
     keys: torch.Tensor
     values: torch.Tensor
     spans: list[tuple[int, int, int]] = field(default_factory=list)
+    next_position: int | None = None
 
     @property
     def tokens(self) -> int:
         return self.keys.shape[2]
+
+    @property
+    def next_pos(self) -> int:
+        return self.tokens if self.next_position is None else self.next_position
 
 
 def assemble(backend: HFCausalBackend, parts: Sequence[ChunkKV]) -> AssembledCache:
@@ -36,13 +44,13 @@ def assemble(backend: HFCausalBackend, parts: Sequence[ChunkKV]) -> AssembledCac
     if order != sorted(order):
         raise ValueError(f"chunks must be in temporal order, got {order}")
     k_pre, v = concat_kv(parts)
-    N = k_pre.shape[2]
-    keys = backend.rotary.rotate(k_pre.to(backend.device, backend.dtype), torch.arange(N))
+    pos, next_pos = backend.part_positions(parts)
+    keys = backend.rotary.rotate(k_pre.to(backend.device, backend.dtype), pos)
     spans, start = [], 0
     for p in parts:
         spans.append((p.index, start, start + p.tokens))
         start += p.tokens
-    return AssembledCache(keys, v.to(backend.device, backend.dtype), spans)
+    return AssembledCache(keys, v.to(backend.device, backend.dtype), spans, next_pos)
 
 
 @dataclass
@@ -59,7 +67,10 @@ def generate(backend: HFCausalBackend, cache: AssembledCache, suffix: str,
     """Stream the answer's text pieces. suffix: the text after the video (question + the
     chat template's assistant opening). Stops at EOS, a stop string, or max_new_tokens."""
     ids = backend.tokenize(suffix)
-    out = backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values), kv=False)
+    pos = cache.next_pos
+    out = backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values),
+                          positions=torch.arange(pos, pos + len(ids)), kv=False)
+    pos += len(ids)
     rng = torch.Generator().manual_seed(gen.seed) if gen.seed is not None else None
     eos = backend.eos_token_ids
     produced: list[int] = []
@@ -80,7 +91,9 @@ def generate(backend: HFCausalBackend, cache: AssembledCache, suffix: str,
             return
         if piece:
             yield piece
-        out = backend.forward(backend.embed_text(torch.tensor([tok])), out.cache, kv=False)
+        out = backend.forward(backend.embed_text(torch.tensor([tok])), out.cache,
+                              positions=torch.tensor([pos]), kv=False)
+        pos += 1
 
 
 def _pick(logits: torch.Tensor, gen: GenerationConfig, rng) -> int:
@@ -98,4 +111,6 @@ def _pick(logits: torch.Tensor, gen: GenerationConfig, rng) -> int:
 def question_logits(backend: HFCausalBackend, cache: AssembledCache, suffix: str) -> torch.Tensor:
     """Logits [T, vocab] of the suffix tokens on top of the cache (for exactness checks)."""
     ids = backend.tokenize(suffix)
-    return backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values), kv=False).logits
+    pos = torch.arange(cache.next_pos, cache.next_pos + len(ids))
+    return backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values),
+                           positions=pos, kv=False).logits

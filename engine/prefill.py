@@ -1,10 +1,12 @@
 """Chunk-based prefill (training-free form of Video-XL-2's).
 
-Each chunk is `"Time {t}s:"` text tokens + the visual tokens of its frames. It attends to
-the prompt prefix, a window of earlier chunks' stored KVs (H-KV by default) and itself.
-Everything in context is re-rotated to contiguous positions 0..P-1 and the chunk runs at
-P..P+T-1, exactly as it will be at decode time; its keys are then un-rotated and stored.
-The window is bounded, so memory is constant in the number of chunks and cost is linear.
+Each chunk is `"Time {t}s:"` text tokens + the visual tokens of its frames (the backend's
+`chunk_tokens` lays it out). It attends to the prompt prefix, a window of earlier chunks'
+stored KVs (H-KV by default) and itself. Everything in context is re-rotated to contiguous
+positions from 0 (`backend.part_positions`) and the chunk runs right after them, at P plus
+its in-chunk positions, exactly as it will at decode time; its keys are then un-rotated by
+`backend.store_positions` and stored. The window is bounded, so memory is constant in the
+number of chunks and cost is linear.
 """
 
 from __future__ import annotations
@@ -58,20 +60,23 @@ def concat_kv(parts: Sequence[ChunkKV]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([p.keys for p in parts], dim=2), torch.cat([p.values for p in parts], dim=2)
 
 
-def attention_received(backend: HFCausalBackend, queries: torch.Tensor, keys_pre: torch.Tensor) -> torch.Tensor:
+def attention_received(backend: HFCausalBackend, queries: torch.Tensor, keys_pre: torch.Tensor,
+                       local: torch.Tensor | None = None) -> torch.Tensor:
     """Attention each chunk token receives from the chunk's own tokens (causal), summed over
     queries and over the query heads sharing a KV head.
 
-    queries: [L, Hq, T, D] pre-RoPE; keys_pre: [L, Hkv, T, D] pre-RoPE -> [L, Hkv, T].
-    Both are rotated at local positions 0..T-1: only relative positions matter here."""
+    queries: [L, Hq, T, D] pre-RoPE; keys_pre: [L, Hkv, T, D] as stored -> [L, Hkv, T].
+    local: the chunk's in-chunk positions ([T] or [3, T]; default 0..T-1). Both are rotated
+    to the chunk's own frame (base 0): only relative positions matter here."""
     L, Hq, T, D = queries.shape
     Hkv = keys_pre.shape[1]
-    pos = torch.arange(T, device=queries.device)
+    local = torch.arange(T) if local is None else local
+    k_pos = backend.store_positions(local, 0)   # stored keys still lack this much rotation
     out = torch.empty(L, Hkv, T, device=queries.device)
     causal = torch.ones(T, T, dtype=torch.bool, device=queries.device).tril()
     for layer in range(L):  # one layer at a time keeps the [Hq, T, T] scores small
-        q = backend.rotary.rotate(queries[layer].float(), pos)
-        k = backend.rotary.rotate(keys_pre[layer].float(), pos).repeat_interleave(Hq // Hkv, dim=0)
+        q = backend.rotary.rotate(queries[layer].float(), local)
+        k = backend.rotary.rotate(keys_pre[layer].float(), k_pos).repeat_interleave(Hq // Hkv, dim=0)
         s = (q @ k.transpose(-1, -2)) / math.sqrt(D)
         p = s.masked_fill(~causal, float("-inf")).softmax(-1)          # [Hq, T(query), T(key)]
         out[layer] = p.sum(1).view(Hkv, Hq // Hkv, T).sum(1)
@@ -97,22 +102,20 @@ class ChunkPrefiller:
         ids = self.backend.tokenize(before)
         return self.backend.embed_text(ids), ids
 
-    def chunk_embeds(self, chunk: ChunkInput) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embeds [T, hidden], kinds [T]): timestamp text then the visual tokens."""
-        ids = self.backend.tokenize(timestamp_text(chunk.t_start))
-        text = self.backend.embed_text(ids)
-        vis = chunk.visual.to(device=text.device, dtype=text.dtype)
-        kinds = torch.cat([torch.full((len(ids),), TokenKind.TEXT, dtype=torch.uint8),
-                           torch.full((vis.shape[0],), TokenKind.VISUAL, dtype=torch.uint8)])
-        return torch.cat([text, vis]), kinds
+    def chunk_embeds(self, chunk: ChunkInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embeds [T, hidden], kinds [T], in-chunk positions [T] or [3, T]): the timestamp
+        text and the visual tokens, laid out by the backend."""
+        return self.backend.chunk_tokens(timestamp_text(chunk.t_start), chunk.visual,
+                                         chunk.frame_end - chunk.frame_start)
 
     # -- prefill --------------------------------------------------------------------------
     @torch.no_grad()
     def prefix(self) -> ChunkKV:
         """The prompt prefix's pre-RoPE KV (index -1), computed at positions 0..P-1."""
         embeds, ids = self.prefix_embeds()
-        out = self.backend.forward(embeds, logits=False)
-        keys = self.backend.rotary.unrotate(out.keys, torch.arange(len(ids)))
+        local = self.backend.text_positions(len(ids))
+        out = self.backend.forward(embeds, positions=local, logits=False)
+        keys = self.backend.rotary.unrotate(out.keys, self.backend.store_positions(local, 0))
         kinds = torch.full((len(ids),), TokenKind.TEXT, dtype=torch.uint8)
         return ChunkKV(keys.cpu(), out.values.cpu(), kinds, index=-1, level="full", fingerprint=self.fingerprint)
 
@@ -131,19 +134,18 @@ class ChunkPrefiller:
         be = self.backend
         ctx = self._context(prefix, history)
         k_pre, v = concat_kv(ctx)
-        P = k_pre.shape[2]
-        cache = be.make_cache(be.rotary.rotate(k_pre.to(be.device, be.dtype), torch.arange(P)), v.to(be.device, be.dtype))
+        ctx_pos, P = be.part_positions(ctx)          # context from 0; the chunk starts at P
+        cache = be.make_cache(be.rotary.rotate(k_pre.to(be.device, be.dtype), ctx_pos), v.to(be.device, be.dtype))
         del k_pre, v
-        embeds, kinds = self.chunk_embeds(chunk)
-        T = embeds.shape[0]
+        embeds, kinds, local = self.chunk_embeds(chunk)
         need_att = self.l_policy.needs_attention or self.h_policy.needs_attention
-        out = be.forward(embeds, cache, logits=False, queries=need_att)
+        out = be.forward(embeds, cache, positions=P + local, logits=False, queries=need_att)
         del cache
-        keys = be.rotary.unrotate(out.keys, torch.arange(P, P + T))
+        keys = be.rotary.unrotate(out.keys, be.store_positions(local, P))
         full = ChunkKV(keys.cpu(), out.values.cpu(), kinds, index=chunk.index, frame_start=chunk.frame_start,
                        frame_end=chunk.frame_end, t_start=chunk.t_start, t_end=chunk.t_end,
                        level="full", fingerprint=self.fingerprint)
-        att = attention_received(be, out.queries, keys).cpu() if need_att else None
+        att = attention_received(be, out.queries, keys, local).cpu() if need_att else None
         return PrefilledChunk(L=self.l_policy.compress(full, "L", att), H=self.h_policy.compress(full, "H", att),
                               full=full if keep_full else None)
 
