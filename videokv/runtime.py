@@ -19,10 +19,23 @@ class Runtime:
 
     @cached_property
     def config(self):
+        from dataclasses import replace
+
         from videokv.engine.config import EngineConfig
         be = self.backend
-        return EngineConfig.from_settings(self.settings, weights_id=be.weights_id, backend=be.name,
-                                          vision_id=be.vision.identity if be.vision else "")
+        cfg = EngineConfig.from_settings(self.settings, weights_id=be.weights_id, backend=be.name,
+                                         vision_id=be.vision.identity if be.vision else "")
+        # A model's own vision tower (Qwen-VL) decides its tokens per frame, not the setting.
+        tpf = getattr(be.vision, "tokens_per_frame", cfg.tokens_per_frame)
+        return cfg if tpf == cfg.tokens_per_frame else replace(cfg, tokens_per_frame=tpf)
+
+    @property
+    def device(self) -> str:
+        d = self.settings.device
+        if d == "auto":
+            import torch
+            d = "cuda" if torch.cuda.is_available() else "cpu"
+        return d
 
     @cached_property
     def store(self):
@@ -31,11 +44,16 @@ class Runtime:
 
     @cached_property
     def oracle(self):
-        """The dual encoder (tower + MiniLM) when the toy-world tower is loaded, else the
+        """VIDEOKV_ORACLE: an encoder checkpoint (clip:PATH, siglip:PATH, languagebind:PATH);
+        "auto": the dual encoder (tower + MiniLM) when the toy-world tower is loaded, else the
         model-internal key/query oracle (any model, no extra weights)."""
         from videokv.engine.oracle import DualEncoderOracle, KeyQueryOracle
         from videokv.engine.prefill import ChunkPrefiller
         from videokv.engine.toytower import ToyWorldTower
+        kind, path = self.settings.oracle_spec
+        if path:
+            from videokv.engine.encoder_oracles import make_encoder_oracle
+            return make_encoder_oracle(kind, path, self.device)
         want = self.settings.oracle
         tower = self.backend.vision
         if want == "auto":

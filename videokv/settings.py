@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +20,8 @@ class Settings(BaseSettings):
 
     # All state (LMDB, uploads, converted models) lives under home.
     home: Path = Field(default_factory=_default_home)
-    # "smollm2" = the embedded default; otherwise a local checkpoint folder.
+    # "smollm2" = the embedded default; otherwise a local checkpoint folder, whose config.json
+    # model_type picks the backend (llama/mistral/qwen2 text LLMs, qwen2_vl, qwen2_5_vl).
     model: str = "smollm2"
     # Converted model folders; defaults to HOME/models. Shared across homes in tests.
     model_cache: Path | None = None
@@ -35,9 +36,13 @@ class Settings(BaseSettings):
     # "toyworld": the trained toy-world tower + LLM adapter (embedded model only);
     # "patch": an untrained patch projection (any model; sees colours, not objects).
     vision: Literal["toyworld", "patch"] = "toyworld"
+    # "WxH" frames are sampled at for models with their own vision tower (Qwen2-VL/2.5-VL),
+    # snapped to the model's patch grid; empty = 448x252.
+    frame_size: str = ""
     # Relevance oracle: "auto" = the toy-world dual encoder when the toy-world tower is
-    # loaded, else the model-internal key/query oracle.
-    oracle: Literal["auto", "dualenc", "keyquery"] = "auto"
+    # loaded, else the model-internal key/query oracle; "dualenc"; "keyquery"; or an encoder
+    # checkpoint folder: "clip:PATH", "siglip:PATH", "languagebind:PATH" (LanguageBind video).
+    oracle: str = "auto"
 
     # Bi-level compression: L-KV (dense-ish) and H-KV (sparse) per chunk.
     l_policy: str = "avgpool"
@@ -73,6 +78,44 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return Path(self.model_cache) if self.model_cache else self.home / "models"
+
+    @field_validator("oracle")
+    @classmethod
+    def _oracle(cls, v: str) -> str:
+        kind, _, path = v.partition(":")
+        if kind in ORACLE_NAMES and not path:
+            return v
+        if kind in ORACLE_ENCODERS and path:
+            return v
+        raise ValueError(f"VIDEOKV_ORACLE={v!r}: expected one of {', '.join(ORACLE_NAMES)}, or "
+                         f"{' / '.join(k + ':PATH' for k in ORACLE_ENCODERS)} (a local checkpoint folder)")
+
+    @field_validator("frame_size")
+    @classmethod
+    def _frame_size(cls, v: str) -> str:
+        if v:
+            w, _, h = v.lower().partition("x")
+            if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+                raise ValueError(f"VIDEOKV_FRAME_SIZE={v!r}: expected WIDTHxHEIGHT, e.g. 448x252")
+        return v
+
+    @property
+    def frame_wh(self) -> tuple[int, int] | None:
+        """frame_size as (W, H), None when unset."""
+        if not self.frame_size:
+            return None
+        w, _, h = self.frame_size.lower().partition("x")
+        return int(w), int(h)
+
+    @property
+    def oracle_spec(self) -> tuple[str, str]:
+        """(kind, checkpoint path or "")."""
+        kind, _, path = self.oracle.partition(":")
+        return kind, path
+
+
+ORACLE_NAMES = ("auto", "dualenc", "keyquery")
+ORACLE_ENCODERS = ("clip", "siglip", "languagebind")
 
 
 @lru_cache(maxsize=1)

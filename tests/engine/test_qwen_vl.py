@@ -1,0 +1,147 @@
+"""Qwen2-VL / Qwen2.5-VL backends on tiny random checkpoints of the real classes, saved to disk
+and loaded back through `load_backend` (the loader real weights go through)."""
+
+import inspect
+import json
+
+import pytest
+import torch
+
+from videokv.engine.models import UnsupportedModelError, load_backend
+from videokv.engine.qwen_vl import QwenVLBackend, mrope_layout
+from videokv.engine.rope import MRotary
+from videokv.engine.selftest import TOLERANCE, exactness_vl, vl_chunks, vl_reference_inputs
+from videokv.engine.tiny_vl import KINDS, tiny_qwen_vl_backend
+from videokv.settings import Settings
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def vl(request, tmp_path_factory, tokenizer):
+    return tiny_qwen_vl_backend(tmp_path_factory.mktemp(request.param), request.param, tokenizer)
+
+
+def test_loader_selects_the_backend_from_the_checkpoint_config(vl):
+    assert isinstance(vl, QwenVLBackend)
+    assert vl.name == {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl"}[vl.model_type]
+    assert isinstance(vl.rotary, MRotary) and vl.vision.input_size == (84, 56)
+    # the model's own vision path: 4 frames -> 2 temporal patches x (56/28) x (84/28) merged tokens
+    tokens = vl.vision_tokens(torch.rand(4, 3, 56, 84))
+    assert tokens.shape == (2 * 2 * 3, vl.hidden_size)
+
+
+def test_chunked_prefill_matches_one_full_forward_over_the_video(vl):
+    r = exactness_vl(vl, n_chunks=4, frames=4)
+    assert r["max_abs_logit_diff"] <= TOLERANCE, r
+    assert r["visual_tokens"] == 4 * 12
+    # M-RoPE: a chunk occupies its (t, h, w) extent, fewer positions than it has tokens
+    assert r["next_position"] < r["context_tokens"]
+
+
+@pytest.mark.parametrize("break_it", ["store_per_token", "extent_off_by_one"])
+def test_exactness_vl_catches_a_wrong_position_rule(vl, monkeypatch, break_it):
+    if break_it == "store_per_token":   # the 1-D rule: un-rotate each token by its own position
+        monkeypatch.setattr(vl, "store_positions", lambda local, base: base + torch.arange(local.shape[-1]))
+    else:
+        orig = vl.extent
+        monkeypatch.setattr(vl, "extent", lambda part: orig(part) + (part.index >= 0))
+    assert exactness_vl(vl, n_chunks=3, frames=4)["max_abs_logit_diff"] > 100 * TOLERANCE
+
+
+def test_uniform_mrope_shift_is_a_1d_rotation(vl):
+    rot = vl.rotary
+    k = torch.randn(2, 2, 12, vl.head_dim)
+    local = torch.stack([torch.arange(12) // 6, torch.arange(12) % 6 // 3, torch.arange(12) % 3])
+    shifted = rot.rotate(k, local + 40)
+    assert torch.allclose(shifted, rot.rotate(rot.rotate(k, local), torch.full((12,), 40)), atol=1e-5)
+    # un-rotating the shift alone leaves the in-chunk (t, h, w) rotation in place
+    assert torch.allclose(rot.unrotate(shifted, torch.full((12,), 40)), rot.rotate(k, local), atol=1e-5)
+    # and the three components really are used: (t, h, w) differs from the 1-D position t
+    assert not torch.allclose(rot.rotate(k, local), rot.rotate(k, local[0]), atol=1e-3)
+
+
+def test_layout_matches_transformers_rope_index(vl, tokenizer, tmp_path):
+    """Our whole-sequence M-RoPE positions equal the installed model's own get_rope_index.
+    Frames per chunk are chosen so a video's temporal span stays within its spatial span:
+    there every transformers version agrees with the released models' rule (transformers 5
+    starts the text after a video at max(h, w) rather than one past the largest component)."""
+    be = vl if vl.model_type == "qwen2_vl" else \
+        tiny_qwen_vl_backend(tmp_path / "fps4", vl.model_type, tokenizer, sample_fps=4.0)  # 1 position/patch
+    chunks, videos = vl_chunks(be, n_chunks=3, frames=4)
+    before, suffix = be.prompt_parts("Be brief.", "What moved?")
+    ref = vl_reference_inputs(be, chunks, videos, before, suffix)
+    ids = ref["input_ids"][None]
+    kw = {"video_grid_thw": ref["video_grid_thw"]}
+    params = inspect.signature(be.model.model.get_rope_index).parameters
+    if "mm_token_type_ids" in params:
+        kw["mm_token_type_ids"] = (ids == be.video_token_id).int() * 2
+    if "second_per_grid_ts" in params:
+        kw["second_per_grid_ts"] = torch.full((len(chunks),), 2 / 4.0)
+    theirs, _ = be.model.model.get_rope_index(ids, **kw)
+    assert torch.equal(theirs[:, 0], mrope_layout(ref["segments"]))
+
+
+def test_ingest_and_ask_with_a_qwen_checkpoint_and_refusal_by_another_backend(tmp_path, tokenizer, monkeypatch):
+    """`videokv ingest --model PATH` picks the Qwen2-VL backend from the checkpoint's config and
+    stores bi-level KVs; `ask --model PATH` answers from them; a Qwen2.5-VL engine refuses that
+    video (fingerprint) and cannot read its blobs."""
+    from videokv.cli import main
+    from videokv.ingest.synth import render_video
+    from videokv.kvstore.errors import FingerprintMismatchError
+    from videokv.query.engine import QueryError
+    from videokv.runtime import Runtime
+    from videokv.settings import get_settings
+
+    from videokv.engine.tiny_vl import save_tiny_qwen_vl
+
+    q2 = save_tiny_qwen_vl(tmp_path / "q2", "qwen2_vl", tokenizer)
+    q25 = save_tiny_qwen_vl(tmp_path / "q25", "qwen2_5_vl", tokenizer)
+    video = tmp_path / "clip.mp4"
+    render_video(video, 12 / 60, 1, seed=3)
+    for k, v in {"FRAME_SIZE": "84x56", "CHUNK_FRAMES": "4", "ORACLE": "keyquery", "DEVICE": "cpu"}.items():
+        monkeypatch.setenv(f"VIDEOKV_{k}", v)
+    get_settings.cache_clear()
+    assert main(["ingest", "--model", str(q2), "--quiet", "--json", str(video)]) == 0
+
+    rt = Runtime(get_settings().model_copy(update={"model": str(q2)}))
+    vid = rt.store.list_videos()[0].video_id
+    rec = rt.store.get_video(vid)
+    assert rec.fingerprint == rt.config.fingerprint() and rt.config.backend == "qwen2-vl"
+    assert rt.config.tokens_per_frame == 3          # 2x3 merged tokens per 2 frames
+    assert rec.chunks_total == 3
+    ans = rt.queries.ask(vid, "What moved?", top_k=1, max_new_tokens=3)
+    assert ans.video_prefill_runs == 0 and ans.context_tokens > 0
+    assert any(e.score != 0 for e in ans.evidence)
+    assert main(["ask", "--model", str(q2), "--json", vid, "What moved?", "--max-new-tokens", "2"]) == 0
+
+    other = Runtime(get_settings().model_copy(update={"model": str(q25)}))
+    assert other.config.fingerprint() != rec.fingerprint
+    with pytest.raises(QueryError, match="fingerprint"):
+        other.queries.ask(vid, "What moved?", max_new_tokens=2)
+    with pytest.raises(FingerprintMismatchError):
+        other.store.read_chunk(vid, 0, "L", fingerprint=other.config.fingerprint())
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    from videokv.cli import main
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError) as e:
+        load_backend(Settings(home=tmp_path / "home", model=str(tmp_path)))
+    msg = str(e.value)
+    assert "'gpt2'" in msg and "GPT2LMHeadModel" in msg
+    for supported in ("llama", "mistral", "qwen2 ", "qwen2_vl", "qwen2_5_vl"):
+        assert supported in msg
+    assert main(["ingest", "--model", str(tmp_path), str(tmp_path / "x.mp4")]) == 2
+    assert "qwen2_5_vl" in capsys.readouterr().err
+
+
+def test_missing_model_path_says_what_to_pass(tmp_path):
+    bad = tmp_path / "no-such-qwen"
+    with pytest.raises(FileNotFoundError, match="Pass a local model folder"):
+        load_backend(Settings(home=tmp_path, model=str(bad)))
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))   # weights not copied
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        load_backend(Settings(home=tmp_path, model=str(bad)))
