@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from videokv.errors import VideoKVError
 from videokv.hashing import sha256_file
 
 from .backend import HFCausalBackend
+# The errors are re-exported here: callers and tests import them from engine.models.
 from .checkpoints import (ModelIntegrityError, ModelNotFoundError, UnsupportedModelError,  # noqa: F401
                           checkpoint_id, quiet_progress)
 from .qwen_vl import QWEN_VL_TYPES, load_qwen_vl

@@ -30,6 +30,8 @@ def test_selftest_cli_json(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads(p.stdout)
     assert report["pass"] is True
-    assert {"smollm2-135m", "tiny-llama-default", "tiny-qwen2-yarn"} <= set(report["models"])
+    assert {"smollm2-135m", "tiny-llama-default", "tiny-qwen2-yarn", "tiny-qwen2-vl", "tiny-qwen2.5-vl"} \
+        <= set(report["models"])
+    assert report["models"]["tiny-qwen2.5-vl"]["visual_tokens"] > 0
     for name, r in report["models"].items():
         assert r["max_abs_logit_diff"] <= TOLERANCE, name
