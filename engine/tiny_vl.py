@@ -4,7 +4,7 @@ preprocessor_config.json) so they load through `engine.models.load_backend` like
 
 The tokenizer is the embedded model's (ChatML, like Qwen's) plus Qwen's vision special tokens;
 the chat template is Qwen2-VL's. Frames are 84x56 with 14 px patches: 2x3 merged tokens per
-2 frames, and several Qwen2.5-VL attention windows per frame.
+2 frames, and two Qwen2.5-VL attention windows (2x2 merged tokens each) per frame.
 """
 
 from __future__ import annotations
