@@ -8,9 +8,14 @@ loaded at L still reads as clearly as the dense one. H-KV pools a whole frame in
 token, which keeps "something red was here" and loses the digit: that is the point of
 loading the chunks that matter at L.
 
-    card:   " red"  " card"  "7"   " ."
-    shape:  " red"  " star"  " ."  " ."
-    none:   " -"    " -"     " -"  " -"
+    card:   " red"  " card"  "7"     " ."
+    shape:  " red"  " star"  " red"  " ."
+    none:   " -"    " -"     " -"    " -"
+
+A shape's value slot repeats its colour, so both needle questions read the token right
+after the noun they name ("...red card -> 7", "...star -> red"). With the colour only
+before the noun (layout 1), the adapter learnt "digit after the card" but kept answering
+attribute questions with a neighbouring event's colour when events shared a chunk.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ SHAPES = ("circle", "square", "triangle", "star", "cross")
 DIGITS = tuple(str(d) for d in range(10))
 KINDS = ("none", "card", "shape")
 SLOTS = 4
+LAYOUT = 2            # in the tower's identity: KVs written with another layout are not reused
 BLANK, END = " -", " ."
 
 
@@ -39,7 +45,7 @@ class FrameLabel:
         if self.kind == "card":
             return (" " + self.color, " card", self.digit, END)
         if self.kind == "shape":
-            return (" " + self.color, " " + self.shape, END, END)
+            return (" " + self.color, " " + self.shape, " " + self.color, END)
         return (BLANK,) * SLOTS
 
 

@@ -117,7 +117,7 @@ class ToyWorldTower(VisionTower):
     @property
     def identity(self) -> str:
         sha = self._weights_sha or self._state_sha()
-        return f"{ARCH}-{sha[:16]}-t{self.tokens_per_frame}"
+        return f"{ARCH}-{sha[:16]}-t{self.tokens_per_frame}-c{cap.LAYOUT}"
 
     def _state_sha(self) -> str:
         h = hashlib.sha256()
@@ -207,7 +207,7 @@ class ToyWorldTower(VisionTower):
         d[:, 1, _I_SHAPES] = shape[:, None] * ps
         d[:, 2, _I_BLANK] = none
         d[:, 2, _I_DIGITS] = card[:, None] * pd
-        d[:, 2, _I_END] = shape
+        d[:, 2, _I_COLORS] += shape[:, None] * pc                   # a shape's value is its colour
         d[:, 3, _I_BLANK] = none
         d[:, 3, _I_END] = event
         return d

@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tower-steps", type=int, default=4500)
     ap.add_argument("--lm-steps", type=int, default=400)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the tower (results depend on it)")
+    ap.add_argument("--lm-threads", type=int, default=2,
+                    help="torch threads for the adapter (the shipped one: 2; results depend on it)")
     ap.add_argument("--out", default=None, help="output folder (default runs/train-vision-seed<S>)")
     ap.add_argument("--skip-tower", action="store_true", help="reuse --out/tower.safetensors")
     ap.add_argument("--install", action="store_true", help="copy the result over the shipped weights")
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
     from videokv.engine import lora
+    from videokv.engine.captions import LAYOUT
     from videokv.engine.models import convert_embedded, load_folder, toyworld_dir
     from videokv.engine.train_lm import LMTrainConfig, train
     from videokv.engine.train_tower import train_tower
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {held[k]:.4f}" for k in ("kind", "color", "digit", "shape") if k in held), flush=True)
 
     t1 = time.perf_counter()
+    torch.set_num_threads(args.lm_threads)
     model, tok, base_id = load_folder(convert_embedded(get_settings().models_dir))
     cfg = LMTrainConfig(seed=args.seed, steps=args.lm_steps, alpha=ADAPTER_ALPHA)
 
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         "adapter": {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(lora.TARGETS)},
         "tokens_per_frame": cfg.tokens_per_frame, "chunk_frames": cfg.chunk_frames,
         "seed": args.seed, "tower_steps": args.tower_steps, "tower_refine_steps": tower_metrics.get("refine_steps", 0),
-        "lm_steps": args.lm_steps,
+        "lm_steps": args.lm_steps, "threads": {"tower": args.threads, "adapter": args.lm_threads},
+        "caption_layout": LAYOUT,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     metrics = {"tower": tower_metrics, "adapter": lm_metrics,
