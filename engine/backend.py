@@ -150,17 +150,20 @@ class HFCausalBackend:
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, cache: DynamicCache | None = None, *,
                 positions: torch.Tensor | None = None,
-                logits: bool = True, queries: bool = False, kv: bool = True) -> ForwardOut:
+                logits: bool = True, queries: bool = False, kv: bool = True,
+                mask: torch.Tensor | None = None) -> ForwardOut:
         """embeds [T, hidden] continue `cache`, at absolute `positions` ([T]; default
         P..P+T-1, P = cache length). kv=False skips gathering the new tokens' K,V (decoding
-        only needs the grown cache)."""
+        only needs the grown cache). mask: a custom bool attention mask [1, 1, T, P + T]
+        (True = attend), e.g. several chunks packed into one forward; default causal."""
         cache = cache if cache is not None else self.make_cache()
         past = cache.get_seq_length()
         T = embeds.shape[0]
         if positions is None:
             positions = torch.arange(past, past + T)
         with self._capture_queries(queries) as captured:
-            out = self._run_decoder(embeds[None].to(self.dtype), cache, positions.to(self.device), past)
+            extra = {} if mask is None else {"mask": mask}
+            out = self._run_decoder(embeds[None].to(self.dtype), cache, positions.to(self.device), past, **extra)
         cache = out.past_key_values
         keys = values = None
         if kv:
@@ -172,11 +175,13 @@ class HFCausalBackend:
         lg = self.lm_head(out.last_hidden_state[0]).float() if logits else None
         return ForwardOut(lg, keys, values, q, cache)
 
-    def _run_decoder(self, embeds: torch.Tensor, cache: DynamicCache, positions: torch.Tensor, past: int):
+    def _run_decoder(self, embeds: torch.Tensor, cache: DynamicCache, positions: torch.Tensor, past: int,
+                     mask: torch.Tensor | None = None):
         """One decoder pass: embeds [1, T, hidden] at positions [T] on top of `cache`."""
         cache_pos = torch.arange(past, past + embeds.shape[1], device=self.device)
+        extra = {} if mask is None else {"attention_mask": mask}
         return self.decoder(inputs_embeds=embeds, past_key_values=cache, position_ids=positions[None],
-                            cache_position=cache_pos, use_cache=True)
+                            cache_position=cache_pos, use_cache=True, **extra)
 
     @contextmanager
     def _capture_queries(self, enabled: bool):

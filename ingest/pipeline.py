@@ -114,6 +114,9 @@ class IngestPipeline:
         pending: dict[int, torch.Tensor] = {}   # chunk index -> its frames, until its oracles ran
 
         def inputs():
+            if self._batch_vision():
+                yield from self._batched_inputs(plan.chunks[first:], frames, pending if wants_frames else None)
+                return
             for c in plan.chunks[first:]:
                 x = frames_to_tensor(frames[c.frame_start:c.frame_end])
                 if wants_frames:
@@ -131,6 +134,44 @@ class IngestPipeline:
             if progress:
                 progress(pc.L.index + 1, total)
         return computed, first
+
+    # Frames per vision-tower call when chunks are batched (GPU fast path).
+    VISION_BATCH_FRAMES = 256
+
+    def _batch_vision(self) -> bool:
+        """Batch the vision tower across chunks: on CUDA, for towers that see each frame on its
+        own (the toy-world and patch towers; a Qwen-VL tower patches frames in time, so a
+        chunk's frames must stay one call)."""
+        from videokv.engine.toytower import ToyWorldTower
+        from videokv.engine.vision import PatchTower
+        return self.backend.device.type == "cuda" and isinstance(self.backend.vision, (ToyWorldTower, PatchTower))
+
+    def _batched_inputs(self, chunks, frames: np.ndarray, pending: dict | None):
+        """ChunkInputs whose vision tokens come from one tower call per VISION_BATCH_FRAMES frames."""
+        group: list = []
+        n = 0
+
+        def flush():
+            xs = [frames_to_tensor(frames[c.frame_start:c.frame_end]) for c in group]
+            vis = self.backend.vision_tokens(torch.cat(xs))
+            out, at = [], 0
+            for c, x in zip(group, xs):
+                v = vis[at:at + x.shape[0]]
+                at += x.shape[0]
+                if pending is not None:
+                    pending[c.index] = x
+                out.append(ChunkInput(c.index, v.reshape(-1, v.shape[-1]), c.frame_start, c.frame_end,
+                                      c.t_start, c.t_end))
+            return out
+
+        for c in chunks:
+            group.append(c)
+            n += c.frame_end - c.frame_start
+            if n >= self.VISION_BATCH_FRAMES:
+                yield from flush()
+                group, n = [], 0
+        if group:
+            yield from flush()
 
     def _history(self, vid: str, first: int) -> list[PrefilledChunk]:
         """The stored chunks before `first` that the prefill window needs (for resuming)."""

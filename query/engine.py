@@ -63,6 +63,12 @@ class QueryEngine:
         self.backend, self.store, self.config, self.oracle = backend, store, config, oracle
         self.fingerprint = config.fingerprint()
         self.pager = KVPager(store, self.fingerprint, cache_bytes)
+        # On CUDA, questions are paged and assembled by the GPU fast path (pinned staging,
+        # copies overlapped with a fused rotation); elsewhere by KVPager + assemble.
+        self.fast = None
+        if getattr(backend.device, "type", "cpu") == "cuda":
+            from .fastpath import DevicePager
+            self.fast = DevicePager(store, self.fingerprint, backend, cache_bytes)
         self.top_k = top_k
         self.always_first_last = always_first_last
 
@@ -108,9 +114,14 @@ class QueryEngine:
                  "sparse": lambda i: "H"}[mode]
         levels = {i: level(i) for i in range(n)}
         t1 = time.perf_counter()
-        paged = self.pager.load(video_id, n, levels)
-        t2 = time.perf_counter()
-        cache = assemble(self.backend, paged.parts)
+        if self.fast is not None:       # GPU: load_ms covers paging and assembly (overlapped)
+            paged = self.fast.load(video_id, n, levels)
+            t2 = time.perf_counter()
+            cache = paged.cache
+        else:
+            paged = self.pager.load(video_id, n, levels)
+            t2 = time.perf_counter()
+            cache = assemble(self.backend, paged.parts)
         _, suffix = self.backend.prompt_parts(self.config.system_prompt, question)
         gen = gen or GenerationConfig(max_new_tokens=max_new_tokens, stop=("<|im_end|>",))
         pieces, first_token_at = [], None
