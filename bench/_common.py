@@ -287,3 +287,18 @@ def write_json(path: Path, result: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def write_outputs(result: dict, out: Path, png: Path | None, plot, markdown, side_by_side) -> None:
+    """JSON, PNG (plot(result, path)) and markdown next to `out`; print the table and targets."""
+    png = png or out.with_suffix(".png")
+    md = out.with_suffix(".md")
+    result["outputs"] = {"json": str(out), "png": str(png), "md": str(md)}
+    write_json(out, result)
+    plot(result, png)
+    md.write_text(markdown(result) + "\n")
+    print()
+    print(side_by_side(result))
+    for name, t in result["targets"].items():
+        print(f"target {name}: {json.dumps(t)}")
+    print(f"wrote {out}, {png}, {md} ({result['total_s']:.0f} s)")

@@ -39,7 +39,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from ._common import floats, log, machine, max_rss_mb, toy_video, write_json
+from ._common import floats, log, machine, max_rss_mb, toy_video, write_json, write_outputs
 
 TAG = "ingest"
 TENANT = "bench-ingest"
@@ -461,8 +461,6 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    import json
-
     ap = argparse.ArgumentParser(prog="videokv bench ingest", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=floats, default=None,
@@ -489,17 +487,7 @@ def main(argv: list[str]) -> int:
     if not a.minutes or any(m <= 0 for m in a.minutes):
         ap.error("--minutes must be > 0")
     result = run(a)
-    png = a.png or a.out.with_suffix(".png")
-    md = a.out.with_suffix(".md")
-    result["outputs"] = {"json": str(a.out), "png": str(png), "md": str(md)}
-    write_json(a.out, result)
-    plot(result, png)
-    md.write_text(markdown(result) + "\n")
-    print()
-    print(side_by_side(result))
-    for name, t in result["targets"].items():
-        print(f"target {name}: {json.dumps(t)}")
-    print(f"wrote {a.out}, {png}, {md} ({result['total_s']:.0f} s)")
+    write_outputs(result, a.out, a.png, plot, markdown, side_by_side)
     return 0
 
 

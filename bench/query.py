@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import floats, log, machine, max_rss_mb, pick_question, toy_video, write_json
+from ._common import floats, log, machine, max_rss_mb, pick_question, toy_video, write_json, write_outputs
 
 MODES = ("bilevel", "dense", "sparse")
 TENANT = "bench-query"
@@ -569,17 +569,7 @@ def main(argv: list[str]) -> int:
     if not a.minutes or any(m <= 0 for m in a.minutes) or a.repeats < 1 or a.reprefill_repeats < 1:
         ap.error("--minutes must be > 0, --repeats and --reprefill-repeats >= 1")
     result = run(a)
-    png = a.png or a.out.with_suffix(".png")
-    md = a.out.with_suffix(".md")
-    result["outputs"] = {"json": str(a.out), "png": str(png), "md": str(md)}
-    write_json(a.out, result)
-    plot(result, png)
-    md.write_text(markdown(result) + "\n")
-    print()
-    print(side_by_side(result))
-    for name, t in result["targets"].items():
-        print(f"target {name}: {json.dumps(t)}")
-    print(f"wrote {a.out}, {png}, {md} ({result['total_s']:.0f} s)")
+    write_outputs(result, a.out, a.png, plot, markdown, side_by_side)
     return 0
 
 
