@@ -130,8 +130,11 @@ class ChunkPrefiller:
 
     @torch.no_grad()
     def step(self, prefix: ChunkKV, history: Sequence[PrefilledChunk], chunk: ChunkInput,
-             keep_full: bool = False) -> PrefilledChunk:
-        """Prefill one chunk on top of prefix + history (already trimmed to the window)."""
+             keep_full: bool = False, on_device: bool = False) -> PrefilledChunk:
+        """Prefill one chunk on top of prefix + history (already trimmed to the window).
+
+        on_device: leave the result where it was computed (the GPU path: prefix and history
+        are already there, and the caller moves L/H to the host asynchronously)."""
         be = self.backend
         ctx = self._context(prefix, history)
         k_pre, v = concat_kv(ctx)
@@ -143,10 +146,16 @@ class ChunkPrefiller:
         out = be.forward(embeds, cache, positions=P + local, logits=False, queries=need_att)
         del cache
         keys = be.rotary.unrotate(out.keys, be.store_positions(local, P))
-        full = ChunkKV(keys.cpu(), out.values.cpu(), kinds, index=chunk.index, frame_start=chunk.frame_start,
+        values = out.values
+        att = attention_received(be, out.queries, keys, local) if need_att else None
+        if on_device:
+            kinds = kinds.to(keys.device)
+        else:
+            keys, values = keys.cpu(), values.cpu()
+            att = att.cpu() if att is not None else None
+        full = ChunkKV(keys, values, kinds, index=chunk.index, frame_start=chunk.frame_start,
                        frame_end=chunk.frame_end, t_start=chunk.t_start, t_end=chunk.t_end,
                        level="full", fingerprint=self.fingerprint)
-        att = attention_received(be, out.queries, keys, local).cpu() if need_att else None
         return PrefilledChunk(L=self.l_policy.compress(full, "L", att), H=self.h_policy.compress(full, "H", att),
                               full=full if keep_full else None)
 
@@ -169,29 +178,6 @@ class ChunkPrefiller:
             yield done
 
     # -- the GPU fast path ----------------------------------------------------------------
-    @torch.no_grad()
-    def step_on_device(self, prefix: ChunkKV, history: Sequence[PrefilledChunk], chunk: ChunkInput,
-                       keep_full: bool = False) -> PrefilledChunk:
-        """`step` with prefix and history already on the device, and the chunk compressed where
-        it was computed: nothing crosses to the host here (the caller moves L/H)."""
-        be = self.backend
-        ctx = self._context(prefix, history)
-        k_pre, v = concat_kv(ctx)
-        ctx_pos, P = be.part_positions(ctx)
-        cache = be.make_cache(be.rotary.rotate(k_pre.to(be.device, be.dtype), ctx_pos), v.to(be.device, be.dtype))
-        del k_pre, v
-        embeds, kinds, local = self.chunk_embeds(chunk)
-        need_att = self.l_policy.needs_attention or self.h_policy.needs_attention
-        out = be.forward(embeds, cache, positions=P + local, logits=False, queries=need_att)
-        del cache
-        keys = be.rotary.unrotate(out.keys, be.store_positions(local, P))
-        full = ChunkKV(keys, out.values, kinds.to(keys.device), index=chunk.index, frame_start=chunk.frame_start,
-                       frame_end=chunk.frame_end, t_start=chunk.t_start, t_end=chunk.t_end,
-                       level="full", fingerprint=self.fingerprint)
-        att = attention_received(be, out.queries, keys, local) if need_att else None
-        return PrefilledChunk(L=self.l_policy.compress(full, "L", att), H=self.h_policy.compress(full, "H", att),
-                              full=full if keep_full else None)
-
     def _to_host(self, done: PrefilledChunk, keep_full: bool):
         """(the chunk's levels as host ChunkKVs, event to wait for before reading them). On
         CUDA the copies go into pinned memory on a side stream, overlapping the next chunk."""
@@ -299,7 +285,7 @@ class ChunkPrefiller:
                 return
             hist: deque[PrefilledChunk] = deque((on_dev(h) for h in history), maxlen=maxlen)
             for chunk in chunks:
-                done = self.step_on_device(prefix_d, list(hist), chunk, keep_full=keep)
+                done = self.step(prefix_d, list(hist), chunk, keep_full=keep, on_device=True)
                 hist.append(done if keep_for_ctx else PrefilledChunk(done.L, done.H))
                 yield done
 

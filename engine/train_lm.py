@@ -179,7 +179,9 @@ def assemble(lm: CaptionLM, prefix, chunks, levels: dict[int, str], shared=None,
             # a blank chunk: its timestamp, then the shared visual part pooled like any other
             # (text first, then pooled visual: Policy.compress's output order)
             if levels[i] not in pooled_blank:
-                pooled_blank[levels[i]] = lm.policies[levels[i]]._reduce(*shared, None)
+                vis = torch.full((shared[0].shape[2],), TokenKind.VISUAL, dtype=torch.uint8)
+                c = lm.policies[levels[i]].compress(ChunkKV(*shared, vis, index=-1), levels[i])
+                pooled_blank[levels[i]] = (c.keys, c.values)
             pk, pv = pooled_blank[levels[i]]
             ks += [k, pk]
             vs += [v, pv]
