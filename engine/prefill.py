@@ -35,6 +35,7 @@ class ChunkInput:
     frame_end: int = 0
     t_start: float = 0.0
     t_end: float = 0.0
+    text: str = ""     # the chunk's text channel line (`text_line`), "" when none
 
 
 @dataclass
@@ -54,6 +55,24 @@ class PrefilledChunk:
 
 def timestamp_text(t: float) -> str:
     return f"Time {t:.1f}s:"
+
+
+# The text channel's sources, in the order they appear in a chunk's line.
+TEXT_LABELS = {"ocr": "Screen", "asr": "Speech", "subtitle": "Subtitles"}
+
+
+def text_line(parts: dict[str, str]) -> str:
+    """A chunk's text channel as one line: {"ocr": "GOAL MARTINEZ", "asr": "what a goal"} ->
+    'Screen: "GOAL MARTINEZ". Speech: "what a goal".' (sources without text are left out).
+    Quoted, so the model can tell where read or heard text starts and ends."""
+    return " ".join(f'{label}: "{parts[src].strip()}".' for src, label in TEXT_LABELS.items()
+                    if parts.get(src, "").strip())
+
+
+def chunk_stamp(t: float, text: str = "") -> str:
+    """The text a chunk starts with: its timestamp, then its text channel line (if any).
+    All of it is TEXT tokens, so it stays dense in both L-KV and H-KV."""
+    return timestamp_text(t) + (" " + text if text else "")
 
 
 def concat_kv(parts: Sequence[ChunkKV]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +125,7 @@ class ChunkPrefiller:
     def chunk_embeds(self, chunk: ChunkInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(embeds [T, hidden], kinds [T], in-chunk positions [T] or [3, T]): the timestamp
         text and the visual tokens, laid out by the backend."""
-        return self.backend.chunk_tokens(timestamp_text(chunk.t_start), chunk.visual,
+        return self.backend.chunk_tokens(chunk_stamp(chunk.t_start, chunk.text), chunk.visual,
                                          chunk.frame_end - chunk.frame_start)
 
     # -- prefill --------------------------------------------------------------------------
