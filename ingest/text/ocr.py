@@ -73,11 +73,15 @@ class _Word:
 
 
 @dataclass
-class _Job:
-    """One frame's OCR work: per image, its path, (x0, y0) offset in the frame, upscale
-    factor and the region it replaces (None: the whole frame)."""
+class _Image:
+    """One image sent to tesseract: a frame or a crop of it, at (x, y) in the frame,
+    upscaled `up` times; region: the box whose words it replaces (None: the whole frame)."""
 
-    images: list[tuple[str, tuple[int, int], int, tuple[int, int, int, int] | None]]
+    path: str
+    x: int
+    y: int
+    up: int
+    region: tuple[int, int, int, int] | None
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
@@ -237,6 +241,88 @@ class _Tracker:
         return sorted(self.done, key=lambda s: (s.t_start, s.t_end, s.text))
 
 
+class _Reader:
+    """read_frames' state: the reference frame, the current words, the frames waiting for
+    the next tesseract run, and the segments so far."""
+
+    def __init__(self, workdir: Path, min_conf: float, max_side: int):
+        self.workdir, self.min_conf, self.max_side = workdir, min_conf, max_side
+        self.stats = {"frames": 0, "full": 0, "crops": 0, "unchanged": 0, "tesseract_runs": 0, "seconds": 0.0}
+        self.tracker = _Tracker()
+        self.words: list[_Word] = []
+        self.pending: list[tuple[float, list[_Image]]] = []  # per frame since the last run ([] = unchanged)
+        self.n_images = 0
+        self.ref = self.ref_texty = None
+
+    def _plan(self, gray: np.ndarray, cell: int, texty: np.ndarray) -> list[tuple[int, int, int, int]] | None:
+        """Regions (x0, y0, x1, y1) to read; [] when nothing changed; None: the whole frame."""
+        if self.ref is None or self.ref.shape != gray.shape:
+            return None
+        changed = _cell_counts(np.abs(gray.astype(np.int16) - self.ref) > PIXEL_DIFF, cell) >= CHANGED_PIXELS
+        if not changed.any():
+            return []
+        h, w = gray.shape
+        boxes = [(max(0, c0 * cell), max(0, r0 * cell), min(w, c1 * cell), min(h, r1 * cell))
+                 for r0, c0, r1, c1 in _regions(changed, texty | self.ref_texty, reach=3)]
+        return boxes if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) < FULL_FRACTION * w * h else None
+
+    def add(self, frame: np.ndarray, t: float) -> None:
+        if self.n_images >= BATCH_IMAGES:
+            self.flush(t)
+        self.stats["frames"] += 1
+        h, w = frame.shape[:2]
+        if max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            frame = np.asarray(Image.fromarray(frame).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
+            h, w = frame.shape[:2]
+        gray = _gray(frame)
+        cell = max(8, round(max(h, w) / 80))
+        texty = _texty(gray, cell)
+        regions = self._plan(gray, cell, texty)
+        if regions == []:
+            self.stats["unchanged"] += 1
+            self.pending.append((t, []))
+            return
+        self.ref, self.ref_texty = gray.astype(np.int16), texty
+        up = 2 if max(h, w) < UPSCALE_BELOW else 1
+        images = []
+        for x0, y0, x1, y1 in regions or [(0, 0, w, h)]:
+            path = str(self.workdir / f"{self.stats['frames']}-{len(images)}.pgm")
+            img = Image.fromarray(gray[y0:y1, x0:x1])
+            if up > 1:
+                img = img.resize((img.width * up, img.height * up), Image.BILINEAR)
+            img.save(path)
+            images.append(_Image(path, x0, y0, up, None if regions is None else (x0, y0, x1, y1)))
+        self.stats["full" if regions is None else "crops"] += len(images)
+        self.n_images += len(images)
+        self.pending.append((t, images))
+
+    def flush(self, last_end: float) -> None:
+        """Read the pending images in one tesseract run; replay the frames in order."""
+        paths = [im.path for _, images in self.pending for im in images]
+        results = iter([])
+        if paths:
+            t0 = time.perf_counter()
+            results = iter(_run_tesseract(paths, self.workdir, self.min_conf))
+            self.stats["seconds"] += time.perf_counter() - t0
+            self.stats["tesseract_runs"] += 1
+        for i, (t, images) in enumerate(self.pending):
+            for k, im in enumerate(images):
+                u = im.up
+                found = [_Word(text, conf, (im.x + x // u, im.y + y // u, im.x + (x + w) // u, im.y + (y + h) // u),
+                               (f"{t}:{k}", b, p, l)) for text, conf, x, y, w, h, b, p, l in next(results)]
+                if im.region is None:
+                    self.words = found
+                else:  # the crop's words replace those whose centres it covers
+                    x0, y0, x1, y1 = im.region
+                    self.words = [w for w in self.words if not (x0 <= (w.box[0] + w.box[2]) / 2 < x1
+                                                                and y0 <= (w.box[1] + w.box[3]) / 2 < y1)] + found
+            end = self.pending[i + 1][0] if i + 1 < len(self.pending) else last_end
+            self.tracker.frame(t, end, _lines(self.words))
+        self.pending.clear()
+        self.n_images = 0
+
+
 def read_frames(batches: Iterable, min_conf: float = 60.0, max_side: int = 1280,
                 stats: dict | None = None) -> list[TextSegment]:
     """OCR segments of sampled frames.
@@ -249,90 +335,16 @@ def read_frames(batches: Iterable, min_conf: float = 60.0, max_side: int = 1280,
     read), unchanged (frames not read), tesseract_runs, seconds (in tesseract)."""
     if shutil.which(PROGRAM) is None:
         raise ToolMissing("OCR", PROGRAM, PACKAGES)
-    st = {"frames": 0, "full": 0, "crops": 0, "unchanged": 0, "tesseract_runs": 0, "seconds": 0.0}
-    tracker = _Tracker()
-    state: list[_Word] = []
-    pending: list[tuple[float, _Job | None]] = []  # (time, job) per frame since the last flush
-    ref = ref_texty = None
     times: list[float] = []
-    n_images = 0
-
     with tempfile.TemporaryDirectory(prefix="videokv-ocr-") as tmp:
-        workdir = Path(tmp)
-
-        def flush(last_end: float | None) -> None:
-            nonlocal state, n_images
-            jobs = [job for _, job in pending if job is not None]
-            paths = [p for job in jobs for p, _, _, _ in job.images]
-            results = []
-            if paths:
-                t0 = time.perf_counter()
-                results = _run_tesseract(paths, workdir, min_conf)
-                st["seconds"] += time.perf_counter() - t0
-                st["tesseract_runs"] += 1
-            k = 0
-            for i, (t, job) in enumerate(pending):
-                if job is not None:
-                    for img_id, (_, (ox, oy), up, region) in enumerate(job.images):
-                        found = [_Word(text, conf, (ox + x // up, oy + y // up, ox + (x + w) // up, oy + (y + h) // up),
-                                       (f"{t}:{img_id}", b, p, l))
-                                 for text, conf, x, y, w, h, b, p, l in results[k]]
-                        k += 1
-                        if region is None:
-                            state = found
-                        else:
-                            x0, y0, x1, y1 = region
-                            state = [w for w in state if not (x0 <= (w.box[0] + w.box[2]) / 2 < x1
-                                                              and y0 <= (w.box[1] + w.box[3]) / 2 < y1)] + found
-                end = pending[i + 1][0] if i + 1 < len(pending) else last_end
-                tracker.frame(t, end, _lines(state))
-            pending.clear()
-            n_images = 0
-
+        reader = _Reader(Path(tmp), min_conf, max_side)
         for batch in batches:
             for frame, t in zip(batch.frames, batch.timestamps):
-                t = float(t)
-                if pending and len(times) and n_images >= BATCH_IMAGES:
-                    flush(t)
-                times.append(t)
-                st["frames"] += 1
-                h, w = frame.shape[:2]
-                if max(h, w) > max_side:
-                    scale = max_side / max(h, w)
-                    frame = np.asarray(Image.fromarray(frame).resize((round(w * scale), round(h * scale)),
-                                                                     Image.BILINEAR))
-                    h, w = frame.shape[:2]
-                gray = _gray(frame)
-                cell = max(8, round(max(h, w) / 80))
-                texty = _texty(gray, cell)
-                regions = None  # None: whole frame
-                if ref is not None and ref.shape == gray.shape:
-                    changed = _cell_counts(np.abs(gray.astype(np.int16) - ref) > PIXEL_DIFF, cell) >= CHANGED_PIXELS
-                    if not changed.any():
-                        st["unchanged"] += 1
-                        pending.append((t, None))
-                        continue
-                    boxes = _regions(changed, texty | ref_texty, reach=3)
-                    px = [(max(0, c0 * cell), max(0, r0 * cell), min(w, c1 * cell), min(h, r1 * cell))
-                          for r0, c0, r1, c1 in boxes]
-                    if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in px) < FULL_FRACTION * w * h:
-                        regions = px
-                ref, ref_texty = gray.astype(np.int16), texty
-                images = []
-                up = 2 if max(h, w) < UPSCALE_BELOW else 1
-                for x0, y0, x1, y1 in regions or [(0, 0, w, h)]:
-                    path = str(workdir / f"{len(times)}-{len(images)}.pgm")
-                    img = Image.fromarray(gray[y0:y1, x0:x1])
-                    if up > 1:
-                        img = img.resize((img.width * up, img.height * up), Image.BILINEAR)
-                    img.save(path)
-                    images.append((path, (x0, y0), up, None if regions is None else (x0, y0, x1, y1)))
-                st["full" if regions is None else "crops"] += 1 if regions is None else len(images)
-                n_images += len(images)
-                pending.append((t, _Job(images)))
+                times.append(float(t))
+                reader.add(frame, float(t))
         spacing = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
-        if pending:
-            flush(times[-1] + spacing)
+        if times:
+            reader.flush(times[-1] + spacing)
     if stats is not None:
-        stats.update(st)
-    return tracker.finish()
+        stats.update(reader.stats)
+    return reader.tracker.finish()
