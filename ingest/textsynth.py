@@ -32,7 +32,7 @@ from videokv.ingest.synth import pick_codec
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 # espeak-ng's Klatt-2 variant at 170 wpm: of the voices tried, PocketSphinx recognises it best
-# (its default voice: ~10% word recall; en-us+klatt -s 170: 75%; this: 81%).
+# (default voice: ~10% word recall; en-us+klatt -s 170: 75%; this: 81-82% on SENTENCES).
 VOICE = ("-v", "en-us+klatt2", "-s", "170")
 AUDIO_RATE = 22050  # espeak-ng's native rate; AAC takes it as is
 
