@@ -69,19 +69,46 @@ class Service:
             raise Problem(404, f"no video {video_id!r}", code="video_not_found")
         return rec
 
+    def text_options(self, up: Received):
+        """The upload's text channel switches (form fields ocr/asr/subtitles, optional
+        subtitles_file part) over the settings' defaults; a bad value is a 422."""
+        from videokv.ingest.text import BadSubtitles, check_tools, options_from_settings
+        from videokv.ingest.text.subtitles import parse_file
+        flags = {}
+        for name, raw in (up.fields or {}).items():
+            v = raw.strip().lower()
+            if v not in _BOOL:
+                raise Problem(422, f"form field {name!r} must be true or false, got {raw!r}", code="invalid_request")
+            flags[name] = _BOOL[v]
+        if up.subtitles is not None:
+            try:
+                parse_file(str(up.subtitles))
+            except BadSubtitles as e:
+                raise Problem(422, f"subtitles_file: {e}", code="bad_subtitles") from None
+        opts = options_from_settings(self.settings, ocr=flags.get("ocr"), asr=flags.get("asr"),
+                                     subtitles=flags.get("subtitles"),
+                                     subtitle_file=str(up.subtitles) if up.subtitles is not None else None)
+        check_tools(opts)
+        return opts
+
     def register(self, up: Received, tenant: str) -> tuple[VideoRecord, bool]:
         """Probe (a bad file raises its VideoError: nothing stored or queued), then create the
-        record, or return this tenant's video over the same bytes and model config."""
+        record, or return this tenant's video over the same bytes, text channels and model config."""
+        from videokv.ingest.text import content_key
+        from videokv.ingest.text.subtitles import has_subtitle_stream
         from videokv.ingest.video import probe
         try:
             info = probe(up.path)
+            opts = self.text_options(up)
+            embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(up.path)
+            key = content_key(up.sha256, opts, embedded)
         except Exception:
             up.discard()
             raise
         fp = self.rt.config.fingerprint()
         with self.register_lock:
             rec = self.rt.store.create_video(
-                content_hash=up.sha256, fingerprint=fp, tenant=tenant, plan=[], filename=up.filename,
+                content_hash=key, fingerprint=fp, tenant=tenant, plan=[], filename=up.filename,
                 container=info.container, codec=info.codec, duration=info.duration, fps=info.fps)
             old_path = (rec.extra or {}).get("path")
             if old_path and Path(old_path).exists():
@@ -93,9 +120,14 @@ class Service:
                 dest = self.uploads / rec.video_id / up.filename
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(up.path, dest)
+                text = {"ocr": opts.ocr, "asr": opts.asr, "subtitles": opts.subtitles}
+                if up.subtitles is not None:
+                    sub = dest.parent / f"subtitles{Path(opts.subtitle_file).suffix}"
+                    os.replace(up.subtitles, sub)
+                    text["subtitle_file"] = str(sub)
                 up.discard()
                 rec = self.rt.store.update_video(rec.video_id, extra={**(rec.extra or {}), "path": str(dest),
-                                                                     "size": up.size})
+                                                                     "size": up.size, "text_options": text})
         try:
             self.send("videokv.ingest_video", rec.video_id)
         except Exception as e:
@@ -116,6 +148,9 @@ class Service:
         return ans.to_dict()
 
 
+_BOOL = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def video_view(rec: VideoRecord, request: Request | None = None) -> dict:
     total = rec.chunks_total
     progress = 1.0 if rec.status is Status.READY else (rec.chunks_done / total if total else 0.0)
@@ -125,7 +160,8 @@ def video_view(rec: VideoRecord, request: Request | None = None) -> dict:
             "codec": rec.codec, "chunks_total": total, "chunks_done": rec.chunks_done,
             "progress": round(progress, 4), "error": rec.reason if rec.status is Status.FAILED else "",
             "note": rec.reason if rec.status is not Status.FAILED else "",
-            "created": rec.created, "updated": rec.updated, "status_url": url, "events_url": url + "/events"}
+            "created": rec.created, "updated": rec.updated, "status_url": url, "events_url": url + "/events",
+            "text_channels": (rec.extra or {}).get("text", {}), "transcript_url": url + "/transcript"}
 
 
 def job_view(job: dict) -> dict:
@@ -237,6 +273,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield sse("timeout", {"id": video_id})
 
         return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/videos/{video_id}/transcript", tags=["videos"],
+             description="the video's time-aligned text: on-screen text (OCR), speech and subtitles, "
+                         "each segment with its source, time span and chunk; `channels` says which ran")
+    def transcript(video_id: str, t: str = Depends(tenant)):
+        from videokv.query.cli import transcript_view
+        rec = svc.owned(video_id, t)
+        got = svc.rt.store.get_transcript(video_id)
+        if got is None and rec.status is not Status.READY:
+            raise Problem(409, f"video {video_id} is {rec.status.value}: its text is extracted during ingest",
+                          code="video_not_ready")
+        return transcript_view(rec, got)
 
     @app.get("/v1/videos/{video_id}/frame", tags=["videos"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})

@@ -17,15 +17,26 @@ from starlette.requests import Request
 from .problems import Problem
 
 
+# Small form fields accepted next to the file (the text channel switches), and the
+# optional subtitle file part.
+FORM_FIELDS = ("ocr", "asr", "subtitles")
+SUBTITLE_PART = "subtitles_file"
+MAX_SUBTITLE_BYTES = 16 << 20
+
+
 @dataclass
 class Received:
     path: Path
     filename: str
     size: int
     sha256: str
+    fields: dict = None                 # FORM_FIELDS given, as strings
+    subtitles: Path | None = None       # the uploaded subtitle file, next to path
 
     def discard(self) -> None:
         shutil.rmtree(self.path.parent, ignore_errors=True)
+        if self.subtitles is not None:
+            self.subtitles.unlink(missing_ok=True)
 
 
 def safe_filename(name: str | None) -> str:
@@ -47,7 +58,9 @@ class _Sink:
         self.digest = hashlib.sha256()
         self.found = False
         self.writing = False
-
+        self.fields: dict[str, str] = {}
+        self.subtitles: Path | None = None
+        self.target = None              # what the current part's data goes to
     def callbacks(self) -> dict:
         return {
             "on_part_begin": self._part_begin, "on_header_field": self._hfield, "on_header_value": self._hvalue,
@@ -71,13 +84,36 @@ class _Sink:
     def _hdone(self):
         _, opts = parse_options_header(self.headers.get(b"content-disposition", b""))
         name = opts.get(b"name", b"").decode("utf-8", "replace")
+        self.target = None
         if name == self.field and not self.found and b"filename" in opts:
             self.found = self.writing = True
+            self.target = "file"
             self.filename = safe_filename(opts[b"filename"].decode("utf-8", "replace"))
             self.path = self.tmp_dir / self.filename
             self.fh = open(self.path, "wb")
+        elif name == SUBTITLE_PART and b"filename" in opts and self.subtitles is None:
+            suffix = Path(opts[b"filename"].decode("utf-8", "replace")).suffix.lower()[:8]
+            suffix = suffix if suffix in (".srt", ".vtt") else ".txt"   # the parser says what is wrong
+            self.subtitles = self.tmp_dir.parent / (self.tmp_dir.name + ".subtitles" + suffix)
+            self.target = "subtitles"
+            self.sub_fh, self.sub_size = open(self.subtitles, "wb"), 0
+        elif name in FORM_FIELDS and b"filename" not in opts:
+            self.target = name
+            self.fields[name] = ""
 
     def _data(self, data, start, end):
+        if self.target == "subtitles":
+            self.sub_size += end - start
+            if self.sub_size > MAX_SUBTITLE_BYTES:
+                raise Problem(413, f"the subtitle file is larger than {MAX_SUBTITLE_BYTES >> 20} MiB",
+                              code="too_large")
+            self.sub_fh.write(data[start:end])
+            return
+        if self.target in FORM_FIELDS:
+            self.fields[self.target] += data[start:end].decode("utf-8", "replace")
+            if len(self.fields[self.target]) > 64:
+                raise Problem(422, f"form field {self.target!r} is too long", code="invalid_request")
+            return
         if not self.writing:
             return
         n = end - start
@@ -90,6 +126,9 @@ class _Sink:
         self.digest.update(chunk)
 
     def _part_end(self):
+        if self.target == "subtitles":
+            self.sub_fh.close()
+        self.target = None
         if self.writing:
             self.fh.close()
             self.writing = False
@@ -125,10 +164,14 @@ async def receive_file(request: Request, uploads: Path, limit: int) -> Received:
         _cleanup(sink, tmp_dir)
         raise Problem(422, "no `file` part with a filename in the upload (curl -F file=@video.mp4)",
                       code="no_file")
-    return Received(sink.path, sink.filename, sink.size, sink.digest.hexdigest())
+    return Received(sink.path, sink.filename, sink.size, sink.digest.hexdigest(), sink.fields, sink.subtitles)
 
 
 def _cleanup(sink: _Sink, tmp_dir: Path) -> None:
     if sink.fh is not None and not sink.fh.closed:
         sink.fh.close()
+    if sink.subtitles is not None:
+        if not sink.sub_fh.closed:
+            sink.sub_fh.close()
+        sink.subtitles.unlink(missing_ok=True)
     shutil.rmtree(tmp_dir, ignore_errors=True)

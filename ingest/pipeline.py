@@ -2,6 +2,10 @@
 H-KV -> KV store, one committed transaction per chunk (so a rerun resumes where it stopped).
 
 Nothing is stored before the file has been probed and decoded: a bad input leaves no trace.
+
+With a text channel (ingest/text), the video's text is extracted once before the first
+chunk and stored with its content (a resumed ingest reuses it); each chunk's line goes
+after its timestamp, and chunks with text are also indexed by the text oracle.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from videokv.engine.oracle import RelevanceOracle
 from videokv.engine.prefill import ChunkInput, ChunkPrefiller, PrefilledChunk
 from videokv.kvstore import ChunkSpan, KVStore, Status
 
+from . import text as T
 from .chunks import ChunkPlan, plan_chunks
-from .video import NoFrames, content_hash, probe, sample_frames
+from .video import NoFrames, VideoInfo, content_hash, probe, sample_frames
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks total)
+StageProgress = Callable[[str, int, int], None]  # (text stage e.g. "ocr", done, total)
 
 
 @dataclass
@@ -38,6 +44,7 @@ class IngestResult:
     seconds: float
     frames_per_s: float
     tokens_per_s: float
+    text: dict = None          # the text channel's report per source (None: no text channel)
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -49,23 +56,36 @@ class IngestPipeline:
     """Ingests files into `store` with one backend/config and the given oracles."""
 
     def __init__(self, backend: HFCausalBackend, store: KVStore, config: EngineConfig,
-                 oracles: Sequence[RelevanceOracle] = (), max_frames: int = 4096):
+                 oracles: Sequence[RelevanceOracle] = (), max_frames: int = 4096,
+                 text_oracle: RelevanceOracle | None = None, text_defaults: T.TextOptions | None = None):
         self.backend, self.store, self.config = backend, store, config
         self.fingerprint = config.fingerprint()
         self.prefiller = ChunkPrefiller(backend, config, self.fingerprint)
         self.oracles = list(oracles)
         self.max_frames = max_frames
+        self.text_oracle = text_oracle
+        self.text_defaults = text_defaults or T.TextOptions()
 
     def ingest(self, path: str | Path, tenant: str = "default", filename: str | None = None,
-               progress: Progress | None = None) -> IngestResult:
+               progress: Progress | None = None, text: T.TextOptions | None = None,
+               stage_progress: StageProgress | None = None) -> IngestResult:
+        """text: which text channels run (default: the pipeline's text_defaults, from settings)."""
         t0 = time.perf_counter()
         path = Path(path)
         info = probe(path)                                    # bad input raises here ...
-        digest = content_hash(path)
+        opts = text or self.text_defaults
+        T.check_tools(opts)
+        embedded = opts.subtitles and opts.subtitle_file is None and _has_subtitle_stream(path)
+        text_on = opts.active(embedded)
+        if opts.subtitle_file is not None:
+            from .text.subtitles import parse_file
+            parse_file(opts.subtitle_file)                    # a bad .srt fails before anything is stored
+        digest = T.content_key(content_hash(path), opts, embedded)
         existing = self.store.find_by_content(digest, self.fingerprint, tenant)
         if existing is not None and existing.status is Status.READY:
             return IngestResult(existing.video_id, "READY", existing.chunks_total, 0, existing.chunks_total,
-                                True, existing.sampled_frames, time.perf_counter() - t0, 0.0, 0.0)
+                                True, existing.sampled_frames, time.perf_counter() - t0, 0.0, 0.0,
+                                (existing.extra or {}).get("text"))
         vision = self.backend.vision
         sampled = sample_frames(path, self.config.sample_fps, self.max_frames, size=vision.input_size, info=info)
         plan = plan_chunks(sampled.timestamps, info.duration, self.config.chunk_frames, self.config.sample_fps)
@@ -82,9 +102,16 @@ class IngestPipeline:
             rec = self.store.update_video(
                 vid, plan=[ChunkSpan(c.index, c.frame_start, c.frame_end, c.t_start, c.t_end) for c in plan],
                 sampled_frames=len(sampled), duration=info.duration, fps=info.fps)
+        report = None
         try:
             self.store.set_status(vid, Status.INGESTING)
-            done, first = self._run(vid, plan, sampled.frames, progress)
+            lines = None
+            if text_on:
+                lines, report = self._text_lines(vid, path, info, opts, plan, stage_progress)
+            done, first = self._run(vid, plan, sampled.frames, progress, lines)
+            if lines and any(lines) and self.text_oracle is not None:
+                rec = self.store.get_video(vid)
+                self.store.update_video(vid, extra={**(rec.extra or {}), "text_oracle": self.text_oracle.identity})
             self.store.mark_ready(vid, oracles=[o.identity for o in self.oracles])
         except Exception as e:
             # A permanent error: record why. (A killed process leaves INGESTING: resumable.)
@@ -94,9 +121,26 @@ class IngestPipeline:
         frames = plan[len(plan) - 1].frame_end - plan[first].frame_start if done else 0
         tokens = frames * vision.tokens_per_frame
         return IngestResult(vid, "READY", len(plan), done, first, False, len(sampled), secs,
-                            frames / secs if secs else 0.0, tokens / secs if secs else 0.0)
+                            frames / secs if secs else 0.0, tokens / secs if secs else 0.0, report)
 
-    def _run(self, vid: str, plan: ChunkPlan, frames: np.ndarray, progress: Progress | None) -> tuple[int, int]:
+    def _text_lines(self, vid: str, path: Path, info: VideoInfo, opts: T.TextOptions, plan: ChunkPlan,
+                    stage_progress: StageProgress | None) -> tuple[list[str], dict]:
+        """Each chunk's text line and the channel report. The extracted segments are stored
+        before the first chunk, so a resumed ingest reuses them (same lines, same KVs)."""
+        from .text.align import chunk_texts
+        stored = self.store.get_transcript(vid)
+        if stored is None:
+            from .text.extract import extract_segments
+            segs, report = extract_segments(path, info, opts, self.config.sample_fps, self.max_frames, stage_progress)
+            stored = {"segments": [s.to_dict() for s in segs], "channels": report}
+            self.store.put_transcript(vid, stored)
+        segs = [T.TextSegment.from_dict(d) for d in stored["segments"]]
+        lines = chunk_texts(segs, [(c.t_start, c.t_end) for c in plan], opts.max_tokens,
+                            lambda line: len(self.backend.tokenize(line)))
+        return lines, stored["channels"]
+
+    def _run(self, vid: str, plan: ChunkPlan, frames: np.ndarray, progress: Progress | None,
+             lines: list[str] | None = None) -> tuple[int, int]:
         """Prefill every chunk not yet committed; returns (chunks computed, first computed)."""
         if not self.store.has_prefix(vid):
             self.store.put_prefix(vid, [self.prefiller.prefix()])
@@ -112,10 +156,11 @@ class IngestPipeline:
 
         wants_frames = any(getattr(o, "needs_frames", False) for o in self.oracles)
         pending: dict[int, torch.Tensor] = {}   # chunk index -> its frames, until its oracles ran
+        line = (lambda i: lines[i]) if lines else (lambda i: "")
 
         def inputs():
             if self._batch_vision():
-                yield from self._batched_inputs(plan.chunks[first:], frames, pending if wants_frames else None)
+                yield from self._batched_inputs(plan.chunks[first:], frames, pending if wants_frames else None, line)
                 return
             for c in plan.chunks[first:]:
                 x = frames_to_tensor(frames[c.frame_start:c.frame_end])
@@ -123,12 +168,14 @@ class IngestPipeline:
                     pending[c.index] = x
                 visual = self.backend.vision_tokens(x)
                 yield ChunkInput(c.index, visual.reshape(-1, visual.shape[-1]), c.frame_start, c.frame_end,
-                                 c.t_start, c.t_end)
+                                 c.t_start, c.t_end, line(c.index))
 
         computed = 0
         for pc in self.prefiller.run(prefix, inputs(), history=history):
             chunk_frames = pending.pop(pc.L.index, None)
             emb = {o.identity: o.chunk_vector(pc.L, frames=chunk_frames).numpy() for o in self.oracles}
+            if self.text_oracle is not None and line(pc.L.index):
+                emb[self.text_oracle.identity] = self.text_oracle.chunk_vector(pc.L, text=line(pc.L.index)).numpy()
             self.store.put_chunk(vid, [pc.L, pc.H], emb)    # one transaction; idempotent
             computed += 1
             if progress:
@@ -146,7 +193,7 @@ class IngestPipeline:
         from videokv.engine.vision import PatchTower
         return self.backend.device.type == "cuda" and isinstance(self.backend.vision, (ToyWorldTower, PatchTower))
 
-    def _batched_inputs(self, chunks, frames: np.ndarray, pending: dict | None):
+    def _batched_inputs(self, chunks, frames: np.ndarray, pending: dict | None, line=lambda i: ""):
         """ChunkInputs whose vision tokens come from one tower call per VISION_BATCH_FRAMES frames."""
         group: list = []
         n = 0
@@ -161,7 +208,7 @@ class IngestPipeline:
                 if pending is not None:
                     pending[c.index] = x
                 out.append(ChunkInput(c.index, v.reshape(-1, v.shape[-1]), c.frame_start, c.frame_end,
-                                      c.t_start, c.t_end))
+                                      c.t_start, c.t_end, line(c.index)))
             return out
 
         for c in chunks:
@@ -185,3 +232,8 @@ class IngestPipeline:
         return [PrefilledChunk(self.store.read_chunk(vid, i, "L", fingerprint=self.fingerprint),
                                self.store.read_chunk(vid, i, "H", fingerprint=self.fingerprint))
                 for i in range(start, first)]
+
+
+def _has_subtitle_stream(path: Path) -> bool:
+    from .text.subtitles import has_subtitle_stream
+    return has_subtitle_stream(path)

@@ -100,6 +100,12 @@ class KVStore:
             raise ValueError("the prompt prefix must have index -1")
         return self.catalog.put_chunk(video_id, levels, None)
 
+    def put_transcript(self, video_id: str, transcript: dict) -> None:
+        self.catalog.put_transcript(video_id, transcript)
+
+    def get_transcript(self, video_id: str) -> dict | None:
+        return self.catalog.get_transcript(video_id)
+
     def missing_chunks(self, video_id: str) -> list[int]:
         return self.catalog.missing_chunks(video_id)
 

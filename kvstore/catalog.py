@@ -326,6 +326,29 @@ class Catalog:
 
         return self.env.write(fn)
 
+    # ---------------------------------------------------------------- transcript
+    def put_transcript(self, video_id: str, transcript: dict) -> None:
+        """Store the video's text channel ({"segments": [...], "channels": {...}}) with its
+        content (shared by deduplicated uploads, deleted with the content); the channel
+        report also goes into the video record (`extra["text"]`), so a listing shows it."""
+        raw = json.dumps(transcript, separators=(",", ":")).encode()
+
+        def fn(txn):
+            rec = load_video(txn, self.env, video_id)
+            txn.put(K.transcript_key(rec.content_key), raw, db=self.db["blobs"])
+            rec.extra = {**(rec.extra or {}), "text": transcript.get("channels", {})}
+            rec.updated = time.time()
+            txn.put(video_id.encode(), rec.to_json(), db=self.db["catalog"])
+
+        self.env.write(fn)
+
+    def get_transcript(self, video_id: str) -> dict | None:
+        """The stored text channel of the video's content, or None when none was extracted."""
+        with self.env.read() as txn:
+            rec = load_video(txn, self.env, video_id)
+            raw = txn.get(K.transcript_key(rec.content_key), db=self.db["blobs"])
+            return None if raw is None else json.loads(bytes(raw))
+
     def missing_chunks(self, video_id: str) -> list[int]:
         """Plan indices with no committed chunk, ascending (resume from the first)."""
         with self.env.read() as txn:

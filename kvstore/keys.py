@@ -3,6 +3,7 @@
     blobs       {fingerprint}/{content_hash}/{index:06d}/{level}     index -1 (prompt prefix) = "-00001"
     chunks      {fingerprint}/{content_hash}/{index:06d}
     embeddings  {fingerprint}/{content_hash}/{index:06d}/{oracle_id}@{dim}
+    blobs       {fingerprint}/{content_hash}/transcript                the text channel (JSON)
     contents    {fingerprint}/{content_hash}
 
 Because the fingerprint is the first component, a model or config never reads another's
@@ -36,6 +37,10 @@ def chunk_key(ck: str, index: int) -> bytes:
 
 def blob_key(ck: str, index: int, level: str) -> bytes:
     return f"{ck}/{index:06d}/{level}".encode()
+
+
+def transcript_key(ck: str) -> bytes:
+    return f"{ck}/transcript".encode()
 
 
 def oracle_key(oracle_id: str, dim: int) -> str:

@@ -50,9 +50,24 @@ def main_ingest(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true", help="print the ingest result as JSON before the id")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
+    text = ap.add_argument_group("text channel (default: VIDEOKV_TEXT_OCR / _ASR / _SUBTITLES)")
+    text.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=None,
+                      help="read on-screen text with Tesseract (apt-get install tesseract-ocr tesseract-ocr-eng)")
+    text.add_argument("--asr", action=argparse.BooleanOptionalAction, default=None,
+                      help="transcribe speech with PocketSphinx (apt-get install pocketsphinx pocketsphinx-en-us)")
+    text.add_argument("--subtitles", default=None, metavar="FILE",
+                      help="a .srt or .vtt subtitle file for this video")
+    text.add_argument("--no-subtitles", action="store_true",
+                      help="ignore subtitles (also the video's own subtitle stream)")
     args = ap.parse_args(argv)
     rt = runtime(args.model)
-    res = rt.pipeline.ingest(args.file, tenant=args.tenant, progress=None if args.quiet else progress_bar("prefill"))
+    from videokv.ingest.text import options_from_settings, check_subtitle_file
+    if args.subtitles:
+        check_subtitle_file(args.subtitles)
+    opts = options_from_settings(rt.settings, ocr=args.ocr, asr=args.asr, subtitle_file=args.subtitles,
+                                 subtitles=False if args.no_subtitles else None)
+    res = rt.pipeline.ingest(args.file, tenant=args.tenant, progress=None if args.quiet else progress_bar("prefill"),
+                             text=opts, stage_progress=None if args.quiet else stage_bars())
     if args.json:
         print(json.dumps(res.__dict__))
     elif not args.quiet:
@@ -60,8 +75,56 @@ def main_ingest(argv: list[str]) -> int:
             f"{res.chunks_prefilled} chunks in {res.seconds:.1f} s, {res.frames_per_s:.1f} frames/s, " \
             f"{res.tokens_per_s:.0f} tokens/s" + (f", resumed at chunk {res.resumed_from}" if res.resumed_from else "")
         print(f"{args.file}: {res.status}, {how}", file=sys.stderr)
+        for src, r in (res.text or {}).items():
+            if r.get("ran"):
+                print(f"  text {src}: {r.get('segments', 0)} segments in {r.get('seconds', 0):.1f} s"
+                      + (f" ({r['note']})" if r.get("note") else ""), file=sys.stderr)
     print(res.video_id)
     return 0
+
+
+def stage_bars():
+    """Progress of the text channel's stages (ocr, asr, ...): one tqdm bar per stage."""
+    bars = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = progress_bar(f"text {stage}")
+        bars[stage](done, total)
+
+    return update
+
+
+def main_transcript(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="videokv transcript",
+                                 description="Print a video's time-aligned text (OCR, speech, subtitles).")
+    ap.add_argument("video_id")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rt = runtime(None)
+    rec = rt.store.get_video(args.video_id)
+    got = rt.store.get_transcript(rec.video_id)
+    if args.json:
+        print(json.dumps(transcript_view(rec, got), indent=1))
+        return 0
+    if got is None:
+        print(f"video {rec.video_id} was ingested without a text channel", file=sys.stderr)
+        return 0
+    for seg in transcript_view(rec, got)["segments"]:
+        print(f"[{seg['t_start']:8.2f}s - {seg['t_end']:8.2f}s] chunk {seg['chunk']:>4} {seg['source']:<8} {seg['text']}")
+    return 0
+
+
+def transcript_view(rec, stored: dict | None) -> dict:
+    """The API/CLI view of a stored text channel: channels that ran and the time-ordered
+    segments, each with the chunk it starts in."""
+    from bisect import bisect_right
+    starts = [s.t_start for s in rec.plan]
+    segs = sorted((stored or {}).get("segments", []), key=lambda d: (d["t_start"], d["source"]))
+    out = [{"t_start": round(d["t_start"], 3), "t_end": round(d["t_end"], 3), "source": d["source"],
+            "text": d["text"], "conf": round(d.get("conf", 1.0), 3),
+            "chunk": max(0, bisect_right(starts, d["t_start"]) - 1)} for d in segs]
+    return {"id": rec.video_id, "channels": (stored or {}).get("channels", {}), "segments": out}
 
 
 def main_ask(argv: list[str]) -> int:

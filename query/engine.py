@@ -17,6 +17,7 @@ from videokv.errors import VideoKVError
 from videokv.kvstore import KVStore, Status
 
 from .pager import KVPager
+from .retrieval import fuse, top
 
 MODES = ("bilevel", "dense", "sparse")
 
@@ -59,8 +60,11 @@ class Answer:
 class QueryEngine:
     def __init__(self, backend: HFCausalBackend, store: KVStore, config: EngineConfig,
                  oracle: RelevanceOracle, top_k: int = 3, always_first_last: bool = True,
-                 cache_bytes: int = 1 << 30):
+                 cache_bytes: int = 1 << 30, text_oracle: RelevanceOracle | None = None,
+                 text_weight: float = 1.0):
         self.backend, self.store, self.config, self.oracle = backend, store, config, oracle
+        # Used for videos ingested with a text channel (their record names the oracle).
+        self.text_oracle, self.text_weight = text_oracle, text_weight
         self.fingerprint = config.fingerprint()
         self.pager = KVPager(store, self.fingerprint, cache_bytes)
         # On CUDA, questions are paged and assembled by the GPU fast path (pinned staging,
@@ -73,8 +77,18 @@ class QueryEngine:
         self.always_first_last = always_first_last
 
     def retrieve(self, video_id: str, question: str, top_k: int) -> list:
+        """The top_k chunks (objects with .chunk and .score), best first: the visual oracle's,
+        or hybrid with the text oracle (query/retrieval.py) when the video has text."""
         qv = self.oracle.question_vector(question).numpy()
-        return self.store.search(self.oracle.identity, qv, top_k, video_ids=[video_id])
+        rec = self.store.get_video(video_id)
+        text_id = (rec.extra or {}).get("text_oracle")
+        if not text_id or self.text_oracle is None or text_id != self.text_oracle.identity:
+            return self.store.search(self.oracle.identity, qv, top_k, video_ids=[video_id])
+        n = rec.chunks_total
+        visual = {h.chunk: h.score for h in self.store.search(self.oracle.identity, qv, n, video_ids=[video_id])}
+        tq = self.text_oracle.question_vector(question).numpy()
+        text = {h.chunk: h.score for h in self.store.search(text_id, tq, n, video_ids=[video_id])}
+        return top(fuse([visual, text], [1.0, self.text_weight]), top_k)
 
     def ask(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
             max_new_tokens: int = 48, gen: GenerationConfig | None = None,

@@ -11,6 +11,7 @@ COMMANDS = {
     "synth": ("videokv.ingest.synth", "render a toy-world video and its ground-truth questions"),
     "ingest": ("videokv.query.cli", "ingest a video file into the KV store (prints its id)"),
     "ask": ("videokv.query.cli", "ask a question about an ingested video"),
+    "transcript": ("videokv.query.cli", "print a video's time-aligned text (OCR, speech, subtitles)"),
     "demo": ("videokv.query.demo", "make a toy-world video, ingest it, ask it its questions"),
     "bench": ("videokv.bench", "benchmarks: `videokv bench NAME --help`"),
     "serve": ("videokv.api.cli", "serve the REST API (uvicorn; needs Redis and a worker)"),

@@ -67,13 +67,22 @@ class Runtime:
         return KeyQueryOracle(backend=self.backend, prefix=prefix)
 
     @cached_property
+    def text_oracle(self):
+        """MiniLM over chunk text lines (engine/text_oracle.py), loaded on first use."""
+        from videokv.engine.text_oracle import TextOracle
+        return TextOracle()
+
+    @cached_property
     def pipeline(self):
         from videokv.ingest.pipeline import IngestPipeline
-        return IngestPipeline(self.backend, self.store, self.config, [self.oracle], self.settings.max_frames)
+        from videokv.ingest.text import options_from_settings
+        return IngestPipeline(self.backend, self.store, self.config, [self.oracle], self.settings.max_frames,
+                              text_oracle=self.text_oracle, text_defaults=options_from_settings(self.settings))
 
     @cached_property
     def queries(self):
         from videokv.query.engine import QueryEngine
         s = self.settings
         return QueryEngine(self.backend, self.store, self.config, self.oracle, s.top_k,
-                           s.always_first_last, s.h_cache_bytes)
+                           s.always_first_last, s.h_cache_bytes, text_oracle=self.text_oracle,
+                           text_weight=s.text_weight)

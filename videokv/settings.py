@@ -55,6 +55,18 @@ class Settings(BaseSettings):
     window_level: Literal["H", "L", "full"] = "H"
     prev_level: Literal["H", "L", "full"] | None = None
 
+    # The text channel (ingest/text): on-screen text (Tesseract), speech (PocketSphinx) and
+    # subtitles (an uploaded .srt/.vtt, else the file's own subtitle stream) as a text line
+    # per chunk. Per-ingest overrides: CLI flags, API form fields.
+    text_ocr: bool = False
+    text_asr: bool = False
+    text_subtitles: bool = True
+    # Longest text line per chunk, in LLM tokens; Tesseract word confidence (0-100) to keep.
+    text_max_tokens: int = 48
+    ocr_min_conf: float = 60.0
+    # Hybrid retrieval: weight of the text oracle's z-scores against the visual oracle's.
+    text_weight: float = 1.0
+
     # Query.
     top_k: int = 3
     always_first_last: bool = True

@@ -50,8 +50,11 @@ def ingest_video(self, video_id: str) -> dict:
     if not path:
         _fail(video_id, "the uploaded file of this video is missing: upload it again")
         return {"video_id": video_id, "status": "FAILED"}
+    from videokv.ingest.text import options_from_settings
+    text = (rec.extra or {}).get("text_options") or {}
+    opts = options_from_settings(rt.settings, **{k: text.get(k) for k in ("ocr", "asr", "subtitles", "subtitle_file")})
     try:
-        res = rt.pipeline.ingest(path, tenant=rec.tenant, filename=rec.filename)
+        res = rt.pipeline.ingest(path, tenant=rec.tenant, filename=rec.filename, text=opts)
     except VideoNotFoundError:
         log.info("video %s was deleted while ingesting", video_id)
         return {"video_id": video_id, "status": "DELETED"}

@@ -79,10 +79,12 @@ class TextOptions:
 
 
 class ToolMissing(VideoKVError):
-    """A channel was enabled but the program it runs is not installed."""
+    """A channel was enabled but the program it runs is not installed. A 4xx: the request
+    can succeed with the channel off, and retrying cannot help until someone installs it."""
 
     exit_code = 3
-    http_status = 500
+    http_status = 422
+    code = "tool_missing"
 
     def __init__(self, channel: str, program: str, packages: str):
         self.channel, self.program, self.packages = channel, program, packages
@@ -95,3 +97,51 @@ class BadSubtitles(VideoKVError):
 
     exit_code = 2
     http_status = 422
+    code = "bad_subtitles"
+
+
+def content_key(video_sha256: str, opts: TextOptions | None, has_embedded_subtitles: bool = False) -> str:
+    """What a video's KVs are stored under (with the model fingerprint): the file's sha256
+    when no text channel can add anything, else a hash over the file and everything the
+    text depends on, so the same file ingested with other channels is another content."""
+    if opts is None or not opts.active(has_embedded_subtitles):
+        return video_sha256
+    sub = ""
+    if opts.subtitle_file:
+        sub = hashlib.sha256(open(opts.subtitle_file, "rb").read()).hexdigest()
+    return hashlib.sha256(f"{video_sha256}|text:{opts.identity(sub)}".encode()).hexdigest()
+
+
+def options_from_settings(s, **override) -> TextOptions:
+    """TextOptions from Settings (VIDEOKV_TEXT_*), with per-ingest overrides (None = default)."""
+    d = {"ocr": s.text_ocr, "asr": s.text_asr, "subtitles": s.text_subtitles, "subtitle_file": None,
+         "ocr_min_conf": s.ocr_min_conf, "max_tokens": s.text_max_tokens}
+    d.update({k: v for k, v in override.items() if v is not None})
+    return TextOptions(**d)
+
+
+SUBTITLE_SUFFIXES = (".srt", ".vtt")
+
+
+def check_subtitle_file(path: str) -> None:
+    """A subtitle file argument: exists and is .srt/.vtt (its content is parsed at ingest)."""
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        raise BadSubtitles(f"subtitle file {path} does not exist")
+    if p.suffix.lower() not in SUBTITLE_SUFFIXES:
+        raise BadSubtitles(f"subtitle file {p.name}: expected a .srt or .vtt file")
+
+
+# (channel, program, Debian packages) of the channels that run a program.
+TOOLS = {"ocr": ("OCR", "tesseract", "tesseract-ocr tesseract-ocr-eng"),
+         "asr": ("speech", "pocketsphinx_continuous", "pocketsphinx pocketsphinx-en-us")}
+
+
+def check_tools(opts: TextOptions) -> None:
+    """Raise ToolMissing for an enabled channel whose program is not on PATH (checked up
+    front, so an upload is refused at once rather than failing in the worker)."""
+    import shutil
+    for name, (channel, program, packages) in TOOLS.items():
+        if getattr(opts, name) and shutil.which(program) is None:
+            raise ToolMissing(channel, program, packages)

@@ -9,6 +9,9 @@ Rules:
     an utterance over a chunk boundary is split, never repeated;
   - any other segment gives its whole text to every chunk it overlaps;
   - within a chunk and source, identical texts appear once, in first-seen order;
+  - on screen, a *changing field* (texts that differ only in their digits: a game clock
+    ticking every second, a scoreboard) keeps its first and last value in the chunk, so a
+    clock cannot fill the line with 16 readings and push a one-off banner out;
   - the line (labels and quotes included) is at most `max_tokens` tokens: the budget is
     shared across the sources present (a source needing less than an equal share leaves
     the rest to the others) and text is cut on word boundaries. When a source must drop
@@ -18,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from videokv.engine.prefill import text_line
@@ -67,7 +71,18 @@ def _chunk_items(segments: Sequence[TextSegment], t0: float, t1: float) -> dict[
         else:
             seen[key] = _Item(text, max(overlap, 0.0), order)
             items[seg.source].append(seen[key])
+    items["ocr"] = _collapse_fields(items["ocr"])
     return {s: v for s, v in items.items() if v}
+
+
+def _collapse_fields(items: list[_Item]) -> list[_Item]:
+    """Of each group of items equal up to their digits, only the first and last (by first
+    sighting); the others are the same field at intermediate values."""
+    groups: dict[str, list[_Item]] = {}
+    for it in items:
+        groups.setdefault(re.sub(r"\d", "#", it.text), []).append(it)
+    keep = {id(g[0]) for g in groups.values()} | {id(g[-1]) for g in groups.values()}
+    return [it for it in items if id(it) in keep]
 
 
 def _truncate_words(text: str, budget: int, count_tokens: Callable[[str], int]) -> str:

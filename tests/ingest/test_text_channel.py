@@ -308,3 +308,12 @@ def test_token_cap_holds_and_cuts_on_word_boundaries(count):
     # A generous cap keeps every source; a small one still shares it.
     line = chunk_texts(segs, spans[:1], 48, words_count)[0]
     assert all(label in line for label in ("Screen:", "Speech:", "Subtitles:")), line
+
+
+def test_a_ticking_clock_keeps_its_first_and_last_value_and_leaves_room_for_a_banner():
+    from videokv.ingest.text import TextSegment
+    from videokv.ingest.text.align import chunk_texts
+    segs = [TextSegment(float(t), float(t + 1), f"07:{59 - t:02d}", "ocr") for t in range(16)]
+    segs += [TextSegment(0.0, 16.0, "HOME 1 AWAY 0", "ocr"), TextSegment(9.0, 11.0, "GOAL: MARTINEZ", "ocr")]
+    (line,) = chunk_texts(segs, [(0.0, 16.0)], 48, lambda s: len(s.split()))
+    assert line == 'Screen: "07:59 | HOME 1 AWAY 0 | GOAL: MARTINEZ | 07:44".'
