@@ -12,6 +12,12 @@ teaches it that, trained through the same path a query takes at run time:
 so the adapter learns to read pooled KVs, not just clean text. Layouts alternate between
 dense (every chunk L) and bi-level (the chunks that show the answer, the first and the
 last, and fillers up to top-k at L; the rest H). Deterministic for a seed.
+
+Stage 2, "text refine" (`train(..., init=stage-1 state)` with `text_share` > 0): a share of
+the videos get a text channel (engine/lm_text_data.py: on-screen text, speech, subtitles
+after each chunk's timestamp, dense at both levels, as `chunk_stamp` writes them at run
+time), and half of their questions ask about it; the other half, and every question on the
+other videos, are toy-world questions, so the stage-1 skills keep being trained.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from .chunkkv import ChunkKV, TokenKind
 from .compress import make_policy
 from .config import CompressionConfig
 from .lm_data import CaptionVideo, questions, random_video, sample_questions
-from .prefill import timestamp_text
+from .lm_text_data import text_questions, text_video
+from .prefill import chunk_stamp
 
 
 @dataclass
@@ -55,6 +62,11 @@ class LMTrainConfig:
     bilevel_share: float = 0.5
     write_grad: float = 0.0        # share of steps whose gradient also flows into how chunks are written
     system_prompt: str = "You are a helpful assistant that answers questions about a video."
+    # stage 2 (text refine); text_share 0 leaves stage 1's data stream exactly as it was
+    text_share: float = 0.0        # share of videos with a text channel
+    text_question_share: float = 0.5   # share of a text video's questions about its text
+    text_cap: int = 48             # tokens per text line at most
+    text_max_chunks: int = 32      # text videos up to here (every chunk has its own stamp to prefill)
 
 
 class CaptionLM:
@@ -77,9 +89,12 @@ class CaptionLM:
     def suffix(self, question: str) -> str:
         return self.backend.prompt_parts(self.cfg.system_prompt, question)[1]
 
-    def chunk_ids(self, video: CaptionVideo, i: int) -> tuple[torch.Tensor, int]:
-        """Token ids of chunk i (timestamp text, then captions) and how many are text."""
-        ts = self.tokens(timestamp_text(video.chunk_times[i]))
+    def n_tokens(self, text: str) -> int:
+        return len(self.tokens(text))
+
+    def chunk_ids(self, video: CaptionVideo, i: int, line: str = "") -> tuple[torch.Tensor, int]:
+        """Token ids of chunk i (timestamp and text line, then captions) and how many are text."""
+        ts = self.tokens(chunk_stamp(video.chunk_times[i], line))
         f = video.chunk_frames
         vis = [t for lb in video.frames[i * f:(i + 1) * f] for t in caption_ids(lb, self.ids, self.cfg.tokens_per_frame)]
         return torch.cat([ts, torch.tensor(vis, dtype=torch.long)]), len(ts)
@@ -102,8 +117,9 @@ def _cache(keys: torch.Tensor, values: torch.Tensor, config) -> DynamicCache:
     return c
 
 
-def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int]):
+def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int], lines: list[str] | None = None):
     """Prefix K/V and every chunk's full K/V (pre-RoPE, [L, H, T, D]); grad only where asked.
+    lines: each chunk's text channel line (stage 2), or None.
 
     Chunks that show nothing are all alike but for their timestamp: one is prefilled in
     full and the others reuse its visual K/V with their own timestamp's K/V, which makes
@@ -120,24 +136,29 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int]):
     f = video.chunk_frames
     blank = [i for i in range(video.n_chunks) if all(lb.kind == "none" for lb in video.frames[i * f:(i + 1) * f])]
     full = [i for i in range(video.n_chunks) if i not in blank[1:]]
-    ids = {i: lm.chunk_ids(video, i) for i in range(video.n_chunks)}
+    ids = {i: lm.chunk_ids(video, i, lines[i] if lines else "") for i in range(video.n_chunks)}
     chunks: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
-    def batch(members, take, needs_grad):
+    def batch(members, take, needs_grad, pad=False):
+        """Forward the members in batches of equal length (pad: all in one batch, right-
+        padded: causal attention keeps the pads out of every real token's K/V; used for the
+        blank chunks' stamps, whose text lines differ in length)."""
         groups: dict[int, list[int]] = {}
         for i in members:
-            groups.setdefault(len(take(i)), []).append(i)
-        for T, group in groups.items():
+            groups.setdefault(0 if pad else len(take(i)), []).append(i)
+        for group in groups.values():
+            seqs = [take(i) for i in group]
+            T = max(len(x) for x in seqs)
             with torch.set_grad_enabled(needs_grad and torch.is_grad_enabled()):
                 B = len(group)
-                emb = lm.embed(torch.stack([take(i) for i in group]))
+                emb = lm.embed(torch.stack([F.pad(x, (0, T - len(x))) for x in seqs]))
                 c = _cache(pk[:, None].expand(-1, B, -1, -1, -1), pv[:, None].expand(-1, B, -1, -1, -1), m.config)
                 _, c = lm.run(emb, c, P)
                 ks = torch.stack([layer.keys[:, :, P:] for layer in c.layers])     # [L, B, H, T, D]
                 vs = torch.stack([layer.values[:, :, P:] for layer in c.layers])
                 ks = lm.rotary.unrotate(ks, torch.arange(P, P + T))
                 for b, i in enumerate(group):
-                    yield i, ks[:, b], vs[:, b]
+                    yield i, ks[:, b, :, :len(seqs[b])], vs[:, b, :, :len(seqs[b])]
 
     for needs_grad in (True, False):
         members = [i for i in full if (i in grad_chunks) == needs_grad]
@@ -147,7 +168,7 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int]):
     if len(blank) > 1:
         rk, rv, rn = chunks[blank[0]]
         shared = (rk[:, :, rn:], rv[:, :, rn:])
-        for i, k, v in batch(blank[1:], lambda i: ids[i][0][:ids[i][1]], False):
+        for i, k, v in batch(blank[1:], lambda i: ids[i][0][:ids[i][1]], False, pad=lines is not None):
             chunks[i] = (k, v, ids[i][1])
     return (lm.rotary.unrotate(pk, torch.arange(P)), pv), chunks, shared
 
@@ -208,19 +229,48 @@ def answer_loss(lm: CaptionLM, cache: DynamicCache, N: int, question: str, answe
     return F.cross_entropy(lm.model.lm_head(h).float(), a)
 
 
-def video_chunks(cfg: LMTrainConfig, rng: np.random.Generator) -> int:
+def video_chunks(cfg: LMTrainConfig, rng: np.random.Generator, max_chunks: int | None = None) -> int:
     """Length of a training video in chunks: 1..16 uniform, or (long_share) log-uniform above."""
-    short = min(16, cfg.max_chunks)
-    if cfg.max_chunks <= short or rng.random() >= cfg.long_share:
+    top = max_chunks or cfg.max_chunks
+    short = min(16, top)
+    if top <= short or rng.random() >= cfg.long_share:
         return int(rng.integers(1, short + 1))
-    return int(round(math.exp(rng.uniform(math.log(short + 1), math.log(cfg.max_chunks)))))
+    return int(round(math.exp(rng.uniform(math.log(short + 1), math.log(top)))))
 
 
-def train(model, tokenizer, cfg: LMTrainConfig, progress=None) -> dict:
-    """Attach LoRA, train cfg.steps steps, leave the adapters attached; returns metrics."""
+def step_data(lm: CaptionLM, cfg: LMTrainConfig, rng: np.random.Generator):
+    """One training video: (video, its text lines or None, questions). With text_share 0
+    this draws exactly what stage 1 drew."""
+    has_text = cfg.text_share > 0 and rng.random() < cfg.text_share
+    n = video_chunks(cfg, rng, cfg.text_max_chunks if has_text else None)
+    video = random_video(rng, n, cfg.chunk_frames)
+    toy = questions(video, rng)
+    if not has_text:
+        return video, None, sample_questions(toy, cfg.questions_per_video, rng)
+    tv = text_video(video, rng, lm.n_tokens, cfg.text_cap)
+    q = cfg.questions_per_video
+    text = sample_questions(text_questions(tv, rng), q, rng)
+    toy = sample_questions(toy, q, rng)
+    k = min(len(text), max(round(q * cfg.text_question_share), q - len(toy)))
+    return video, tv.lines, text[:k] + toy[:q - k]
+
+
+def load_adapter(model, state: dict[str, torch.Tensor]) -> None:
+    """Copy A/B factors (lora.adapter_state names) into the attached adapters."""
+    got = dict(model.named_parameters())
+    for key, t in state.items():
+        with torch.no_grad():
+            got[key.replace(".lora_A", ".A").replace(".lora_B", ".B")].copy_(t)
+
+
+def train(model, tokenizer, cfg: LMTrainConfig, progress=None, init: dict[str, torch.Tensor] | None = None) -> dict:
+    """Attach LoRA (from `init`, an adapter_state, when given: stage 2), train cfg.steps
+    steps, leave the adapters attached; returns metrics."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     params = lora.attach(model, cfg.rank, cfg.alpha, cfg.seed)
+    if init is not None:
+        load_adapter(model, init)
     lm = CaptionLM(model, tokenizer, cfg)
     model.train()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -228,11 +278,10 @@ def train(model, tokenizer, cfg: LMTrainConfig, progress=None) -> dict:
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
     t0, losses = time.perf_counter(), []
     for step in range(cfg.steps):
-        n = video_chunks(cfg, rng)
-        video = random_video(rng, n, cfg.chunk_frames)
-        qas = sample_questions(questions(video, rng), cfg.questions_per_video, rng)
+        video, lines, qas = step_data(lm, cfg, rng)
+        n = video.n_chunks
         grad = set().union(*(video.chunks_of(e) for e in video.events)) if rng.random() < cfg.write_grad else set()
-        prefix, chunks, shared = prefill_video(lm, video, grad)
+        prefix, chunks, shared = prefill_video(lm, video, grad, lines)
         loss, memo = 0.0, {}
         for qa in qas:
             bilevel = n > cfg.dense_max_chunks or rng.random() < cfg.bilevel_share
@@ -248,5 +297,6 @@ def train(model, tokenizer, cfg: LMTrainConfig, progress=None) -> dict:
         if progress:
             progress(step + 1, cfg.steps, float(np.mean(losses[-20:])), time.perf_counter() - t0)
     model.eval()
-    return {"steps": cfg.steps, "final_loss": float(np.mean(losses[-50:])), "seconds": time.perf_counter() - t0,
+    return {"steps": cfg.steps, "init": init is not None, "final_loss": float(np.mean(losses[-50:])),
+            "seconds": time.perf_counter() - t0,
             "config": asdict(cfg)}
