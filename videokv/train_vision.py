@@ -1,10 +1,14 @@
 """`videokv train-vision`: train the embedded default's toy-world model from scratch.
 
-Two stages, both generated on the fly and deterministic for a seed:
+Three stages, all generated on the fly and deterministic for a seed:
   1. the vision tower (CNN classifier of the salient object + retrieval head into
      all-MiniLM-L6-v2's space) on rendered toy-world frames (engine/train_tower.py);
   2. the LLM adapter (LoRA on SmolLM2's attention) reading tower captions through the
-     run-time chunk-prefill / compression / assembly path (engine/train_lm.py).
+     run-time chunk-prefill / compression / assembly path (engine/train_lm.py);
+  3. "text refine": the adapter, from stage 2's weights, also reading each chunk's text
+     channel (on-screen text, speech, subtitles) with toy and text questions mixed.
+`--adapter-init PATH` runs only stage 3 from a given adapter (with `--skip-tower`, the
+tower comes from --out or, when missing there, from PATH's folder).
 Writes tower.safetensors, adapter.safetensors, manifest.json (sha256 of both) and
 metrics.json to --out; `--install` also copies them over the shipped weights.
 """
@@ -19,6 +23,9 @@ import time
 from pathlib import Path
 
 ADAPTER_ALPHA = 16.0
+TEXT_STEPS = 300
+TEXT_LR = 5e-4           # half of stage 2's: refine, do not overwrite what it learnt
+TEXT_SHARE = 0.8         # share of text-refine videos with a text channel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tower-steps", type=int, default=4500)
     ap.add_argument("--lm-steps", type=int, default=400)
+    ap.add_argument("--lm-text-steps", type=int, default=TEXT_STEPS, help="text refine steps (0: none)")
+    ap.add_argument("--adapter-init", default=None,
+                    help="adapter.safetensors to start the text refine from (skips the caption stage)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the tower (results depend on it)")
     ap.add_argument("--lm-threads", type=int, default=2,
                     help="torch threads for the adapter (the shipped one: 2; results depend on it)")
@@ -35,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     from videokv.engine import lora
     from videokv.engine.captions import LAYOUT
@@ -49,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    init_dir = Path(args.adapter_init).parent if args.adapter_init else None
+    if args.skip_tower and not (out / "tower.safetensors").is_file() and init_dir:
+        for name in ("tower.safetensors", "tower_metrics.json"):   # the tower shipped with the init
+            shutil.copy2(init_dir / name, out / name)
     if args.skip_tower:
         tower_metrics = json.loads((out / "tower_metrics.json").read_text())
     else:
@@ -69,8 +83,32 @@ def main(argv: list[str] | None = None) -> int:
         if step % 10 == 0 or step == steps:
             print(f"adapter: step {step}/{steps} loss {loss:.3f} ({secs:.0f} s)", flush=True)
 
-    lm_metrics = train(model, tok, cfg, lm_progress)
-    state = {k: v.contiguous() for k, v in lora.adapter_state(model).items()}
+    base = {}
+    if args.adapter_init:
+        init = load_file(args.adapter_init)
+        lm_metrics = {"init": args.adapter_init, "init_sha256": sha256_file(Path(args.adapter_init))}
+        old = init_dir / "manifest.json"
+        if old.is_file():     # stage-1 facts of the adapter we start from
+            base = json.loads(old.read_text())
+    else:
+        lm_metrics = train(model, tok, cfg, lm_progress)
+        init = lora.adapter_state(model)
+    t2 = time.perf_counter()
+    text_metrics = None
+    if args.lm_text_steps:
+        if not args.adapter_init:
+            lora.detach(model)
+        tcfg = LMTrainConfig(seed=args.seed + 1, steps=args.lm_text_steps, alpha=ADAPTER_ALPHA, lr=TEXT_LR,
+                             warmup=20, text_share=TEXT_SHARE)
+
+        def text_progress(step: int, steps: int, loss: float, secs: float) -> None:
+            if step % 10 == 0 or step == steps:
+                print(f"adapter text refine: step {step}/{steps} loss {loss:.3f} ({secs:.0f} s)", flush=True)
+
+        text_metrics = train(model, tok, tcfg, text_progress, init=init)
+        state = {k: v.contiguous() for k, v in lora.adapter_state(model).items()}
+    else:
+        state = {k: v.contiguous() for k, v in init.items()}
     save_file(state, str(out / "adapter.safetensors"), metadata={"rank": str(cfg.rank), "alpha": str(cfg.alpha)})
     manifest = {
         "files": {n: sha256_file(out / n) for n in ("tower.safetensors", "adapter.safetensors")},
@@ -81,9 +119,20 @@ def main(argv: list[str] | None = None) -> int:
         "lm_steps": args.lm_steps, "threads": {"tower": args.threads, "adapter": args.lm_threads},
         "caption_layout": LAYOUT,
     }
+    if args.adapter_init:    # tower and stage-1 adapter facts are those of the init's manifest
+        for k in ("seed", "tower_steps", "tower_refine_steps", "lm_steps"):
+            manifest[k] = base.get(k, manifest[k])
+        manifest["threads"] = dict(base.get("threads", manifest["threads"]))
+        manifest["adapter_init_sha256"] = lm_metrics["init_sha256"]
+    manifest["lm_text_steps"] = args.lm_text_steps
+    manifest["threads"]["adapter_text"] = args.lm_threads
+    if text_metrics:
+        manifest["lm_text"] = {"seed": args.seed + 1, "lr": TEXT_LR, "text_share": TEXT_SHARE,
+                               "seconds": round(text_metrics["seconds"], 1)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    metrics = {"tower": tower_metrics, "adapter": lm_metrics,
-               "seconds": {"adapter": round(time.perf_counter() - t1, 1), "total": round(time.perf_counter() - t0, 1)}}
+    metrics = {"tower": tower_metrics, "adapter": lm_metrics, "adapter_text": text_metrics,
+               "seconds": {"adapter": round(t2 - t1, 1), "adapter_text": round(time.perf_counter() - t2, 1),
+                           "total": round(time.perf_counter() - t0, 1)}}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(f"wrote {out}: tower {manifest['files']['tower.safetensors'][:12]}, adapter "
           f"{manifest['files']['adapter.safetensors'][:12]} in {metrics['seconds']['total']:.0f} s")
