@@ -339,10 +339,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_question(body.query, "query")
         recs = {v: svc.owned(v, t) for v in body.video_ids} if body.video_ids is not None else None
         rt = svc.rt
+        scope = {"video_ids": list(recs) if recs is not None else None, "tenant": t}
         with svc.ask_lock:   # the model is shared with interactive questions
             qv = rt.oracle.question_vector(body.query).numpy()
-        hits = rt.store.search(rt.oracle.identity, qv, body.top_k,
-                               video_ids=list(recs) if recs is not None else None, tenant=t)
+        in_scope = recs.values() if recs is not None else rt.store.list_videos(t)
+        if not any((r.extra or {}).get("text_oracle") == rt.text_oracle.identity for r in in_scope):
+            hits = rt.store.search(rt.oracle.identity, qv, body.top_k, **scope)
+        else:
+            # Hybrid, as for one video's question (query/retrieval.py), with each oracle's
+            # scores standardised over its candidates across the videos in scope.
+            from videokv.kvstore import Hit
+            from videokv.query.retrieval import fuse, top
+            n = min(1000, 4 * body.top_k)
+            with svc.ask_lock:
+                tq = rt.text_oracle.question_vector(body.query).numpy()
+            per = [{(h.video_id, h.chunk): h.score for h in rt.store.search(oid, q, n, **scope)}
+                   for oid, q in ((rt.oracle.identity, qv), (rt.text_oracle.identity, tq))]
+            # Both over the same candidates: a chunk one oracle did not return scores as its
+            # worst candidate there (text: 0, no words in common).
+            union = per[0].keys() | per[1].keys()
+            per = [{c: p.get(c, floor) for c in union} for p, floor in zip(per, (min(per[0].values(), default=0.0), 0.0))]
+            hits = [Hit(s.chunk[0], s.chunk[1], s.score) for s in top(fuse(per, [1.0, settings.text_weight]), body.top_k)]
         out, cache = [], dict(recs or {})
         for h in hits:
             rec = cache.get(h.video_id) or cache.setdefault(h.video_id, rt.store.get_video(h.video_id))

@@ -87,7 +87,8 @@ class QueryEngine:
         n = rec.chunks_total
         visual = {h.chunk: h.score for h in self.store.search(self.oracle.identity, qv, n, video_ids=[video_id])}
         tq = self.text_oracle.question_vector(question).numpy()
-        text = {h.chunk: h.score for h in self.store.search(text_id, tq, n, video_ids=[video_id])}
+        text = dict.fromkeys(range(n), 0.0)    # a chunk without text matches no words
+        text.update({h.chunk: h.score for h in self.store.search(text_id, tq, n, video_ids=[video_id])})
         return top(fuse([visual, text], [1.0, self.text_weight]), top_k)
 
     def ask(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",

@@ -54,6 +54,15 @@ def test_subtitles_upload_transcript_and_bad_text_input(svc, worker, app_client,
     # chunks of 4 frames at 1 fps: 2 s is in chunk 0, 21 s in chunk 5
     assert [s["chunk"] for s in segs] == [0, 5]
 
+    # Search is hybrid too: the subtitled chunk is among the top 3, within the video and
+    # across the tenant's videos (8 chunks: too few for a sure rank 1, see query/retrieval.py;
+    # tests/query/test_text_e2e.py checks rank 1 on a 10-minute video).
+    for scope in ({"video_ids": [vid]}, {}):
+        r = app_client.post("/v1/search", headers=auth(k),
+                            json={"query": "a corner kick for the home side", "top_k": 3, **scope})
+        assert r.status_code == 200, r.text
+        assert (vid, 5) in [(h["video_id"], h["chunk"]) for h in r.json()["results"]], r.json()
+
     # The same file without subtitles is another content (its KVs differ): a new video.
     r = _upload(app_client, k, videos["a"], subtitles=None)
     assert r.json()["id"] != vid
