@@ -150,12 +150,14 @@ class HFCausalBackend:
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, cache: DynamicCache | None = None, *,
                 positions: torch.Tensor | None = None,
-                logits: bool = True, queries: bool = False, kv: bool = True,
+                logits: bool | str = True, queries: bool = False, kv: bool = True,
                 mask: torch.Tensor | None = None) -> ForwardOut:
         """embeds [T, hidden] continue `cache`, at absolute `positions` ([T]; default
         P..P+T-1, P = cache length). kv=False skips gathering the new tokens' K,V (decoding
         only needs the grown cache). mask: a custom bool attention mask [1, 1, T, P + T]
-        (True = attend), e.g. several chunks packed into one forward; default causal."""
+        (True = attend), e.g. several chunks packed into one forward; default causal.
+        logits: True -> [T, vocab]; "last" -> [1, vocab] for the last token only (generation
+        needs no more, and the vocabulary projection of a long question is not free)."""
         cache = cache if cache is not None else self.make_cache()
         past = cache.get_seq_length()
         T = embeds.shape[0]
@@ -172,7 +174,8 @@ class HFCausalBackend:
         q = None
         if queries:
             q = torch.stack([c.view(T, self.num_q_heads, self.head_dim).transpose(0, 1) for c in captured])
-        lg = self.lm_head(out.last_hidden_state[0]).float() if logits else None
+        hidden = out.last_hidden_state[0]
+        lg = self.lm_head(hidden[-1:] if logits == "last" else hidden).float() if logits else None
         return ForwardOut(lg, keys, values, q, cache)
 
     def _run_decoder(self, embeds: torch.Tensor, cache: DynamicCache, positions: torch.Tensor, past: int,

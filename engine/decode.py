@@ -69,7 +69,7 @@ def generate(backend: HFCausalBackend, cache: AssembledCache, suffix: str,
     ids = backend.tokenize(suffix)
     pos = cache.next_pos
     out = backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values),
-                          positions=torch.arange(pos, pos + len(ids)), kv=False)
+                          positions=torch.arange(pos, pos + len(ids)), kv=False, logits="last")
     pos += len(ids)
     rng = torch.Generator().manual_seed(gen.seed) if gen.seed is not None else None
     eos = backend.eos_token_ids
