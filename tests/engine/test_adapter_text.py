@@ -1,0 +1,102 @@
+"""The adapter's text-refine stage: text-channel training data (deterministic, within the
+token cap, answers copied from the lines), deterministic stage-2 training from an init, and
+the shipped adapter answering from a chunk's text line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from videokv.engine import lora
+from videokv.engine.captions import FrameLabel, caption_ids, piece_ids
+from videokv.engine.config import EngineConfig
+from videokv.engine.decode import GenerationConfig, assemble, generate
+from videokv.engine.eval_lm import answer_ok
+from videokv.engine.lm_data import QA, random_video
+from videokv.engine.lm_text_data import text_questions, text_video
+from videokv.engine.prefill import ChunkInput, ChunkPrefiller, text_line
+from videokv.engine.tiny import tiny_backend
+from videokv.engine.train_lm import LMTrainConfig, train
+
+
+def _draw(seed: int, n_tokens, cap: int = 48):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(12):
+        tv = text_video(random_video(rng, int(rng.integers(1, 20))), rng, n_tokens, cap)
+        out.append((tv, text_questions(tv, rng)))
+    return out
+
+
+def test_text_data_is_deterministic_capped_and_answerable(tokenizer):
+    def n_tokens(s):
+        return len(tokenizer(s, add_special_tokens=False)["input_ids"])
+
+    def drawn(draws):
+        return [(tv.lines, [(q.question, q.answer, q.key) for q in qs]) for tv, qs in draws]
+
+    a = _draw(7, n_tokens)
+    assert drawn(a) == drawn(_draw(7, n_tokens))
+    types = set()
+    for cap, (tv, qs) in [(48, d) for d in a] + [(24, d) for d in _draw(8, n_tokens, cap=24)]:
+        for i, line in enumerate(tv.lines):
+            assert n_tokens(line) <= cap or len(tv.items[i]) == 1
+        for q in qs:
+            types.add(q.type)
+            (i,) = q.chunks
+            if q.type == "text_when":
+                assert q.key == f"{tv.video.chunk_times[i]:.1f}s"
+            else:
+                assert q.key.lower() in tv.line(i).lower()         # the answer is copied from its chunk's line
+            assert answer_ok(q, q.answer)
+    assert types == {"text_who", "text_screen", "text_said", "text_when"}
+
+
+def test_text_refine_is_deterministic_and_starts_from_init(tokenizer):
+    cfg = LMTrainConfig(seed=2, steps=2, max_chunks=3, text_max_chunks=3, questions_per_video=2, rank=2,
+                        warmup=1, text_share=1.0, lr=1e-3)
+    be = tiny_backend(tokenizer, seed=0)
+    lora.attach(be.model, rank=2, alpha=cfg.alpha, seed=9)
+    for p in be.model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+    init = lora.adapter_state(be.model)
+    states = []
+    for _ in range(2):
+        be = tiny_backend(tokenizer, seed=0)
+        assert np.isfinite(train(be.model, tokenizer, cfg, init=init)["final_loss"])
+        states.append(lora.adapter_state(be.model))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in init)
+    # it moved, but from the init (not from a fresh B = 0)
+    assert all((states[0][k] - init[k]).abs().max() < 0.05 for k in init)
+    assert any(not torch.equal(states[0][k], init[k]) for k in init)
+
+
+def test_shipped_adapter_answers_from_a_text_line(embedded_backend):
+    """A real-looking name (never in training) on a scoreboard banner, and a toy card in the
+    same chunk: both answered. Only for an adapter that went through the text stage."""
+    from videokv.engine.models import toyworld_dir
+
+    if not json.loads((toyworld_dir() / "manifest.json").read_text()).get("lm_text_steps"):
+        pytest.skip("the shipped adapter has no text-refine stage (manifest lm_text_steps)")
+    be = embedded_backend
+    cfg = EngineConfig(tokens_per_frame=8)
+    ids = piece_ids(be.tokenizer)
+    lines = [text_line({"ocr": "HOME 0 AWAY 0 06:10"}),
+             text_line({"ocr": "HOME 1 AWAY 0 06:26 GOAL: OKONKWO", "asr": "he curls it into the top corner"}),
+             text_line({"ocr": "HOME 1 AWAY 0 06:42"})]
+    frames = [FrameLabel()] * 16
+    frames[3:6] = [FrameLabel("card", "blue", digit="4")] * 3
+    chunks = [ChunkInput(i, be.embed_text(torch.tensor([t for lb in (frames if i == 1 else [FrameLabel()] * 16)
+                                                        for t in caption_ids(lb, ids, 8)])),
+                         i * 16, (i + 1) * 16, 16.0 * i, 16.0 * (i + 1), text=line)
+              for i, line in enumerate(lines)]
+    pf = ChunkPrefiller(be, cfg)
+    prefix = pf.prefix()
+    done = list(pf.run(prefix, chunks))
+    cache = assemble(be, [prefix] + [d.H if i != 1 else d.L for i, d in enumerate(done)])
+    for q, key in (("Who scored the goal?", "OKONKWO"), ("What digit was shown on the blue card?", "4")):
+        _, suffix = be.prompt_parts(cfg.system_prompt, q)
+        got = "".join(generate(be, cache, suffix, GenerationConfig(max_new_tokens=16, stop=("<|im_end|>",))))
+        assert answer_ok(QA("text_who", q, "", {1}, key), got), (q, got)
