@@ -107,7 +107,8 @@ class TextVideo:
     items: list[list[TextItem]] = field(default_factory=list)
 
     def parts(self, i: int) -> dict[str, str]:
-        return {src: " ".join(it.text for it in self.items[i] if it.source == src)
+        # Joined as ingest/text/align.py joins them: screen items are separate things.
+        return {src: (" | " if src == "ocr" else " ").join(it.text for it in self.items[i] if it.source == src)
                 for src in ("ocr", "asr", "subtitle")}
 
     def line(self, i: int) -> str:
@@ -188,16 +189,29 @@ def text_video(video: CaptionVideo, rng: np.random.Generator, n_tokens: Callable
         events = [str(e) for e in rng.permutation(list(EVENTS))[:int(rng.integers(1, 5))]]
         where = sorted(int(c) for c in rng.choice(n, min(n, len(events)), replace=False))
         banners = dict(zip(where, events))
+        # As OCR lines come out of ingest (align.py): the scoreboard and a ticking clock are
+        # separate items, the clock (counting up or down) at its first and last value in
+        # the chunk, the banner in between.
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        span = video.chunk_times[1] - video.chunk_times[0] if n > 1 else 16.0
+
+        def clock(t: float) -> str:
+            t = max(0.0, t)
+            return f"{int(t // 60) % 100:02d}:{int(t % 60):02d}"
+
         for i in range(n):
-            secs = clock0 + video.chunk_times[i] - video.chunk_times[0]
+            secs = clock0 + sign * (video.chunk_times[i] - video.chunk_times[0])
             ev = banners.get(i)
             if ev == "GOAL":
                 score[int(rng.integers(2))] += 1
-            clock = f"{int(secs // 60) % 100:02d}:{int(secs % 60):02d}"
-            items[i].append(TextItem("ocr", f"{home} {score[0]} {away} {score[1]} {clock}"))
+            board = TextItem("ocr", f"{home} {score[0]} {away} {score[1]}")
+            first = TextItem("ocr", clock(secs))
+            items[i] += [board, first] if rng.random() < 0.5 else [first, board]
             if ev:
                 name = pseudo_word(rng).upper()
                 items[i].append(TextItem("ocr", f"{ev}: {name}", key=name, event=ev, name=name))
+            if span > 1:
+                items[i].append(TextItem("ocr", clock(secs + sign * (span - 1))))
     slides = sorted(int(c) for c in rng.choice(n, int(rng.integers(1, min(n, 4) + 1)), replace=False)) \
         if kind == "lecture" else []
     for i in range(n):
