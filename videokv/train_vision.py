@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tower-steps", type=int, default=4500)
     ap.add_argument("--lm-steps", type=int, default=400)
     ap.add_argument("--lm-text-steps", type=int, default=TEXT_STEPS, help="text refine steps after stage 1 (the shipped adapter: 300)")
+    ap.add_argument("--lm-text-share", type=float, default=TEXT_SHARE,
+                    help=f"share of text-refine videos with a text channel (default {TEXT_SHARE})")
     ap.add_argument("--adapter-init", default=None,
                     help="adapter.safetensors to start the text refine from (skips the caption stage)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the tower (results depend on it)")
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.adapter_init:
             lora.detach(model)
         tcfg = LMTrainConfig(seed=args.seed + 1, steps=args.lm_text_steps, alpha=ADAPTER_ALPHA, lr=TEXT_LR,
-                             warmup=20, text_share=TEXT_SHARE)
+                             warmup=20, text_share=args.lm_text_share)
 
         def text_progress(step: int, steps: int, loss: float, secs: float) -> None:
             if step % 10 == 0 or step == steps:
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest["lm_text_steps"] = args.lm_text_steps
     manifest["threads"]["adapter_text"] = args.lm_threads
     if text_metrics:
-        manifest["lm_text"] = {"seed": args.seed + 1, "lr": TEXT_LR, "text_share": TEXT_SHARE,
+        manifest["lm_text"] = {"seed": args.seed + 1, "lr": TEXT_LR, "text_share": args.lm_text_share,
                                "seconds": round(text_metrics["seconds"], 1)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     metrics = {"tower": tower_metrics, "adapter": lm_metrics, "adapter_text": text_metrics,
