@@ -26,6 +26,7 @@ from videokv.kvstore import ChunkSpan, KVStore, Status
 
 from . import text as T
 from .chunks import ChunkPlan, plan_chunks
+from .text.subtitles import has_subtitle_stream
 from .video import NoFrames, VideoInfo, content_hash, probe, sample_frames
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks total)
@@ -75,7 +76,7 @@ class IngestPipeline:
         info = probe(path)                                    # bad input raises here ...
         opts = text or self.text_defaults
         T.check_tools(opts)
-        embedded = opts.subtitles and opts.subtitle_file is None and _has_subtitle_stream(path)
+        embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(path)
         text_on = opts.active(embedded)
         if opts.subtitle_file is not None:
             from .text.subtitles import parse_file
@@ -233,7 +234,3 @@ class IngestPipeline:
                                self.store.read_chunk(vid, i, "H", fingerprint=self.fingerprint))
                 for i in range(start, first)]
 
-
-def _has_subtitle_stream(path: Path) -> bool:
-    from .text.subtitles import has_subtitle_stream
-    return has_subtitle_stream(path)

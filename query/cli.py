@@ -117,14 +117,12 @@ def main_transcript(argv: list[str]) -> int:
 
 def transcript_view(rec, stored: dict | None) -> dict:
     """The API/CLI view of a stored text channel: channels that ran and the time-ordered
-    segments, each with the chunk it starts in."""
-    from bisect import bisect_right
-    starts = [s.t_start for s in rec.plan]
-    segs = sorted((stored or {}).get("segments", []), key=lambda d: (d["t_start"], d["source"]))
-    out = [{"t_start": round(d["t_start"], 3), "t_end": round(d["t_end"], 3), "source": d["source"],
-            "text": d["text"], "conf": round(d.get("conf", 1.0), 3),
-            "chunk": max(0, bisect_right(starts, d["t_start"]) - 1)} for d in segs]
-    return {"id": rec.video_id, "channels": (stored or {}).get("channels", {}), "segments": out}
+    segments (ingest.text.align.transcript), each with the chunk it starts in."""
+    from videokv.ingest.text import TextSegment
+    from videokv.ingest.text.align import transcript
+    segs = [TextSegment.from_dict(d) for d in (stored or {}).get("segments", [])]
+    return {"id": rec.video_id, "channels": (stored or {}).get("channels", {}),
+            "segments": transcript(segs, [s.t_start for s in rec.plan])}
 
 
 def main_ask(argv: list[str]) -> int:

@@ -114,7 +114,8 @@ def text_demo(rt, work: Path, args) -> dict:
         print(f"  [{'ok' if ok else '--'}] {q}\n        answer: {ans.answer!r} (expected {key!r}); top evidence "
               + (f"{ev.t_start:.0f}-{ev.t_end:.0f}s" if ev else "none") + f", ttft {ans.timings['ttft_ms']:.0f} ms")
         rows.append({"question": q, "key": key, "answer": ans.to_dict(), "correct": ok})
-    print(f"text score: {right}/{len(TEXT_QUESTIONS)} answers right ({rt.store.get_transcript(res.video_id) and 'transcript: videokv transcript ' + res.video_id})")
+    print(f"text score: {right}/{len(TEXT_QUESTIONS)} answers right (the text it read: "
+          f"videokv transcript {res.video_id})")
     return {"video_id": res.video_id, "report": res.text, "rows": rows}
 
 

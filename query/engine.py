@@ -76,11 +76,12 @@ class QueryEngine:
         self.top_k = top_k
         self.always_first_last = always_first_last
 
-    def retrieve(self, video_id: str, question: str, top_k: int) -> list:
+    def retrieve(self, video_id: str, question: str, top_k: int, rec=None) -> list:
         """The top_k chunks (objects with .chunk and .score), best first: the visual oracle's,
-        or hybrid with the text oracle (query/retrieval.py) when the video has text."""
+        or hybrid with the text oracle (query/retrieval.py) when the video has text.
+        rec: the video's record, if the caller has it already."""
         qv = self.oracle.question_vector(question).numpy()
-        rec = self.store.get_video(video_id)
+        rec = rec or self.store.get_video(video_id)
         text_id = (rec.extra or {}).get("text_oracle")
         if not text_id or self.text_oracle is None or text_id != self.text_oracle.identity:
             return self.store.search(self.oracle.identity, qv, top_k, video_ids=[video_id])
@@ -120,7 +121,7 @@ class QueryEngine:
                 raise QueryError(f"chunks {bad} are out of range: video {video_id} has chunks 0..{n - 1}")
             scores = {int(i): 0.0 for i in chunks}
         else:
-            hits = self.retrieve(video_id, question, top_k) if top_k else []
+            hits = self.retrieve(video_id, question, top_k, rec) if top_k else []
             scores = {h.chunk: h.score for h in hits}
         selected = set(scores)
         if self.always_first_last and n:

@@ -133,15 +133,11 @@ def check_subtitle_file(path: str) -> None:
         raise BadSubtitles(f"subtitle file {p.name}: expected a .srt or .vtt file")
 
 
-# (channel, program, Debian packages) of the channels that run a program.
-TOOLS = {"ocr": ("OCR", "tesseract", "tesseract-ocr tesseract-ocr-eng"),
-         "asr": ("speech", "pocketsphinx_continuous", "pocketsphinx pocketsphinx-en-us")}
-
-
 def check_tools(opts: TextOptions) -> None:
-    """Raise ToolMissing for an enabled channel whose program is not on PATH (checked up
-    front, so an upload is refused at once rather than failing in the worker)."""
-    import shutil
-    for name, (channel, program, packages) in TOOLS.items():
-        if getattr(opts, name) and shutil.which(program) is None:
-            raise ToolMissing(channel, program, packages)
+    """Raise ToolMissing for an enabled channel whose program (or model) is not installed:
+    checked up front, so an upload is refused at once rather than failing in the worker."""
+    from . import asr, ocr
+    if opts.ocr:
+        ocr.require()
+    if opts.asr:
+        asr.require()

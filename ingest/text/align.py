@@ -22,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
 from videokv.engine.prefill import text_line
@@ -182,14 +183,17 @@ def chunk_texts(segments: Sequence[TextSegment], spans: Sequence[tuple[float, fl
     return [chunk_line(_chunk_items(segments, float(a), float(b)), max_tokens, count_tokens) for a, b in spans]
 
 
-def transcript(segments: Sequence[TextSegment]) -> list[dict]:
+def transcript(segments: Sequence[TextSegment], chunk_starts: Sequence[float] | None = None) -> list[dict]:
     """All segments as dicts, sorted by start time (then source, then end): the API's
-    transcript view. Times in seconds, rounded to ms."""
+    transcript view. Times in seconds, rounded to ms. With chunk_starts (each chunk's
+    t_start, ascending), each row also names the chunk it starts in."""
     order = sorted(segments, key=lambda s: (s.t_start, SOURCES.index(s.source) if s.source in SOURCES else 9, s.t_end))
     out = []
     for s in order:
         d = s.to_dict()
         d["t_start"], d["t_end"], d["conf"] = round(s.t_start, 3), round(s.t_end, 3), round(s.conf, 3)
         d["words"] = [[w, round(a, 3), round(b, 3)] for w, a, b in s.words]
+        if chunk_starts is not None:
+            d["chunk"] = max(0, bisect_right(chunk_starts, s.t_start) - 1)
         out.append(d)
     return out

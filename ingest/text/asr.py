@@ -34,14 +34,15 @@ _NOT_WORDS = re.compile(r"^(<s>|</s>|<sil>|\[[A-Z_]+\]|\+\+?[A-Z_]+\+\+?)$")
 _ALTERNATE = re.compile(r"\(\d+\)$")  # "read(2)": the 2nd pronunciation of "read"
 
 
-def _check_tools() -> None:
+def require() -> None:
+    """ToolMissing unless the recogniser and its en-us model are installed."""
     if shutil.which(PROGRAM) is None or not (MODEL_DIR / "en-us").is_dir():
         raise ToolMissing("speech", PROGRAM, PACKAGES)
 
 
 def pocketsphinx_version() -> str:
     """Identity of the recogniser: program, package version, model and options."""
-    _check_tools()
+    require()
     version = "unknown"
     try:
         out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "pocketsphinx"], capture_output=True,
@@ -127,7 +128,7 @@ def transcribe(path: str | os.PathLike, info=None, options: tuple[str, ...] = DE
 
     info: the video's VideoInfo (unused beyond saving a probe; accepted for symmetry).
     Raises ToolMissing when pocketsphinx or its English model is not installed."""
-    _check_tools()
+    require()
     if info is not None and not info.has_audio:
         return []
     with tempfile.TemporaryDirectory(prefix="videokv-asr-") as tmp:

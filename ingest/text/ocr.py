@@ -55,10 +55,15 @@ def _env() -> dict:
     return {**os.environ, "OMP_THREAD_LIMIT": "1"}
 
 
-def tesseract_version() -> str:
-    """'tesseract 5.3.0' (first line of `tesseract --version`); ToolMissing if absent."""
+def require() -> None:
+    """ToolMissing unless tesseract is installed."""
     if shutil.which(PROGRAM) is None:
         raise ToolMissing("OCR", PROGRAM, PACKAGES)
+
+
+def tesseract_version() -> str:
+    """'tesseract 5.3.0' (first line of `tesseract --version`); ToolMissing if absent."""
+    require()
     out = subprocess.run([PROGRAM, "--version"], capture_output=True, text=True, env=_env())
     lines = (out.stdout or out.stderr).strip().splitlines()
     return lines[0].strip() if lines else PROGRAM
@@ -333,8 +338,7 @@ def read_frames(batches: Iterable, min_conf: float = 60.0, max_side: int = 1280,
     max_side: frames larger than this are downscaled first (pixels cost OCR time).
     stats: if given, filled with counts: frames, full (frames read whole), crops (regions
     read), unchanged (frames not read), tesseract_runs, seconds (in tesseract)."""
-    if shutil.which(PROGRAM) is None:
-        raise ToolMissing("OCR", PROGRAM, PACKAGES)
+    require()
     times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="videokv-ocr-") as tmp:
         reader = _Reader(Path(tmp), min_conf, max_side)

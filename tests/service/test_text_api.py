@@ -25,7 +25,8 @@ def _upload(client, key, path, subtitles: tuple | None = None, **fields):
 
 
 def test_subtitles_upload_transcript_and_bad_text_input(svc, worker, app_client, keys, videos, tmp_path):
-    k = keys["acme"]
+    from videokv.api.auth import KeyRing
+    k = KeyRing(svc["home"]).create("subtitled")    # its own tenant: other tests' uploads stay theirs
     # Bad input first: nothing may be stored or queued.
     before = len(app_client.get("/v1/videos", headers=auth(k)).json()["videos"])
     body = _problem(_upload(app_client, k, videos["a"], subtitles=("subs.srt", b"1\nnot a time\nhello\n")), 422)
