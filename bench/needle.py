@@ -384,6 +384,7 @@ def markdown(result: dict) -> str:
            f"Toy-world haystacks, {cfg['sample_fps']:g} fps sampling, {cfg['chunk_frames']} frames/chunk, "
            f"L-KV {cfg['l_ratio']}x / H-KV {cfg['h_ratio']}x, top-k {cfg['top_k']}"
            + (" (+ first/last chunk)" if cfg["always_first_last"] else "")
+           + (", H chunks paged without their timestamp rows" if cfg.get("h_text") == "drop" else "")
            + f", depths {', '.join(f'{d:g}' for d in cfg['depths'])}, {cfg['repeats']} repeat(s), "
            f"{len(cfg['types'])} question types. Each cell: accuracy / KV bytes vs dense / mean TTFT. "
            f"Dense runs only where the context fits {cfg['context_limit']} positions.", "",
@@ -563,6 +564,7 @@ def run(args) -> dict:
         "needle_seconds": args.needle_seconds, "gap_seconds": args.gap_seconds, "render_fps": fps, "size": list(SIZE),
         "sample_fps": fps, "chunk_frames": settings.chunk_frames, "l_ratio": settings.l_ratio,
         "h_ratio": settings.h_ratio, "always_first_last": rt.queries.always_first_last, "model": settings.model,
+        "h_text": rt.queries.pager.h_text,
         "vision": be.vision.identity, "fingerprint": rt.config.fingerprint(), "max_position_embeddings": max_pos,
         "context_limit": limit,
         "device": str(be.device), "dtype": str(be.dtype).removeprefix("torch."),

@@ -107,8 +107,9 @@ def ask_modes(rt, video_id: str, question: str, modes, repeats: int, max_new_tok
 
 def bytes_breakdown(rt, video_id: str, question: str, top_k: int) -> dict:
     """Where bilevel's and dense's KV bytes go, from the stored blobs (token kinds and sizes):
-    prompt prefix, timestamp text (dense in both levels), visual tokens at H, and visual tokens
-    at L of the oracle's top-k and of the always-loaded first/last chunks."""
+    prompt prefix, timestamp text (stored dense in both levels; paged for H chunks only with
+    h_text "keep"), visual tokens at H, and visual tokens at L of the oracle's top-k and of
+    the always-loaded first/last chunks."""
     from videokv.engine.chunkkv import TokenKind
 
     store = rt.store
@@ -131,14 +132,20 @@ def bytes_breakdown(rt, video_id: str, question: str, top_k: int) -> dict:
     prefix = recs[-1].nbytes["full"]
     l_set = set(top) | set(first_last)
     ts = sum(text.values())
+    keep = rt.queries.pager.h_text == "keep"
+
+    def ts_of(chunks) -> int:       # timestamp bytes paged when `chunks` come at L
+        return ts if keep else sum(text[i] for i in chunks)
+
     dense_vis = sum(vis_l.values())
     h_vis = sum(vis_h[i] for i in range(n) if i not in l_set)
     top_vis = sum(vis_l[i] for i in top)
     fl_vis = sum(vis_l[i] for i in fl_only)
-    bilevel = prefix + ts + h_vis + top_vis + fl_vis
+    ts_bilevel = ts_of(l_set)
+    bilevel = prefix + ts_bilevel + h_vis + top_vis + fl_vis
     dense = prefix + ts + dense_vis
-    sparse = prefix + ts + sum(vis_h.values())
-    no_fl = prefix + ts + sum(vis_h[i] for i in range(n) if i not in top) + top_vis
+    sparse = prefix + ts_of([]) + sum(vis_h.values())
+    no_fl = prefix + ts_of(top) + sum(vis_h[i] for i in range(n) if i not in top) + top_vis
     vis_bilevel = h_vis + top_vis + fl_vis
     vis_topk_only = sum(vis_h[i] for i in range(n) if i not in top) + top_vis
     return {
@@ -146,7 +153,8 @@ def bytes_breakdown(rt, video_id: str, question: str, top_k: int) -> dict:
         "timestamp_tokens_per_chunk": {"min": min(tok.values()), "max": max(tok.values()),
                                        "mean": round(sum(tok.values()) / n, 2)} if n else {},
         "dense": {"prefix": prefix, "timestamp_text": ts, "visual_L": dense_vis, "total": dense},
-        "bilevel": {"prefix": prefix, "timestamp_text": ts, "visual_H_chunks": h_vis,
+        "h_text": rt.queries.pager.h_text,
+        "bilevel": {"prefix": prefix, "timestamp_text": ts_bilevel, "visual_H_chunks": h_vis,
                     "visual_L_top_k": top_vis, "visual_L_first_last": fl_vis, "total": bilevel},
         "sparse_total": sparse,
         "ratios": {
@@ -154,7 +162,7 @@ def bytes_breakdown(rt, video_id: str, question: str, top_k: int) -> dict:
             "visual_only": round(vis_bilevel / dense_vis, 4),
             "visual_only_top_k_without_first_last": round(vis_topk_only / dense_vis, 4),
             "without_first_last": round(no_fl / dense, 4),
-            "timestamp_text_share_of_bilevel": round(ts / bilevel, 4),
+            "timestamp_text_share_of_bilevel": round(ts_bilevel / bilevel, 4),
             "timestamp_text_share_of_dense": round(ts / dense, 4),
             "first_last_share_of_bilevel": round(fl_vis / bilevel, 4),
             "sparse_vs_dense": round(sparse / dense, 4),
@@ -314,6 +322,7 @@ def run(args) -> dict:
            "l_policy": f"{settings.l_policy} {settings.l_ratio}x",
            "h_policy": f"{settings.h_policy} {settings.h_ratio}x",
            "window": settings.window, "window_level": settings.window_level, "model": settings.model,
+           "h_text": rt.queries.pager.h_text,
            "vision": be.vision.identity if be.vision else None, "dtype": str(be.dtype).removeprefix("torch."),
            "fingerprint": rt.config.fingerprint(), "max_position_embeddings": max_pos,
            "max_frames": settings.max_frames, "home": str(settings.home), "workdir": str(args.workdir),
@@ -503,7 +512,9 @@ def markdown(result: dict) -> str:
             "answer is not meaningful.", "", f"{mach['date']}, {mach['cpu']} ({mach.get('affinity_cpus', mach['cpus'])} cores, "
             f"{mach['torch_threads']} torch thread(s)), device {mach['device']}, {cfg['dtype']}; "
             f"L {cfg['l_policy']}, H {cfg['h_policy']}, top-k {cfg['top_k']}"
-            + (" + first/last" if cfg["always_first_last"] else "") + f", {cfg['max_new_tokens']} new tokens max."]
+            + (" + first/last" if cfg["always_first_last"] else "")
+            + f", H chunks paged {'without' if cfg.get('h_text', 'keep') == 'drop' else 'with'} their timestamp rows"
+            + f", {cfg['max_new_tokens']} new tokens max."]
     return "\n".join(out)
 
 

@@ -61,18 +61,20 @@ class QueryEngine:
     def __init__(self, backend: HFCausalBackend, store: KVStore, config: EngineConfig,
                  oracle: RelevanceOracle, top_k: int = 3, always_first_last: bool = True,
                  cache_bytes: int = 1 << 30, text_oracle: RelevanceOracle | None = None,
-                 text_weight: float = 1.0):
+                 text_weight: float = 1.0, h_text: str = "drop"):
+        """h_text: "drop" pages unselected (H) chunks without their timestamp/text rows,
+        "keep" with them (query/pager.py says why drop is the default)."""
         self.backend, self.store, self.config, self.oracle = backend, store, config, oracle
         # Used for videos ingested with a text channel (their record names the oracle).
         self.text_oracle, self.text_weight = text_oracle, text_weight
         self.fingerprint = config.fingerprint()
-        self.pager = KVPager(store, self.fingerprint, cache_bytes)
+        self.pager = KVPager(store, self.fingerprint, cache_bytes, h_text)
         # On CUDA, questions are paged and assembled by the GPU fast path (pinned staging,
         # copies overlapped with a fused rotation); elsewhere by KVPager + assemble.
         self.fast = None
         if getattr(backend.device, "type", "cpu") == "cuda":
             from .fastpath import DevicePager
-            self.fast = DevicePager(store, self.fingerprint, backend, cache_bytes)
+            self.fast = DevicePager(store, self.fingerprint, backend, cache_bytes, h_text=h_text)
         self.top_k = top_k
         self.always_first_last = always_first_last
 

@@ -35,6 +35,8 @@ from videokv.engine.decode import AssembledCache
 from videokv.engine.rope import rotate_half
 from videokv.kvstore import KVStore
 
+from .pager import check_h_text, h_rows
+
 
 def gather_rotate(src_k: torch.Tensor, src_v: torch.Tensor, idx: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, out_k: torch.Tensor, out_v: torch.Tensor, dst: torch.Tensor) -> None:
@@ -136,8 +138,10 @@ class DevicePager:
     split into (each group's rotation starts as soon as its bytes are on the device)."""
 
     def __init__(self, store: KVStore, fingerprint: str, backend, cache_bytes: int = 1 << 30,
-                 device=None, pin: bool | None = None, groups: int = 4, compile: bool | None = None):
+                 device=None, pin: bool | None = None, groups: int = 4, compile: bool | None = None,
+                 h_text: str = "drop"):
         self.store, self.fingerprint, self.backend = store, fingerprint, backend
+        self.h_text = check_h_text(h_text)     # as KVPager: H parts without their text rows
         self.device = torch.device(device if device is not None else backend.device)
         self.cuda = self.device.type == "cuda"
         self.pin = self.cuda if pin is None else pin
@@ -160,18 +164,19 @@ class DevicePager:
         fp = self.fingerprint
         with self.store.reader() as r:
             wanted = [(-1, "full")] + [(i, "H") for i in range(n_chunks)]
-            heads = [r.header(video_id, i, lvl) for i, lvl in wanted]
-            h0 = heads[0]
-            total = sum(h.tokens for h in heads)
+            views = [r.blob(video_id, i, lvl, fingerprint=fp) for i, lvl in wanted]
+            rows = [None] + [h_rows(v.kinds, self.h_text) for v in views[1:]]
+            h0 = views[0].header
+            total = sum(v.header.tokens if x is None else len(x) for v, x in zip(views, rows))
             kv = torch.empty(h0.layers, 2, h0.kv_heads, total, h0.head_dim, dtype=h0.dtype, pin_memory=self.pin)
             parts, offsets, off = [], [], 0
-            for (i, lvl), h in zip(wanted, heads):
-                v = r.blob(video_id, i, lvl, fingerprint=fp)
-                dst = kv[:, :, :, off:off + h.tokens]
-                dst.copy_(v.kv)
-                parts.append(self._part(r, video_id, i, lvl, dst, v.kinds.clone()))
+            for (i, lvl), v, x in zip(wanted, views, rows):
+                src, kinds = (v.kv, v.kinds) if x is None else (v.kv.index_select(3, x), v.kinds[x])
+                dst = kv[:, :, :, off:off + src.shape[3]]
+                dst.copy_(src)
+                parts.append(self._part(r, video_id, i, lvl, dst, kinds.clone()))
                 offsets.append(off)
-                off += h.tokens
+                off += src.shape[3]
         hot = _HotSet(kv, parts, offsets)
         if hot.nbytes <= self.cache_bytes:
             self._hot[video_id] = hot

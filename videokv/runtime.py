@@ -85,4 +85,4 @@ class Runtime:
         s = self.settings
         return QueryEngine(self.backend, self.store, self.config, self.oracle, s.top_k,
                            s.always_first_last, s.h_cache_bytes, text_oracle=self.text_oracle,
-                           text_weight=s.text_weight)
+                           text_weight=s.text_weight, h_text=s.h_text)

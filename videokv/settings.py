@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     top_k: int = 3
     always_first_last: bool = True
     h_cache_bytes: int = 1 << 30
+    # Unselected chunks are paged at H without ("drop") or with ("keep") their timestamp and
+    # text rows; stored bytes are the same either way (query/pager.py).
+    h_text: Literal["drop", "keep"] = "drop"
 
     # Service (workers/, api/).
     # Celery broker and result backend.

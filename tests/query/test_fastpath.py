@@ -11,7 +11,9 @@ from videokv.engine.prefill import ChunkPrefiller
 from videokv.engine.selftest import random_chunks
 from videokv.engine.tiny import tiny_backend
 from videokv.ingest.pipeline import frames_to_tensor
+from videokv.engine.chunkkv import TokenKind
 from videokv.query.fastpath import DevicePager, StagingBuffer, gather_rotate
+from videokv.query.pager import KVPager
 
 
 def _same_cache(a, b):
@@ -37,14 +39,21 @@ def test_device_pager_matches_cpu_path_and_reuses_staging(ingested):
         assert got.bytes_in_context == paged.bytes_in_context
         n_l = sum(v == "L" for v in levels.values())
         l_bytes = sum(p.nbytes for p in paged.parts[1:] if p.level == "L")
-        hot_bytes = sum(p.nbytes for p in paged.parts[:1]) + sum(
-            rt.store.read_chunk(res.video_id, i, "H").nbytes for i in range(n))
+        hot_bytes = sum(p.nbytes for p in paged.parts[:1]) + sum(     # H parts: visual rows only
+            2 * c.keys[:, :, c.kinds == TokenKind.VISUAL].nbytes
+            for c in (rt.store.read_chunk(res.video_id, i, "H") for i in range(n)))
         assert got.bytes_read == (hot_bytes if j == 0 else 0) + (l_bytes if n_l else 0)
         ptrs.append(dp.staging.data_ptr())
     # grown by the first L question and by the all-L one; the smaller one after it reused it
     assert ptrs[0] == 0 and dp.staging.grows == 2 and ptrs[2] == ptrs[3] != 0 and dp.staging.reuses == 1
     dp.evict(res.video_id)
     assert dp._hot_bytes == 0 and dp.load(res.video_id, n, layouts[0]).bytes_read > 0
+    # with the H parts' text rows kept, both paths agree too
+    keep = DevicePager(rt.store, q.fingerprint, rt.backend, device="cpu", pin=False, h_text="keep")
+    got = keep.load(res.video_id, n, layouts[1])
+    paged = KVPager(rt.store, q.fingerprint, h_text="keep").load(res.video_id, n, layouts[1])
+    _same_cache(got.cache, assemble(rt.backend, paged.parts))
+    assert got.bytes_in_context == paged.bytes_in_context > q.pager.load(res.video_id, n, layouts[1]).bytes_in_context
 
 
 def test_staging_buffer_grows_geometrically_and_views_typed():

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from videokv.engine.prefill import timestamp_text
 from videokv.kvstore import Status
@@ -40,8 +41,9 @@ def test_ask_runs_no_video_prefill(ingested):
     assert {0, 5} <= {e.chunk for e in ans.evidence} and len(ans.evidence) <= 3
 
 
-def expected_context_bytes(rt, rec, levels):
-    """KV bytes the compression config predicts for `levels` (chunk -> "L"/"H")."""
+def expected_context_bytes(rt, rec, levels, h_text="drop"):
+    """KV bytes the compression config predicts for `levels` (chunk -> "L"/"H"): H chunks
+    come without their timestamp rows unless h_text is "keep"."""
     be, cfg = rt.backend, rt.config
     per_token = 2 * be.num_layers * be.num_kv_heads * be.head_dim * 4  # K and V, fp32
     prefix_tokens = rt.store.read_chunk(rec.video_id, -1, "full").tokens
@@ -49,8 +51,9 @@ def expected_context_bytes(rt, rec, levels):
     for span in rec.plan:
         text = len(be.tokenize(timestamp_text(span.t_start)))
         visual = (span.frame_end - span.frame_start) * cfg.tokens_per_frame
-        ratio = cfg.l_kv.ratio if levels[span.index] == "L" else cfg.h_kv.ratio
-        total += text + math.ceil(visual / ratio)
+        is_l = levels[span.index] == "L"
+        ratio = cfg.l_kv.ratio if is_l else cfg.h_kv.ratio
+        total += (text if is_l or h_text == "keep" else 0) + math.ceil(visual / ratio)
     return total * per_token
 
 
@@ -67,6 +70,30 @@ def test_bilevel_bytes_between_sparse_and_dense_as_predicted(ingested):
     for mode in got:
         assert got[mode].kv_bytes_loaded == predicted[mode], mode
     assert got["sparse"].kv_bytes_loaded < got["bilevel"].kv_bytes_loaded < got["dense"].kv_bytes_loaded
+
+
+def test_h_parts_are_paged_without_text_rows_unless_kept(ingested):
+    from videokv.engine.chunkkv import TokenKind
+    from videokv.query.pager import KVPager
+    rt, res = ingested
+    rec = rt.store.get_video(res.video_id)
+    levels = {i: "L" if i in (0, 3) else "H" for i in range(6)}
+    kinds = {}
+    for h_text in ("drop", "keep"):
+        paged = KVPager(rt.store, rt.queries.fingerprint, h_text=h_text).load(res.video_id, 6, levels)
+        assert paged.bytes_in_context == expected_context_bytes(rt, rec, levels, h_text)
+        kinds[h_text] = [int((p.kinds == TokenKind.TEXT).sum()) for p in paged.parts[1:]]
+    stored = rt.store.read_chunk(res.video_id, 1, "H")      # the stored H-KV keeps its timestamp
+    assert kinds["keep"][1] == int((stored.kinds == TokenKind.TEXT).sum()) > 0
+    assert all(n > 0 for n in kinds["keep"])
+    assert [n > 0 for n in kinds["drop"]] == [levels[i] == "L" for i in range(6)]
+    # the visual rows are the stored ones, in order
+    h = KVPager(rt.store, rt.queries.fingerprint).load(res.video_id, 6, levels).parts[2]
+    stored = rt.store.read_chunk(res.video_id, 1, "H")
+    vis = stored.kinds == TokenKind.VISUAL
+    assert torch.equal(h.keys, stored.keys[:, :, vis]) and torch.equal(h.values, stored.values[:, :, vis])
+    with pytest.raises(ValueError, match="h_text must be one of"):
+        KVPager(rt.store, rt.queries.fingerprint, h_text="some")
 
 
 def test_hot_video_reads_only_its_selected_l_kvs(ingested):
