@@ -110,9 +110,13 @@ class IngestPipeline:
             if text_on:
                 lines, report = self._text_lines(vid, path, info, opts, plan, stage_progress)
             done, first = self._run(vid, plan, sampled.frames, progress, lines)
-            if lines and any(lines) and self.text_oracle is not None:
+            if lines and any(lines):
+                # text_chunks: the chunks with a text line (questions page their H text rows too)
                 rec = self.store.get_video(vid)
-                self.store.update_video(vid, extra={**(rec.extra or {}), "text_oracle": self.text_oracle.identity})
+                extra = {**(rec.extra or {}), "text_chunks": [i for i, line in enumerate(lines) if line]}
+                if self.text_oracle is not None:
+                    extra["text_oracle"] = self.text_oracle.identity
+                self.store.update_video(vid, extra=extra)
             self.store.mark_ready(vid, oracles=[o.identity for o in self.oracles])
         except Exception as e:
             # A permanent error: record why. (A killed process leaves INGESTING: resumable.)

@@ -35,7 +35,7 @@ from videokv.engine.decode import AssembledCache
 from videokv.engine.rope import rotate_half
 from videokv.kvstore import KVStore
 
-from .pager import check_h_text, h_rows
+from .pager import check_h_text, h_rows, text_chunks_of
 
 
 def gather_rotate(src_k: torch.Tensor, src_v: torch.Tensor, idx: torch.Tensor, cos: torch.Tensor,
@@ -165,7 +165,8 @@ class DevicePager:
         with self.store.reader() as r:
             wanted = [(-1, "full")] + [(i, "H") for i in range(n_chunks)]
             views = [r.blob(video_id, i, lvl, fingerprint=fp) for i, lvl in wanted]
-            rows = [None] + [h_rows(v.kinds, self.h_text) for v in views[1:]]
+            text_chunks = text_chunks_of(r.video(video_id))
+            rows = [None] + [h_rows(v.kinds, self.h_text, i in text_chunks) for (i, _), v in zip(wanted[1:], views[1:])]
             h0 = views[0].header
             total = sum(v.header.tokens if x is None else len(x) for v, x in zip(views, rows))
             kv = torch.empty(h0.layers, 2, h0.kv_heads, total, h0.head_dim, dtype=h0.dtype, pin_memory=self.pin)

@@ -4,12 +4,14 @@ Selected chunks come at L level, every other chunk at H level (or all L / all H)
 prompt prefix and all-H set stay cached (LRU, bounded bytes), so a repeated question on a
 hot video reads only its selected chunks' L-KVs from the store.
 
-H parts are paged without their TEXT rows by default (`h_text="drop"`): the stored H-KV
-keeps its timestamp and text line (chunk prefill attends to them, DESIGN.md), but a question
-reads only the visual rows of the chunks it does not select. On the toy default (8 tokens a
-frame) a 16x H chunk is 8 visual rows and ~10 timestamp rows, so dense timestamps would more
-than double what every unselected chunk costs; the chunks a question selects come at L with
-their timestamps and text. `bench needle` measured bi-level accuracy unchanged by it.
+H parts are paged without their timestamp rows by default (`h_text="drop"`): the stored
+H-KV keeps its timestamp (chunk prefill attends to it, DESIGN.md), but a question reads only
+the visual rows of the chunks it does not select. On the toy default (8 tokens a frame) a 16x
+H chunk is 8 visual rows and ~10 timestamp rows, so dense timestamps would more than double
+what every unselected chunk costs; the chunks a question selects come at L with their
+timestamps. `bench needle` measured bi-level accuracy no worse for it (0.43 vs 0.39).
+Chunks with a text-channel line (issue 9: OCR, speech, subtitles) keep all their text rows,
+timestamp included: that line is what the chunk says, and it exists only as text.
 """
 
 from __future__ import annotations
@@ -25,12 +27,21 @@ from videokv.kvstore import KVStore
 H_TEXT = ("drop", "keep")
 
 
-def h_rows(kinds: torch.Tensor, h_text: str) -> torch.Tensor | None:
+def h_rows(kinds: torch.Tensor, h_text: str, has_line: bool = False) -> torch.Tensor | None:
     """kinds: [tokens] of a stored H part -> the row indices a question pages ([kept], int64),
-    or None for all of them."""
-    if h_text == "keep":
+    or None for all of them. has_line: the chunk has a text-channel line (kept whole)."""
+    if h_text == "keep" or has_line:
         return None
     return (kinds != TokenKind.TEXT).nonzero().flatten()
+
+
+def text_chunks_of(rec) -> set[int]:
+    """The chunks of a video record with a text-channel line (ingest records them); a text
+    video stored before that was recorded: all of its chunks."""
+    extra = rec.extra or {}
+    if "text_chunks" in extra:
+        return set(extra["text_chunks"])
+    return set(range(rec.chunks_total)) if extra.get("text_oracle") else set()
 
 
 def check_h_text(h_text: str) -> str:
@@ -67,9 +78,10 @@ class KVPager:
             return hot, 0
         with self.store.reader() as r:
             parts = [r.chunk(video_id, -1, "full", fingerprint=self.fingerprint, copy=True)]
+            text_chunks = text_chunks_of(r.video(video_id))
             for i in range(n_chunks):
                 view = r.chunk(video_id, i, "H", fingerprint=self.fingerprint)
-                rows = h_rows(view.kinds, self.h_text)
+                rows = h_rows(view.kinds, self.h_text, i in text_chunks)
                 if rows is None:
                     rows = torch.arange(view.tokens)
                 parts.append(view.with_kv(view.keys.index_select(2, rows), view.values.index_select(2, rows),

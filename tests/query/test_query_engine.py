@@ -96,6 +96,22 @@ def test_h_parts_are_paged_without_text_rows_unless_kept(ingested):
         KVPager(rt.store, rt.queries.fingerprint, h_text="some")
 
 
+def test_h_parts_of_chunks_with_a_text_line_keep_their_text_rows(ingested):
+    from videokv.engine.chunkkv import TokenKind
+    from videokv.query.pager import KVPager
+    rt, res = ingested
+    old = rt.store.get_video(res.video_id).extra
+    levels = {i: "L" if i == 0 else "H" for i in range(6)}
+    try:
+        rt.store.update_video(res.video_id, extra={**(old or {}), "text_chunks": [2, 4]})
+        paged = KVPager(rt.store, rt.queries.fingerprint).load(res.video_id, 6, levels)
+        with_text = [i for i, p in enumerate(paged.parts[1:]) if (p.kinds == TokenKind.TEXT).any()]
+        assert with_text == [0, 2, 4]                     # the L chunk, and the H chunks with a line
+        assert paged.parts[3].tokens == rt.store.read_chunk(res.video_id, 2, "H").tokens
+    finally:
+        rt.store.update_video(res.video_id, extra=old)
+
+
 def test_hot_video_reads_only_its_selected_l_kvs(ingested):
     rt, res = ingested
     rt.queries.pager.evict(res.video_id)

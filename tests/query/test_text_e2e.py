@@ -40,6 +40,8 @@ def test_ocr_banner_in_minute_7_retrieved_at_rank_1_and_answered(match):
     ans = rt.queries.ask(res.video_id, "Who scored the goal?")
     assert ans.evidence[0].chunk == goal and ans.evidence[0].t_start == 416.0
     assert "MARTINEZ" in ans.answer.upper(), ans.answer
+    # every chunk shows the scoreboard, so every chunk has a line: H parts keep their text rows
+    assert rt.store.get_video(res.video_id).extra["text_chunks"] == list(range(38))
 
 
 def test_same_file_without_text_is_another_content_and_visual_retrieval(match):
@@ -47,6 +49,7 @@ def test_same_file_without_text_is_another_content_and_visual_retrieval(match):
     plain = rt.pipeline.ingest(path, text=TextOptions(ocr=False, subtitles=False))
     assert plain.video_id != res.video_id and not plain.deduplicated
     assert rt.store.get_transcript(plain.video_id) is None
+    assert "text_chunks" not in (rt.store.get_video(plain.video_id).extra or {})
     again = rt.pipeline.ingest(path, text=TextOptions(ocr=True, subtitles=False))
     assert again.video_id == res.video_id and again.deduplicated
 
