@@ -66,14 +66,14 @@ class QA:
 
 
 def random_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16,
-                 n_events: int | None = None, clustered: bool | None = None) -> CaptionVideo:
+                 n_events: int | None = None, clustered: bool | None = None, cluster_min: int = 2) -> CaptionVideo:
     """Events of 1-10 frames, never overlapping; cards of distinct colours; one colour/shape
     pair may repeat (for counting); other shape events have distinct pairs.
 
     Placement: one event per equal time slot, or (clustered, half the videos when None) a
     run of 2+ short events back to back with 1-3 blank frames between them, so several
     share a chunk (as in a busy scene, or the needle bench's cluster), and the rest at
-    random free places."""
+    random free places. cluster_min: the fewest events in that run (a busy scene: 4+)."""
     n = n_chunks * chunk_frames
     k = int(rng.integers(1, min(7, max(2, n // 12)) + 1)) if n_events is None else n_events
     n_cards = int(rng.integers(0, k + 1))
@@ -93,7 +93,7 @@ def random_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16
     ids = [ids[i] for i in rng.permutation(len(ids))]
     if clustered is None:
         clustered = k >= 2 and rng.random() < 0.5
-    spans = _clustered_spans(rng, n, k) if clustered and k >= 2 else None
+    spans = _clustered_spans(rng, n, k, cluster_min) if clustered and k >= 2 else None
     if spans is None:   # one event per equal time slot, so they never overlap
         spans = []
         for j in range(k):
@@ -112,10 +112,18 @@ def random_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16
     return CaptionVideo(frames, events, chunk_frames, [t0 + i * seconds for i in range(n_chunks)])
 
 
-def _clustered_spans(rng: np.random.Generator, n: int, k: int) -> list[tuple[int, int]] | None:
-    """k non-overlapping (start, end) frame spans: the first m (2..k) back to back with 1-3
-    frame gaps, the others anywhere free (one blank frame apart). None if they do not fit."""
-    m = int(rng.integers(2, k + 1))
+def busy_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16) -> CaptionVideo:
+    """A busy scene: 5-7 events, 4 or more of them back to back (so 3-4 distinct objects
+    share a chunk), at least 4 chunks long. Attribute and ordering questions then have to
+    pick their object out of its neighbours, which sparse one-event-per-slot videos never ask."""
+    return random_video(rng, max(4, n_chunks), chunk_frames, n_events=int(rng.integers(5, 8)),
+                        clustered=True, cluster_min=4)
+
+
+def _clustered_spans(rng: np.random.Generator, n: int, k: int, m_min: int = 2) -> list[tuple[int, int]] | None:
+    """k non-overlapping (start, end) frame spans: the first m (m_min..k) back to back with
+    1-3 frame gaps, the others anywhere free (one blank frame apart). None if they do not fit."""
+    m = int(rng.integers(min(max(2, m_min), k), k + 1))
     lengths = [int(x) for x in rng.integers(1, 6, size=m)]
     gaps = [int(x) for x in rng.integers(1, 4, size=m - 1)]
     span = sum(lengths) + sum(gaps)

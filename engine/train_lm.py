@@ -37,7 +37,7 @@ from .captions import caption_ids, piece_ids
 from .chunkkv import ChunkKV, TokenKind
 from .compress import make_policy
 from .config import CompressionConfig
-from .lm_data import CaptionVideo, questions, random_video, sample_questions
+from .lm_data import CaptionVideo, busy_video, questions, random_video, sample_questions
 from .lm_text_data import text_questions, text_video
 from .prefill import chunk_stamp
 
@@ -67,6 +67,7 @@ class LMTrainConfig:
     text_question_share: float = 0.5   # share of a text video's questions about its text
     text_cap: int = 48             # tokens per text line at most
     text_max_chunks: int = 32      # text videos up to here (every chunk has its own stamp to prefill)
+    busy_share: float = 0.0        # share of busy-scene videos (lm_data.busy_video); 0 draws as before
 
 
 class CaptionLM:
@@ -243,7 +244,8 @@ def step_data(lm: CaptionLM, cfg: LMTrainConfig, rng: np.random.Generator):
     this draws exactly what stage 1 drew."""
     has_text = cfg.text_share > 0 and rng.random() < cfg.text_share
     n = video_chunks(cfg, rng, cfg.text_max_chunks if has_text else None)
-    video = random_video(rng, n, cfg.chunk_frames)
+    busy = cfg.busy_share > 0 and rng.random() < cfg.busy_share
+    video = busy_video(rng, n, cfg.chunk_frames) if busy else random_video(rng, n, cfg.chunk_frames)
     toy = questions(video, rng)
     if not has_text:
         return video, None, sample_questions(toy, cfg.questions_per_video, rng)

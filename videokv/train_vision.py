@@ -28,6 +28,7 @@ ADAPTER_ALPHA = 16.0
 TEXT_STEPS = 300
 TEXT_LR = 5e-4           # half of stage 2's: refine, do not overwrite what it learnt
 TEXT_SHARE = 0.8         # share of text-refine videos with a text channel
+BUSY_SHARE = 0.0         # share of text-refine videos that are busy scenes (lm_data.busy_video)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lm-text-steps", type=int, default=TEXT_STEPS, help="text refine steps after stage 1 (the shipped adapter: 300)")
     ap.add_argument("--lm-text-share", type=float, default=TEXT_SHARE,
                     help=f"share of text-refine videos with a text channel (default {TEXT_SHARE})")
+    ap.add_argument("--lm-busy-share", type=float, default=BUSY_SHARE,
+                    help=f"share of text-refine videos that are busy scenes, 4+ events back to back (default {BUSY_SHARE})")
     ap.add_argument("--adapter-init", default=None,
                     help="adapter.safetensors to start the text refine from (skips the caption stage)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the tower (results depend on it)")
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.adapter_init:
             lora.detach(model)
         tcfg = LMTrainConfig(seed=args.seed + 1, steps=args.lm_text_steps, alpha=ADAPTER_ALPHA, lr=TEXT_LR,
-                             warmup=20, text_share=args.lm_text_share)
+                             warmup=20, text_share=args.lm_text_share, busy_share=args.lm_busy_share)
 
         def text_progress(step: int, steps: int, loss: float, secs: float) -> None:
             if step % 10 == 0 or step == steps:
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest["threads"]["adapter_text"] = args.lm_threads
     if text_metrics:
         manifest["lm_text"] = {"seed": args.seed + 1, "lr": TEXT_LR, "text_share": args.lm_text_share,
+                               "busy_share": args.lm_busy_share,
                                "seconds": round(text_metrics["seconds"], 1)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     metrics = {"tower": tower_metrics, "adapter": lm_metrics, "adapter_text": text_metrics,

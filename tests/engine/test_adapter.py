@@ -10,7 +10,7 @@ import torch
 
 from videokv.engine import lora
 from videokv.engine.captions import FrameLabel, caption_ids, piece_ids
-from videokv.engine.lm_data import questions, random_video, sample_questions
+from videokv.engine.lm_data import busy_video, questions, random_video, sample_questions
 from videokv.engine.tiny import tiny_backend
 from videokv.engine.train_lm import LMTrainConfig, train
 
@@ -63,6 +63,19 @@ def test_clustered_videos_share_chunks_and_counting_asks_repeats():
         qas = sample_questions(questions(v, rng), 4, rng)
         assert len({q.type for q in qas}) == min(4, len({q.type for q in questions(v, rng)}))
     assert shared >= 20                                          # clusters put several events in one chunk
+
+
+def test_busy_videos_put_four_or_more_events_back_to_back():
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        v = busy_video(rng, n_chunks=int(rng.integers(1, 30)))
+        assert v.n_chunks >= 4 and 5 <= len(v.events) <= 7
+        run = best = 1
+        for a, b in zip(v.events, v.events[1:]):
+            assert a.end < b.start
+            run = run + 1 if b.start - a.end <= 3 else 1
+            best = max(best, run)
+        assert best >= 4, [(e.start, e.end) for e in v.events]
 
 
 def test_caption_layout_repeats_slots(tokenizer):
