@@ -343,8 +343,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with svc.ask_lock:   # the model is shared with interactive questions
             qv = rt.oracle.question_vector(body.query).numpy()
         in_scope = recs.values() if recs is not None else rt.store.list_videos(t)
-        text_ids = {(r.extra or {}).get("text_oracle") for r in in_scope} - {None}
-        if not text_ids or rt.text_oracle.identity not in text_ids:
+        if not any((r.extra or {}).get("text_oracle") == rt.text_oracle.identity for r in in_scope):
             hits = rt.store.search(rt.oracle.identity, qv, body.top_k, **scope)
         else:
             # Hybrid, as for one video's question (query/retrieval.py), with each oracle's

@@ -111,6 +111,7 @@ def bytes_breakdown(rt, video_id: str, question: str, top_k: int) -> dict:
     h_text "keep"), visual tokens at H, and visual tokens at L of the oracle's top-k and of
     the always-loaded first/last chunks."""
     from videokv.engine.chunkkv import TokenKind
+    from videokv.query.pager import text_chunks_of
 
     store = rt.store
     n = store.get_video(video_id).chunks_total
@@ -133,9 +134,10 @@ def bytes_breakdown(rt, video_id: str, question: str, top_k: int) -> dict:
     l_set = set(top) | set(first_last)
     ts = sum(text.values())
     keep = rt.queries.pager.h_text == "keep"
+    with_line = text_chunks_of(store.get_video(video_id))     # their H parts keep their text rows
 
-    def ts_of(chunks) -> int:       # timestamp bytes paged when `chunks` come at L
-        return ts if keep else sum(text[i] for i in chunks)
+    def ts_of(chunks) -> int:       # text bytes paged when `chunks` come at L
+        return ts if keep else sum(text[i] for i in set(chunks) | with_line)
 
     dense_vis = sum(vis_l.values())
     h_vis = sum(vis_h[i] for i in range(n) if i not in l_set)

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 ADAPTER_ALPHA = 16.0
-# 0 while the shipped adapter has no text stage, so the default run reproduces what ships;
-# the trial run used 300 (runs/text-refine-seed0; not installed: text accuracy too low).
+# The text stage of the default run (adapter c99f5f8f); the shipped adapter adds two more
+# refine runs on top (--adapter-init, model card step 4).
 TEXT_STEPS = 300
 TEXT_LR = 5e-4           # half of stage 2's: refine, do not overwrite what it learnt
 TEXT_SHARE = 0.8         # share of text-refine videos with a text channel

@@ -5,13 +5,13 @@ and the on-device prefill yields exactly what the host prefill does."""
 import numpy as np
 import torch
 
+from videokv.engine.chunkkv import TokenKind
 from videokv.engine.config import CompressionConfig, EngineConfig, PrefillConfig
 from videokv.engine.decode import assemble
 from videokv.engine.prefill import ChunkPrefiller
 from videokv.engine.selftest import random_chunks
 from videokv.engine.tiny import tiny_backend
 from videokv.ingest.pipeline import frames_to_tensor
-from videokv.engine.chunkkv import TokenKind
 from videokv.query.fastpath import DevicePager, StagingBuffer, gather_rotate
 from videokv.query.pager import KVPager
 
