@@ -21,7 +21,7 @@ from .backend import HFCausalBackend
 from .captions import caption_ids, piece_ids
 from .config import EngineConfig
 from .decode import GenerationConfig, assemble, generate
-from .lm_data import QA, questions, random_video
+from .lm_data import QA, busy_video, questions, random_video
 from .lm_text_data import text_questions, text_video
 from .prefill import ChunkInput, ChunkPrefiller
 
@@ -37,11 +37,12 @@ def answer_ok(qa: QA, text: str) -> bool:
 @torch.no_grad()
 def evaluate(backend: HFCausalBackend, config: EngineConfig, seed: int = 1234, videos: int = 8,
              n_chunks: int = 16, modes=("dense", "bilevel", "sparse"), top_k: int = 3,
-             max_new_tokens: int = 16, text: bool = False, text_cap: int = 48, examples: list | None = None) -> dict:
+             max_new_tokens: int = 16, text: bool = False, text_cap: int = 48, examples: list | None = None, busy: bool = False) -> dict:
     """Accuracy per mode and question type on `videos` random caption videos ("n": questions
     per mode; "counts": per type). text: videos with a text channel, text questions too
-    (their answers quote text, so they get 3x max_new_tokens). examples: (mode, QA, answer)
-    are appended to it when given."""
+    (their answers quote text, so they get 3x max_new_tokens). busy: busy scenes
+    (lm_data.busy_video: 4+ events back to back) instead of random videos. examples:
+    (mode, QA, answer) are appended to it when given."""
     rng = np.random.default_rng(seed)
     ids = piece_ids(backend.tokenizer)
     pf = ChunkPrefiller(backend, config)
@@ -49,7 +50,7 @@ def evaluate(backend: HFCausalBackend, config: EngineConfig, seed: int = 1234, v
     tpf, f = config.tokens_per_frame, config.chunk_frames
     right: dict[str, dict[str, list[int]]] = {m: {} for m in modes}
     for _ in range(videos):
-        video = random_video(rng, n_chunks, f)
+        video = busy_video(rng, n_chunks, f) if busy else random_video(rng, n_chunks, f)
         tv = text_video(video, rng, lambda s: len(backend.tokenize(s)), text_cap) if text else None
         chunks = []
         times = video.chunk_times
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--text", action="store_true", help="videos with a text channel, text questions too")
+    ap.add_argument("--busy", action="store_true", help="busy scenes (4+ events back to back) instead of random videos")
     ap.add_argument("--modes", default="dense,bilevel")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--examples", default=None, help="write every question and answer here (JSONL)")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     be = adapted_backend(args.adapter)
     ex: list = []
     got = evaluate(be, EngineConfig(tokens_per_frame=8), seed=args.seed, videos=args.videos, n_chunks=args.chunks,
-                   modes=tuple(args.modes.split(",")), text=args.text, examples=ex)
+                   modes=tuple(args.modes.split(",")), text=args.text, examples=ex, busy=args.busy)
     if args.examples:
         with open(args.examples, "w") as fh:
             for m, qa, out in ex:

@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"share of text-refine videos with a text channel (default {TEXT_SHARE})")
     ap.add_argument("--lm-busy-share", type=float, default=BUSY_SHARE,
                     help=f"share of text-refine videos that are busy scenes, 4+ events back to back (default {BUSY_SHARE})")
+    ap.add_argument("--lm-write-grad", type=float, default=0.0,
+                    help="share of text-refine steps whose gradient also flows into how event chunks are written "
+                         "(default 0: only into how the answer reads them)")
+    ap.add_argument("--lm-text-lr", type=float, default=TEXT_LR, help=f"text refine learning rate (default {TEXT_LR})")
     ap.add_argument("--adapter-init", default=None,
                     help="adapter.safetensors to start the text refine from (skips the caption stage)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the tower (results depend on it)")
@@ -105,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.lm_text_steps:
         if not args.adapter_init:
             lora.detach(model)
-        tcfg = LMTrainConfig(seed=args.seed + 1, steps=args.lm_text_steps, alpha=ADAPTER_ALPHA, lr=TEXT_LR,
-                             warmup=20, text_share=args.lm_text_share, busy_share=args.lm_busy_share)
+        tcfg = LMTrainConfig(seed=args.seed + 1, steps=args.lm_text_steps, alpha=ADAPTER_ALPHA, lr=args.lm_text_lr,
+                             warmup=20, text_share=args.lm_text_share, busy_share=args.lm_busy_share,
+                             write_grad=args.lm_write_grad)
 
         def text_progress(step: int, steps: int, loss: float, secs: float) -> None:
             if step % 10 == 0 or step == steps:
@@ -134,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest["lm_text_steps"] = args.lm_text_steps
     manifest["threads"]["adapter_text"] = args.lm_threads
     if text_metrics:
-        manifest["lm_text"] = {"seed": args.seed + 1, "lr": TEXT_LR, "text_share": args.lm_text_share,
-                               "busy_share": args.lm_busy_share,
+        manifest["lm_text"] = {"seed": args.seed + 1, "lr": args.lm_text_lr, "text_share": args.lm_text_share,
+                               "busy_share": args.lm_busy_share, "write_grad": args.lm_write_grad,
                                "seconds": round(text_metrics["seconds"], 1)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     metrics = {"tower": tower_metrics, "adapter": lm_metrics, "adapter_text": text_metrics,
