@@ -142,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         manifest["lm_text"] = {"seed": args.seed + 1, "lr": args.lm_text_lr, "text_share": args.lm_text_share,
                                "busy_share": args.lm_busy_share, "write_grad": args.lm_write_grad,
                                "seconds": round(text_metrics["seconds"], 1)}
+    if args.adapter_init and text_metrics:   # how the shipped adapter came to be, run by run
+        t = manifest["lm_text"]
+        manifest["adapter_chain"] = base.get("adapter_chain", []) + [{
+            "sha256_prefix": manifest["files"]["adapter.safetensors"][:16],
+            "stage": (f"refine from {lm_metrics['init_sha256'][:8]}: {args.lm_text_steps} steps, --seed {args.seed}, "
+                      f"lr {t['lr']:g}, text_share {t['text_share']:g}, busy_share {t['busy_share']:g}, "
+                      f"write_grad {t['write_grad']:g}, {args.lm_threads} thread(s)")}]
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     metrics = {"tower": tower_metrics, "adapter": lm_metrics, "adapter_text": text_metrics,
                "seconds": {"adapter": round(t2 - t1, 1), "adapter_text": round(time.perf_counter() - t2, 1),

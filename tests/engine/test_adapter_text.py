@@ -106,3 +106,17 @@ def test_shipped_adapter_still_answers_toy_questions_next_to_text(embedded_backe
         _, suffix = be.prompt_parts(cfg.system_prompt, q)
         got = "".join(generate(be, cache, suffix, GenerationConfig(max_new_tokens=16, stop=("<|im_end|>",))))
         assert answer_ok(QA("text_who", q, "", {1}, key), got), (q, got)
+
+
+def test_write_grad_trains_how_event_chunks_are_written(tokenizer):
+    # write_grad 1: the answer's loss also flows back through the prefill of the chunks that
+    # show events (how they are written), not only through how the answer reads them.
+    base = dict(seed=3, steps=2, max_chunks=4, questions_per_video=2, rank=2, warmup=1, busy_share=1.0)
+    got: dict[float, list] = {}
+    for wg in (0.0, 1.0, 1.0):
+        be = tiny_backend(tokenizer, seed=0)
+        assert np.isfinite(train(be.model, tokenizer, LMTrainConfig(write_grad=wg, **base))["final_loss"])
+        got.setdefault(wg, []).append(lora.adapter_state(be.model))
+    (a, b), (c,) = got[1.0], got[0.0]
+    assert all(torch.equal(a[k], b[k]) for k in a)                    # deterministic
+    assert any(not torch.allclose(a[k], c[k]) for k in a)             # another update than read-only
