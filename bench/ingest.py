@@ -270,7 +270,7 @@ def run(args) -> dict:
     be = rt.backend
     max_pos = int(getattr(be.config, "max_position_embeddings", 0) or 0)
     chunk_seconds = settings.chunk_frames / fps
-    window = settings.prefill_window
+    window = settings.window
     log(t0, TAG, f"model {settings.model} on {be.device} ({str(be.dtype).removeprefix('torch.')}), window "
                  f"{window} x {settings.window_level}; lengths {', '.join(f'{m:g}' for m in args.minutes)} min; "
                  f"store {home}")

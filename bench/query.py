@@ -323,7 +323,7 @@ def run(args) -> dict:
            "sample_fps": fps, "chunk_frames": settings.chunk_frames, "tokens_per_frame": rt.config.tokens_per_frame,
            "l_policy": f"{settings.l_policy} {settings.l_ratio}x",
            "h_policy": f"{settings.h_policy} {settings.h_ratio}x",
-           "window": settings.prefill_window, "window_level": settings.window_level, "model": settings.model,
+           "window": settings.window, "window_level": settings.window_level, "model": settings.model,
            "h_text": rt.queries.pager.h_text,
            "vision": be.vision.identity if be.vision else None, "dtype": str(be.dtype).removeprefix("torch."),
            "fingerprint": rt.config.fingerprint(), "max_position_embeddings": max_pos,

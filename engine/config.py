@@ -71,5 +71,5 @@ class EngineConfig:
                    sample_fps=s.sample_fps,
                    l_kv=CompressionConfig(s.l_policy, s.l_ratio),
                    h_kv=CompressionConfig(s.h_policy, s.h_ratio),
-                   prefill=PrefillConfig(s.prefill_window, s.window_level, s.prev_level),
+                   prefill=PrefillConfig(s.window, s.window_level, s.prev_level),
                    vision_id=vision_id)

@@ -51,9 +51,7 @@ class Settings(BaseSettings):
     h_ratio: int = 16
 
     # Chunk-based prefill context: `window` earlier chunks at `window_level`; -1 = all.
-    # None: 0 for the toy-world default (its adapter learnt to read chunks prefilled on the
-    # prompt alone; model card), 4 for every other model.
-    window: int | None = None
+    window: int = 4
     window_level: Literal["H", "L", "full"] = "H"
     prev_level: Literal["H", "L", "full"] | None = None
 
@@ -123,13 +121,6 @@ class Settings(BaseSettings):
             return None
         w, _, h = self.frame_size.lower().partition("x")
         return int(w), int(h)
-
-    @property
-    def prefill_window(self) -> int:
-        """The chunk-prefill window in effect (`window`, or its default for the model)."""
-        if self.window is not None:
-            return self.window
-        return 0 if self.model == "smollm2" and self.vision == "toyworld" else 4
 
     @property
     def oracle_spec(self) -> tuple[str, str]:

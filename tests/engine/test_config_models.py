@@ -89,18 +89,3 @@ def test_bad_configs_are_refused():
         CompressionConfig("avgpool", 0)
     with pytest.raises(ValueError):
         PrefillConfig(window_level="X")
-
-
-def test_prefill_window_defaults_to_0_for_the_toy_default_only(tmp_path, monkeypatch):
-    # The toy-world adapter was trained on chunks prefilled on the prompt alone; every other
-    # model keeps Video-XL-2's window of earlier chunks. Either way the window is in the
-    # fingerprint, so KVs made with one are never read with the other.
-    monkeypatch.delenv("VIDEOKV_WINDOW", raising=False)
-    toy, patch = Settings(home=tmp_path), Settings(home=tmp_path, vision="patch")
-    other = Settings(home=tmp_path, model=str(tmp_path / "some-llm"))
-    assert (toy.prefill_window, patch.prefill_window, other.prefill_window) == (0, 4, 4)
-    assert Settings(home=tmp_path, window=2).prefill_window == 2
-    monkeypatch.setenv("VIDEOKV_WINDOW", "3")
-    assert Settings(home=tmp_path).prefill_window == 3
-    a, b = (EngineConfig.from_settings(s) for s in (toy, Settings(home=tmp_path, window=4)))
-    assert a.prefill.window == 0 and a.fingerprint() != b.fingerprint()

@@ -14,10 +14,8 @@ from ..conftest import MODEL_CACHE
 from .conftest import make_runtime
 
 
-def cli(home, *args, window=None, **kw):
+def cli(home, *args, **kw):
     env = dict(os.environ, VIDEOKV_HOME=str(home), VIDEOKV_MODEL_CACHE=str(MODEL_CACHE))
-    if window is not None:
-        env["VIDEOKV_WINDOW"] = str(window)
     return subprocess.Popen([sys.executable, "-m", "videokv.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -26,9 +24,7 @@ def test_killed_ingest_resumes_without_recomputing(tmp_path, embedded_backend):
     video = tmp_path / "long.mp4"
     render_video(video, 3.0, 3, seed=11)                      # 180 frames -> 12 chunks
     home = tmp_path / "home"
-    # a window of 2: resuming has to reload the history the next chunk attends to (the toy
-    # default's window is 0, where there is none)
-    proc = cli(home, "ingest", "--quiet", str(video), window=2)
+    proc = cli(home, "ingest", "--quiet", str(video))
     store, committed, deadline = None, 0, time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if (home / "kv.lmdb").exists():
@@ -47,7 +43,7 @@ def test_killed_ingest_resumes_without_recomputing(tmp_path, embedded_backend):
     done_before = rec.chunks_total - len(store.missing_chunks(rec.video_id))
     kept = store.read_chunk(rec.video_id, 1, "H")
 
-    rt = make_runtime(home, window=2)
+    rt = make_runtime(home)
     rt.backend = embedded_backend
     calls = embedded_backend.vision_calls
     res = rt.pipeline.ingest(video)
@@ -57,7 +53,7 @@ def test_killed_ingest_resumes_without_recomputing(tmp_path, embedded_backend):
     assert torch.equal(rt.store.read_chunk(rec.video_id, 1, "H").keys, kept.keys)
 
     # the resumed chunks equal an uninterrupted ingest of the same file
-    straight = make_runtime(tmp_path / "home2", window=2)
+    straight = make_runtime(tmp_path / "home2")
     straight.backend = embedded_backend
     ref = straight.pipeline.ingest(video)
     last = rec.chunks_total - 1
