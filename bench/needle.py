@@ -564,7 +564,7 @@ def run(args) -> dict:
         "needle_seconds": args.needle_seconds, "gap_seconds": args.gap_seconds, "render_fps": fps, "size": list(SIZE),
         "sample_fps": fps, "chunk_frames": settings.chunk_frames, "l_ratio": settings.l_ratio,
         "h_ratio": settings.h_ratio, "always_first_last": rt.queries.always_first_last, "model": settings.model,
-        "h_text": rt.queries.pager.h_text,
+        "h_text": rt.queries.pager.h_text, "window": rt.config.prefill.window,
         "vision": be.vision.identity, "fingerprint": rt.config.fingerprint(), "max_position_embeddings": max_pos,
         "context_limit": limit,
         "device": str(be.device), "dtype": str(be.dtype).removeprefix("torch."),
