@@ -114,7 +114,8 @@ def bytes_breakdown(rt, video_id: str, question: str, top_k: int) -> dict:
     from videokv.query.pager import text_chunks_of
 
     store = rt.store
-    n = store.get_video(video_id).chunks_total
+    rec = store.get_video(video_id)
+    n = rec.chunks_total
     recs = {r.index: r for r in store.chunk_records(video_id)}
     hits = rt.queries.retrieve(video_id, question, top_k) if top_k else []
     top = sorted({h.chunk for h in hits})
@@ -134,7 +135,7 @@ def bytes_breakdown(rt, video_id: str, question: str, top_k: int) -> dict:
     l_set = set(top) | set(first_last)
     ts = sum(text.values())
     keep = rt.queries.pager.h_text == "keep"
-    with_line = text_chunks_of(store.get_video(video_id))     # their H parts keep their text rows
+    with_line = text_chunks_of(rec)     # their H parts keep their text rows
 
     def ts_of(chunks) -> int:       # text bytes paged when `chunks` come at L
         return ts if keep else sum(text[i] for i in set(chunks) | with_line)

@@ -166,7 +166,7 @@ class DevicePager:
             wanted = [(-1, "full")] + [(i, "H") for i in range(n_chunks)]
             views = [r.blob(video_id, i, lvl, fingerprint=fp) for i, lvl in wanted]
             text_chunks = text_chunks_of(r.video(video_id))
-            rows = [None] + [h_rows(v.kinds, self.h_text, i in text_chunks) for (i, _), v in zip(wanted[1:], views[1:])]
+            rows = [None] + [h_rows(v.kinds, self.h_text, i in text_chunks) for i, v in enumerate(views[1:])]
             h0 = views[0].header
             total = sum(v.header.tokens if x is None else len(x) for v, x in zip(views, rows))
             kv = torch.empty(h0.layers, 2, h0.kv_heads, total, h0.head_dim, dtype=h0.dtype, pin_memory=self.pin)
