@@ -61,6 +61,7 @@ class LMTrainConfig:
     questions_per_video: int = 4
     bilevel_share: float = 0.5
     write_grad: float = 0.0        # share of steps whose gradient also flows into how chunks are written
+    window: int = 0                # chunks prefilled on top of this many predecessors' H-KV (run time: 4)
     system_prompt: str = "You are a helpful assistant that answers questions about a video."
     # stage 2 (text refine); text_share 0 leaves stage 1's data stream exactly as it was
     text_share: float = 0.0        # share of videos with a text channel
@@ -126,7 +127,14 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int], lin
     full and the others reuse its visual K/V with their own timestamp's K/V, which makes
     long training videos cheap (at run time every chunk is prefilled for real). Such chunks
     come back holding only their timestamp's K/V (n_text == tokens); `blank` is the shared
-    visual part (keys, values), or None."""
+    visual part (keys, values), or None.
+
+    With cfg.window W > 0, every chunk that shows something is prefilled as ChunkPrefiller
+    does it at run time: in index order, on top of the prefix and the H-KV of the W chunks
+    before it, all at contiguous positions (so its K/V equal the run-time ones when its
+    predecessors show something too). Blank chunks stay prefilled on the prompt alone (the
+    shared part): what little a window changes in a chunk that shows nothing is not what
+    the answers depend on, and sharing is what keeps 256-chunk videos affordable."""
     m = lm.model
     pid = lm.tokens(lm.before)
     P = len(pid)
@@ -161,8 +169,10 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int], lin
                 for b, i in enumerate(group):
                     yield i, ks[:, b, :, :len(seqs[b])], vs[:, b, :, :len(seqs[b])]
 
+    W = lm.cfg.window
+    windowed = [i for i in full if W > 0 and i not in blank]
     for needs_grad in (True, False):
-        members = [i for i in full if (i in grad_chunks) == needs_grad]
+        members = [i for i in full if (i in grad_chunks) == needs_grad and i not in windowed]
         for i, k, v in batch(members, lambda i: ids[i][0], needs_grad):
             chunks[i] = (k, v, ids[i][1])
     shared = None
@@ -171,7 +181,40 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int], lin
         shared = (rk[:, :, rn:], rv[:, :, rn:])
         for i, k, v in batch(blank[1:], lambda i: ids[i][0][:ids[i][1]], False, pad=lines is not None):
             chunks[i] = (k, v, ids[i][1])
-    return (lm.rotary.unrotate(pk, torch.arange(P)), pv), chunks, shared
+    prefix = (lm.rotary.unrotate(pk, torch.arange(P)), pv)
+    h_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    pooled: dict = {}
+    for i in windowed:       # in index order: a chunk's window is written before it
+        for j in range(max(0, i - W), i):
+            if j not in h_kv:
+                h_kv[j] = _level_kv(lm, chunks[j], shared, "H", pooled)
+        ctx = [prefix] + [h_kv[j] for j in range(max(0, i - W), i)]
+        k_ctx, v_ctx = torch.cat([c[0] for c in ctx], 2), torch.cat([c[1] for c in ctx], 2)
+        N, x = k_ctx.shape[2], ids[i][0]
+        with torch.set_grad_enabled(i in grad_chunks and torch.is_grad_enabled()):
+            c = _cache(lm.rotary.rotate(k_ctx, torch.arange(N))[:, None], v_ctx[:, None], m.config)
+            _, c = lm.run(lm.embed(x)[None], c, N)
+            k = torch.stack([layer.keys[0, :, N:] for layer in c.layers])          # [L, H, T, D]
+            v = torch.stack([layer.values[0, :, N:] for layer in c.layers])
+            chunks[i] = (lm.rotary.unrotate(k, torch.arange(N, N + len(x))), v, ids[i][1])
+    return prefix, chunks, shared
+
+
+def _level_kv(lm: CaptionLM, chunk, shared, level: str, pooled: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk (an entry of prefill_video's chunks) compressed to `level`: pre-RoPE keys,
+    values [L, H, T', D], text first (Policy.compress's order). A blank chunk is its stamp,
+    then the shared visual part compressed (once per level: `pooled` keeps it)."""
+    k, v, n_text = chunk
+    if n_text == k.shape[2] and shared is not None:
+        if level not in pooled:
+            vis = torch.full((shared[0].shape[2],), TokenKind.VISUAL, dtype=torch.uint8)
+            c = lm.policies[level].compress(ChunkKV(*shared, vis, index=-1), level)
+            pooled[level] = (c.keys, c.values)
+        return torch.cat([k, pooled[level][0]], 2), torch.cat([v, pooled[level][1]], 2)
+    kinds = torch.full((k.shape[2],), TokenKind.VISUAL, dtype=torch.uint8)
+    kinds[:n_text] = TokenKind.TEXT
+    c = lm.policies[level].compress(ChunkKV(k, v, kinds, index=0), level)
+    return c.keys, c.values
 
 
 def layout(n: int, relevant: set[int], top_k: int, rng: np.random.Generator, bilevel: bool) -> dict[int, str]:
@@ -193,26 +236,9 @@ def assemble(lm: CaptionLM, prefix, chunks, levels: dict[int, str], shared=None,
     if memo is not None and key in memo:
         k, v = memo[key]
         return _cache(k[:, None], v[:, None], lm.model.config), k.shape[2]
-    ks, vs = [prefix[0]], [prefix[1]]
-    pooled_blank = {}
-    for i in sorted(chunks):
-        k, v, n_text = chunks[i]
-        if n_text == k.shape[2] and shared is not None:
-            # a blank chunk: its timestamp, then the shared visual part pooled like any other
-            # (text first, then pooled visual: Policy.compress's output order)
-            if levels[i] not in pooled_blank:
-                vis = torch.full((shared[0].shape[2],), TokenKind.VISUAL, dtype=torch.uint8)
-                c = lm.policies[levels[i]].compress(ChunkKV(*shared, vis, index=-1), levels[i])
-                pooled_blank[levels[i]] = (c.keys, c.values)
-            pk, pv = pooled_blank[levels[i]]
-            ks += [k, pk]
-            vs += [v, pv]
-            continue
-        kinds = torch.full((k.shape[2],), TokenKind.VISUAL, dtype=torch.uint8)
-        kinds[:n_text] = TokenKind.TEXT
-        c = lm.policies[levels[i]].compress(ChunkKV(k, v, kinds, index=i), levels[i])
-        ks.append(c.keys)
-        vs.append(c.values)
+    pooled: dict = {}
+    parts = [prefix] + [_level_kv(lm, chunks[i], shared, levels[i], pooled) for i in sorted(chunks)]
+    ks, vs = [p[0] for p in parts], [p[1] for p in parts]
     k, v = torch.cat(ks, 2), torch.cat(vs, 2)
     N = k.shape[2]
     k = lm.rotary.rotate(k, torch.arange(N))

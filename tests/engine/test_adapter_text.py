@@ -120,3 +120,34 @@ def test_write_grad_trains_how_event_chunks_are_written(tokenizer):
     (a, b), (c,) = got[1.0], got[0.0]
     assert all(torch.equal(a[k], b[k]) for k in a)                    # deterministic
     assert any(not torch.allclose(a[k], c[k]) for k in a)             # another update than read-only
+
+
+def test_window_training_writes_chunks_as_the_run_time_prefill_does(tokenizer):
+    # cfg.window 2: a chunk that shows something is prefilled on top of its two
+    # predecessors' H-KV, exactly as ChunkPrefiller does at window 2; window 0 does not.
+    from videokv.engine.config import PrefillConfig
+    from videokv.engine.lm_data import CaptionVideo
+    from videokv.engine.train_lm import CaptionLM, prefill_video
+
+    be = tiny_backend(tokenizer, seed=1)
+    colors = ["red", "blue", "green", "yellow", "purple"]
+    frames = [FrameLabel("card", colors[i // 16], digit=str(i % 10)) for i in range(5 * 16)] + [FrameLabel()] * 32
+    video = CaptionVideo(frames, [], 16, [16.0 * i for i in range(7)])
+    ids = piece_ids(tokenizer)
+    cfg = EngineConfig(tokens_per_frame=8, prefill=PrefillConfig(2, "H", None))
+    pf = ChunkPrefiller(be, cfg)
+    prefix = pf.prefix()
+    inputs = [ChunkInput(i, be.embed_text(torch.tensor([t for lb in frames[i * 16:(i + 1) * 16]
+                                                        for t in caption_ids(lb, ids, 8)])),
+                         i * 16, (i + 1) * 16, t, t + 16.0) for i, t in enumerate(video.chunk_times)]
+    run_time = list(pf.run(prefix, inputs, keep_full=True))
+    with torch.no_grad():
+        for window in (2, 0):
+            lm = CaptionLM(be.model, tokenizer, LMTrainConfig(window=window))
+            (pk, _), chunks, shared = prefill_video(lm, video, set())
+            assert torch.allclose(pk, prefix.keys, atol=1e-5)
+            assert shared is not None                      # the two blank chunks share their visual part
+            for i in range(5):
+                same = torch.allclose(chunks[i][0], run_time[i].full.keys, atol=1e-4) and \
+                    torch.allclose(chunks[i][1], run_time[i].full.values, atol=1e-4)
+                assert same == (window == 2 or i == 0), (window, i)
