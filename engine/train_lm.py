@@ -62,6 +62,7 @@ class LMTrainConfig:
     bilevel_share: float = 0.5
     write_grad: float = 0.0        # share of steps whose gradient also flows into how chunks are written
     window: int = 0                # chunks prefilled on top of this many predecessors' H-KV (run time: 4)
+    h_text: str = "keep"           # "drop": read H chunks without a text line minus their stamp rows (as KVPager)
     system_prompt: str = "You are a helpful assistant that answers questions about a video."
     # stage 2 (text refine); text_share 0 leaves stage 1's data stream exactly as it was
     text_share: float = 0.0        # share of videos with a text channel
@@ -200,21 +201,26 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int], lin
     return prefix, chunks, shared
 
 
-def _level_kv(lm: CaptionLM, chunk, shared, level: str, pooled: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _level_kv(lm: CaptionLM, chunk, shared, level: str, pooled: dict,
+              drop_text: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk (an entry of prefill_video's chunks) compressed to `level`: pre-RoPE keys,
     values [L, H, T', D], text first (Policy.compress's order). A blank chunk is its stamp,
-    then the shared visual part compressed (once per level: `pooled` keeps it)."""
+    then the shared visual part compressed (once per level: `pooled` keeps it). drop_text:
+    without the text rows (how KVPager pages an unselected chunk that has no text line)."""
     k, v, n_text = chunk
     if n_text == k.shape[2] and shared is not None:
         if level not in pooled:
             vis = torch.full((shared[0].shape[2],), TokenKind.VISUAL, dtype=torch.uint8)
             c = lm.policies[level].compress(ChunkKV(*shared, vis, index=-1), level)
             pooled[level] = (c.keys, c.values)
+        if drop_text:
+            return pooled[level]
         return torch.cat([k, pooled[level][0]], 2), torch.cat([v, pooled[level][1]], 2)
     kinds = torch.full((k.shape[2],), TokenKind.VISUAL, dtype=torch.uint8)
     kinds[:n_text] = TokenKind.TEXT
     c = lm.policies[level].compress(ChunkKV(k, v, kinds, index=0), level)
-    return c.keys, c.values
+    skip = n_text if drop_text else 0
+    return c.keys[:, :, skip:], c.values[:, :, skip:]
 
 
 def layout(n: int, relevant: set[int], top_k: int, rng: np.random.Generator, bilevel: bool) -> dict[int, str]:
@@ -229,15 +235,18 @@ def layout(n: int, relevant: set[int], top_k: int, rng: np.random.Generator, bil
     return {i: "L" if i in chosen else "H" for i in range(n)}
 
 
-def assemble(lm: CaptionLM, prefix, chunks, levels: dict[int, str], shared=None, memo: dict | None = None):
+def assemble(lm: CaptionLM, prefix, chunks, levels: dict[int, str], shared=None, memo: dict | None = None,
+             h_drop: frozenset[int] = frozenset()):
     """The context a query loads: prefix, then every chunk compressed to its level, as a
-    fresh cache (N tokens). memo (one dict per video) reuses the K/V of a layout seen before."""
+    fresh cache (N tokens). memo (one dict per video) reuses the K/V of a layout seen before.
+    h_drop: chunks read without their text rows when at H (fixed per video, as memo is)."""
     key = tuple(levels[i] for i in sorted(chunks))
     if memo is not None and key in memo:
         k, v = memo[key]
         return _cache(k[:, None], v[:, None], lm.model.config), k.shape[2]
     pooled: dict = {}
-    parts = [prefix] + [_level_kv(lm, chunks[i], shared, levels[i], pooled) for i in sorted(chunks)]
+    parts = [prefix] + [_level_kv(lm, chunks[i], shared, levels[i], pooled, levels[i] == "H" and i in h_drop)
+                        for i in sorted(chunks)]
     ks, vs = [p[0] for p in parts], [p[1] for p in parts]
     k, v = torch.cat(ks, 2), torch.cat(vs, 2)
     N = k.shape[2]
@@ -311,10 +320,11 @@ def train(model, tokenizer, cfg: LMTrainConfig, progress=None, init: dict[str, t
         grad = set().union(*(video.chunks_of(e) for e in video.events)) if rng.random() < cfg.write_grad else set()
         prefix, chunks, shared = prefill_video(lm, video, grad, lines)
         loss, memo = 0.0, {}
+        h_drop = frozenset(i for i in range(n) if cfg.h_text == "drop" and not (lines and lines[i]))
         for qa in qas:
             bilevel = n > cfg.dense_max_chunks or rng.random() < cfg.bilevel_share
             levels = layout(n, qa.chunks, cfg.top_k, rng, bilevel=bilevel)
-            cache, N = assemble(lm, prefix, chunks, levels, shared, memo)
+            cache, N = assemble(lm, prefix, chunks, levels, shared, memo, h_drop)
             loss = loss + answer_loss(lm, cache, N, qa.question, qa.answer) / len(qas)
         opt.zero_grad(set_to_none=True)
         loss.backward()

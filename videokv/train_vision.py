@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lm-window", type=int, default=0,
                     help="text refine: prefill each chunk that shows something on top of this many "
                          "predecessors' H-KV, as ingest does (its default: 4); 0: on the prompt alone")
+    ap.add_argument("--lm-h-text", choices=("keep", "drop"), default="keep",
+                    help="text refine: read unselected (H) chunks with their stamp rows (keep, as every "
+                         "earlier stage) or without them (drop, as the query pager does by default)")
     ap.add_argument("--lm-text-lr", type=float, default=TEXT_LR, help=f"text refine learning rate (default {TEXT_LR})")
     ap.add_argument("--adapter-init", default=None,
                     help="adapter.safetensors to start the text refine from (skips the caption stage)")
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             lora.detach(model)
         tcfg = LMTrainConfig(seed=args.seed + 1, steps=args.lm_text_steps, alpha=ADAPTER_ALPHA, lr=args.lm_text_lr,
                              warmup=20, text_share=args.lm_text_share, busy_share=args.lm_busy_share,
-                             write_grad=args.lm_write_grad, window=args.lm_window)
+                             write_grad=args.lm_write_grad, window=args.lm_window,
+                             h_text=args.lm_h_text)
 
         def text_progress(step: int, steps: int, loss: float, secs: float) -> None:
             if step % 10 == 0 or step == steps:
@@ -144,14 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     if text_metrics:
         manifest["lm_text"] = {"seed": args.seed + 1, "lr": args.lm_text_lr, "text_share": args.lm_text_share,
                                "busy_share": args.lm_busy_share, "write_grad": args.lm_write_grad,
-                               "window": args.lm_window, "seconds": round(text_metrics["seconds"], 1)}
+                               "window": args.lm_window, "h_text": args.lm_h_text, "seconds": round(text_metrics["seconds"], 1)}
     if args.adapter_init and text_metrics:   # how the shipped adapter came to be, run by run
         t = manifest["lm_text"]
         manifest["adapter_chain"] = base.get("adapter_chain", []) + [{
             "sha256_prefix": manifest["files"]["adapter.safetensors"][:16],
             "stage": (f"refine from {lm_metrics['init_sha256'][:8]}: {args.lm_text_steps} steps, --seed {args.seed}, "
                       f"lr {t['lr']:g}, text_share {t['text_share']:g}, busy_share {t['busy_share']:g}, "
-                      f"write_grad {t['write_grad']:g}, window {t['window']}, {args.lm_threads} thread(s)")}]
+                      f"write_grad {t['write_grad']:g}, window {t['window']}, h_text {t['h_text']}, "
+                      f"{args.lm_threads} thread(s)")}]
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     metrics = {"tower": tower_metrics, "adapter": lm_metrics, "adapter_text": text_metrics,
                "seconds": {"adapter": round(t2 - t1, 1), "adapter_text": round(time.perf_counter() - t2, 1),

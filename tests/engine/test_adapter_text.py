@@ -151,3 +151,24 @@ def test_window_training_writes_chunks_as_the_run_time_prefill_does(tokenizer):
                 same = torch.allclose(chunks[i][0], run_time[i].full.keys, atol=1e-4) and \
                     torch.allclose(chunks[i][1], run_time[i].full.values, atol=1e-4)
                 assert same == (window == 2 or i == 0), (window, i)
+    # What a bi-level question then reads, as KVPager pages it (h_text "drop": unselected
+    # chunks without their stamp rows): the same keys and values, in the same order.
+    from videokv.engine.decode import assemble as run_time_assemble
+    from videokv.engine.train_lm import assemble
+    from videokv.query.pager import h_rows
+
+    levels = {0: "L", 1: "H", 2: "L", 3: "H", 4: "L"}
+    with torch.no_grad():
+        lm = CaptionLM(be.model, tokenizer, LMTrainConfig(window=2))
+        video5 = CaptionVideo(frames[:80], [], 16, video.chunk_times[:5])
+        prefix5, chunks5, _ = prefill_video(lm, video5, set())
+        for drop in (True, False):
+            cache, N = assemble(lm, prefix5, chunks5, levels, h_drop=frozenset(range(5)) if drop else frozenset())
+            parts = [prefix]
+            for i, lvl in levels.items():
+                c = run_time[i].level(lvl)
+                rows = h_rows(c.kinds, "drop" if drop else "keep") if lvl == "H" else None
+                parts.append(c if rows is None else c.with_kv(c.keys[:, :, rows], c.values[:, :, rows], c.kinds[rows], "H"))
+            want = run_time_assemble(be, parts)
+            assert N == want.keys.shape[2]
+            assert torch.allclose(torch.stack([layer.keys[0] for layer in cache.layers]), want.keys, atol=1e-4)
