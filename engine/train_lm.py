@@ -171,9 +171,11 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int], lin
                     yield i, ks[:, b, :, :len(seqs[b])], vs[:, b, :, :len(seqs[b])]
 
     W = lm.cfg.window
-    windowed = [i for i in full if W > 0 and i not in blank]
+    blank_set = set(blank)
+    windowed = [i for i in full if i not in blank_set] if W > 0 else []     # in index order
+    batched = [i for i in full if i in blank_set] if W > 0 else full
     for needs_grad in (True, False):
-        members = [i for i in full if (i in grad_chunks) == needs_grad and i not in windowed]
+        members = [i for i in batched if (i in grad_chunks) == needs_grad]
         for i, k, v in batch(members, lambda i: ids[i][0], needs_grad):
             chunks[i] = (k, v, ids[i][1])
     shared = None
@@ -185,7 +187,7 @@ def prefill_video(lm: CaptionLM, video: CaptionVideo, grad_chunks: set[int], lin
     prefix = (lm.rotary.unrotate(pk, torch.arange(P)), pv)
     h_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     pooled: dict = {}
-    for i in windowed:       # in index order: a chunk's window is written before it
+    for i in windowed:       # a chunk's window is written before it
         for j in range(max(0, i - W), i):
             if j not in h_kv:
                 h_kv[j] = _level_kv(lm, chunks[j], shared, "H", pooled)

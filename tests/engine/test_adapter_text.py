@@ -120,6 +120,11 @@ def test_write_grad_trains_how_event_chunks_are_written(tokenizer):
     (a, b), (c,) = got[1.0], got[0.0]
     assert all(torch.equal(a[k], b[k]) for k in a)                    # deterministic
     assert any(not torch.allclose(a[k], c[k]) for k in a)             # another update than read-only
+    # and with the run-time window the gradient also flows through the window's H-KV
+    be = tiny_backend(tokenizer, seed=0)
+    assert np.isfinite(train(be.model, tokenizer, LMTrainConfig(write_grad=1.0, window=2, **base))["final_loss"])
+    w = lora.adapter_state(be.model)
+    assert any(not torch.allclose(a[k], w[k]) for k in a)
 
 
 def test_window_training_writes_chunks_as_the_run_time_prefill_does(tokenizer):
