@@ -66,22 +66,25 @@ class QA:
 
 
 def random_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16,
-                 n_events: int | None = None, clustered: bool | None = None, cluster_min: int = 2) -> CaptionVideo:
+                 n_events: int | None = None, clustered: bool | None = None, cluster_min: int = 2,
+                 repeat: int = 0) -> CaptionVideo:
     """Events of 1-10 frames, never overlapping; cards of distinct colours; one colour/shape
     pair may repeat (for counting); other shape events have distinct pairs.
 
     Placement: one event per equal time slot, or (clustered, half the videos when None) a
     run of 2+ short events back to back with 1-3 blank frames between them, so several
     share a chunk (as in a busy scene, or the needle bench's cluster), and the rest at
-    random free places. cluster_min: the fewest events in that run (a busy scene: 4+)."""
+    random free places. cluster_min: the fewest events in that run (a busy scene: 4+).
+    repeat: when > 0, exactly that many events show one colour/shape pair (else 2-5 of them
+    in 75% of videos with 2+ shapes)."""
     n = n_chunks * chunk_frames
     k = int(rng.integers(1, min(7, max(2, n // 12)) + 1)) if n_events is None else n_events
-    n_cards = int(rng.integers(0, k + 1))
+    n_cards = int(rng.integers(0, k + 1 - repeat))
     ids = [FrameLabel("card", c, digit=str(rng.choice(DIGITS))) for c in rng.permutation(COLORS)[:n_cards]]
     n_shapes = k - len(ids)
     used: set[tuple[str, str]] = set()
-    if n_shapes >= 2 and rng.random() < 0.75:
-        rep = int(rng.integers(2, min(5, n_shapes) + 1))
+    if repeat or (n_shapes >= 2 and rng.random() < 0.75):
+        rep = repeat or int(rng.integers(2, min(5, n_shapes) + 1))
         pair = (str(rng.choice(COLORS)), str(rng.choice(SHAPES)))
         used.add(pair)
         ids += [FrameLabel("shape", pair[0], shape=pair[1])] * rep
@@ -118,6 +121,18 @@ def busy_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16) 
     pick their object out of its neighbours, which sparse one-event-per-slot videos never ask."""
     return random_video(rng, max(4, n_chunks), chunk_frames, n_events=int(rng.integers(5, 8)),
                         clustered=True, cluster_min=4)
+
+
+def counting_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 16) -> CaptionVideo:
+    """A video asked how often a pair appeared, with the answer 2 or 3 (as in the needle
+    bench) and its occurrences one per time slot, so usually in different chunks: the
+    model has to add up what several chunks show. Random videos alone ask this with the
+    answer 1 about two times in three (every once-seen pair is a counting question too),
+    and a model trained on them learns to say "1 time"."""
+    rep = int(rng.integers(2, 4))
+    n = max(2, n_chunks)
+    return random_video(rng, n, chunk_frames, n_events=int(rng.integers(rep, min(7, max(rep, n * chunk_frames // 12)) + 1)),
+                        clustered=False, repeat=rep)
 
 
 def _clustered_spans(rng: np.random.Generator, n: int, k: int, m_min: int = 2) -> list[tuple[int, int]] | None:
@@ -188,18 +203,21 @@ def questions(video: CaptionVideo, rng: np.random.Generator) -> list[QA]:
     return out
 
 
-def sample_questions(qas: list[QA], n: int, rng: np.random.Generator) -> list[QA]:
+def sample_questions(qas: list[QA], n: int, rng: np.random.Generator, counting_first: bool = False) -> list[QA]:
     """Up to n questions, one type at a time in random order (so rare types are not drowned
     by per-event ones); a counting question asks about a repeated pair when there is one
-    (otherwise the answer would nearly always be "1 time")."""
+    (otherwise the answer would nearly always be "1 time"). counting_first: the first
+    question is about the repeated pair, when there is one."""
     by_type: dict[str, list[QA]] = {}
     for i in rng.permutation(len(qas)):
         by_type.setdefault(qas[i].type, []).append(qas[i])
     counting = by_type.get("counting", [])
     repeated = [q for q in counting if q.key != "1"]
-    if repeated and rng.random() < 0.8:
+    if repeated and (counting_first or rng.random() < 0.8):
         by_type["counting"] = repeated + [q for q in counting if q.key == "1"]
     types = [t for t in rng.permutation(sorted(by_type))]
+    if counting_first and repeated:
+        types = ["counting"] + [t for t in types if t != "counting"]
     out: list[QA] = []
     while len(out) < n and any(by_type.values()):
         for t in types:

@@ -37,7 +37,7 @@ from .captions import caption_ids, piece_ids
 from .chunkkv import ChunkKV, TokenKind
 from .compress import make_policy
 from .config import CompressionConfig
-from .lm_data import CaptionVideo, busy_video, questions, random_video, sample_questions
+from .lm_data import CaptionVideo, busy_video, counting_video, questions, random_video, sample_questions
 from .lm_text_data import text_questions, text_video
 from .prefill import chunk_stamp
 
@@ -70,6 +70,7 @@ class LMTrainConfig:
     text_cap: int = 48             # tokens per text line at most
     text_max_chunks: int = 32      # text videos up to here (every chunk has its own stamp to prefill)
     busy_share: float = 0.0        # share of busy-scene videos (lm_data.busy_video); 0 draws as before
+    counting_share: float = 0.0    # share of videos asking how often a pair appeared, answer 2-3 (lm_data.counting_video)
 
 
 class CaptionLM:
@@ -281,15 +282,16 @@ def step_data(lm: CaptionLM, cfg: LMTrainConfig, rng: np.random.Generator):
     this draws exactly what stage 1 drew."""
     has_text = cfg.text_share > 0 and rng.random() < cfg.text_share
     n = video_chunks(cfg, rng, cfg.text_max_chunks if has_text else None)
-    busy = cfg.busy_share > 0 and rng.random() < cfg.busy_share
-    video = busy_video(rng, n, cfg.chunk_frames) if busy else random_video(rng, n, cfg.chunk_frames)
+    count = cfg.counting_share > 0 and rng.random() < cfg.counting_share
+    busy = not count and cfg.busy_share > 0 and rng.random() < cfg.busy_share
+    video = (counting_video if count else busy_video if busy else random_video)(rng, n, cfg.chunk_frames)
     toy = questions(video, rng)
     if not has_text:
-        return video, None, sample_questions(toy, cfg.questions_per_video, rng)
+        return video, None, sample_questions(toy, cfg.questions_per_video, rng, counting_first=count)
     tv = text_video(video, rng, lm.n_tokens, cfg.text_cap)
     q = cfg.questions_per_video
     text = sample_questions(text_questions(tv, rng), q, rng)
-    toy = sample_questions(toy, q, rng)
+    toy = sample_questions(toy, q, rng, counting_first=count)
     k = min(len(text), max(round(q * cfg.text_question_share), q - len(toy)))
     return video, tv.lines, text[:k] + toy[:q - k]
 

@@ -10,7 +10,7 @@ import torch
 
 from videokv.engine import lora
 from videokv.engine.captions import FrameLabel, caption_ids, piece_ids
-from videokv.engine.lm_data import busy_video, questions, random_video, sample_questions
+from videokv.engine.lm_data import busy_video, counting_video, questions, random_video, sample_questions
 from videokv.engine.tiny import tiny_backend
 from videokv.engine.train_lm import LMTrainConfig, train
 
@@ -76,6 +76,21 @@ def test_busy_videos_put_four_or_more_events_back_to_back():
             run = run + 1 if b.start - a.end <= 3 else 1
             best = max(best, run)
         assert best >= 4, [(e.start, e.end) for e in v.events]
+
+
+def test_counting_videos_ask_about_a_pair_seen_two_or_three_times_in_different_chunks():
+    rng = np.random.default_rng(3)
+    spread = 0
+    for _ in range(60):
+        v = counting_video(rng, n_chunks=int(rng.integers(1, 60)))
+        qas = sample_questions(questions(v, rng), 4, rng, counting_first=True)
+        q = qas[0]
+        assert q.type == "counting" and q.key in ("2", "3")
+        color, shape = q.answer.split()[1:3]                     # "The red circle appeared 2 times."
+        seen = [e for e in v.events if (e.label.color, e.label.shape) == (color, shape)]
+        assert len(seen) == int(q.key)                           # the answer is the truth
+        spread += len({min(v.chunks_of(e)) for e in seen}) == len(seen)
+    assert spread >= 45          # mostly in different chunks: the count is a sum over chunks
 
 
 def test_caption_layout_repeats_slots(tokenizer):
