@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import torch
 
+from videokv.ingest.grading import counts_in
+
 from .backend import HFCausalBackend
 from .captions import caption_ids, piece_ids
 from .config import EngineConfig
@@ -31,6 +33,8 @@ def answer_ok(qa: QA, text: str) -> bool:
     if qa.type in ("temporal", "text_when"):
         want = float(qa.key.rstrip("s"))
         return any(abs(float(x) - want) < 1e-6 for x in re.findall(r"(\d+(?:\.\d+)?)\s*s", t))
+    if qa.type == "counting":
+        return qa.key in counts_in(t)
     return re.search(rf"\b{re.escape(qa.key.lower())}\b", t) is not None
 
 

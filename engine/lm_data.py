@@ -166,8 +166,11 @@ def _clustered_spans(rng: np.random.Generator, n: int, k: int, m_min: int = 2) -
     return spans      # ids are already in random order, so which ones cluster is random
 
 
-def questions(video: CaptionVideo, rng: np.random.Generator) -> list[QA]:
-    """Every question type the events allow, one random wording each."""
+def questions(video: CaptionVideo, rng: np.random.Generator, list_counts: bool = False) -> list[QA]:
+    """Every question type the events allow, one random wording each. list_counts: a
+    counting answer first lists when each appearance began, then counts the list ("The red
+    circle appeared at 128.0s and 160.0s, 2 times."): a small LM counts a list it has just
+    written more reliably than attention spread over several chunks."""
     evs = sorted(video.events, key=lambda e: e.start)
     out: list[QA] = []
 
@@ -192,7 +195,11 @@ def questions(video: CaptionVideo, rng: np.random.Generator) -> list[QA]:
                 set().union(*(video.chunks_of(e) for e in group)), group[0].label.color, shape=shape)
     for (color, shape), group in pairs.items():
         n = len(group)
-        ask("counting", f"The {color} {shape} appeared {n} time{'s' if n > 1 else ''}.",
+        times = ""
+        if list_counts:
+            ts = [f"{video.chunk_times[e.start // video.chunk_frames]:.1f}s" for e in group]
+            times = " at " + (ts[0] if n == 1 else ", ".join(ts[:-1]) + " and " + ts[-1]) + ","
+        ask("counting", f"The {color} {shape} appeared{times} {n} time{'s' if n > 1 else ''}.",
             set().union(*(video.chunks_of(e) for e in group)), str(n), color=color, shape=shape)
     once = [g[0] for g in pairs.values() if len(g) == 1] + [e for e in evs if e.label.kind == "card"]
     if len(once) >= 2:

@@ -70,6 +70,7 @@ class LMTrainConfig:
     text_cap: int = 48             # tokens per text line at most
     text_max_chunks: int = 32      # text videos up to here (every chunk has its own stamp to prefill)
     busy_share: float = 0.0        # share of busy-scene videos (lm_data.busy_video); 0 draws as before
+    list_counts: bool = False      # counting answers list each appearance's time, then count (lm_data.questions)
     counting_share: float = 0.0    # share of videos asking how often a pair appeared, answer 2-3 (lm_data.counting_video)
 
 
@@ -285,7 +286,7 @@ def step_data(lm: CaptionLM, cfg: LMTrainConfig, rng: np.random.Generator):
     count = cfg.counting_share > 0 and rng.random() < cfg.counting_share
     busy = not count and cfg.busy_share > 0 and rng.random() < cfg.busy_share
     video = (counting_video if count else busy_video if busy else random_video)(rng, n, cfg.chunk_frames)
-    toy = questions(video, rng)
+    toy = questions(video, rng, cfg.list_counts)
     if not has_text:
         return video, None, sample_questions(toy, cfg.questions_per_video, rng, counting_first=count)
     tv = text_video(video, rng, lm.n_tokens, cfg.text_cap)

@@ -20,6 +20,17 @@ def times_in(text: str) -> list[float]:
     return out
 
 
+def counts_in(text: str) -> list[str]:
+    """The counts an answer states, as digits: the number before "time(s)" and
+    "once"/"twice", or, where it says neither, every number word and integer in it. An answer
+    may list when each appearance began ("at 12.0s and 40.0s, 2 times"), and the digits of
+    those times are not its count."""
+    toks = re.findall(r"[a-z]+|\d+(?:\.\d+)?", text.lower())
+    counted = [toks[i - 1] for i in range(1, len(toks)) if toks[i] in ("time", "times")]
+    counted += [t for t in toks if t in ("once", "twice")]
+    return [_NUMBER_WORDS.get(t, t) for t in (counted or toks)]
+
+
 def is_correct(qa: dict, answer: str) -> bool:
     """qa: one question of a synth ground-truth JSON; answer: the model's text."""
     text = answer.lower()
@@ -29,8 +40,7 @@ def is_correct(qa: dict, answer: str) -> bool:
         return any(lo - tol <= t <= hi + tol for t in times_in(text))
     expected = str(qa["answer"]).lower()
     if qa["type"] == "counting":
-        words = re.findall(r"[a-z]+|\d+", text)
-        return expected in [_NUMBER_WORDS.get(w, w) for w in words]
+        return expected in counts_in(text)
     if qa["type"] == "ordering":
         return expected.removeprefix("the ").strip() in text
     return re.search(rf"\b{re.escape(expected)}\b", text) is not None

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lm-counting-share", type=float, default=0.0,
                     help="share of text-refine videos asking how often a pair appeared, answer 2-3 "
                          "(lm_data.counting_video; default 0)")
+    ap.add_argument("--lm-list-counts", action="store_true",
+                    help="text refine: counting answers list when each appearance began, then the count")
     ap.add_argument("--lm-write-grad", type=float, default=0.0,
                     help="share of text-refine steps whose gradient also flows into how event chunks are written "
                          "(default 0: only into how the answer reads them)")
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         tcfg = LMTrainConfig(seed=args.seed + 1, steps=args.lm_text_steps, alpha=ADAPTER_ALPHA, lr=args.lm_text_lr,
                              warmup=20, text_share=args.lm_text_share, busy_share=args.lm_busy_share,
                              write_grad=args.lm_write_grad, window=args.lm_window,
-                             h_text=args.lm_h_text, counting_share=args.lm_counting_share)
+                             h_text=args.lm_h_text, counting_share=args.lm_counting_share,
+                             list_counts=args.lm_list_counts)
 
         def text_progress(step: int, steps: int, loss: float, secs: float) -> None:
             if step % 10 == 0 or step == steps:
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest["lm_text"] = {"seed": args.seed + 1, "lr": args.lm_text_lr, "text_share": args.lm_text_share,
                                "busy_share": args.lm_busy_share, "write_grad": args.lm_write_grad,
                                "window": args.lm_window, "h_text": args.lm_h_text,
-                               "counting_share": args.lm_counting_share, "seconds": round(text_metrics["seconds"], 1)}
+                               "counting_share": args.lm_counting_share, "list_counts": args.lm_list_counts, "seconds": round(text_metrics["seconds"], 1)}
     if args.adapter_init and text_metrics:   # how the shipped adapter came to be, run by run
         t = manifest["lm_text"]
         manifest["adapter_chain"] = base.get("adapter_chain", []) + [{
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             "stage": (f"refine from {lm_metrics['init_sha256'][:8]}: {args.lm_text_steps} steps, --seed {args.seed}, "
                       f"lr {t['lr']:g}, text_share {t['text_share']:g}, busy_share {t['busy_share']:g}, "
                       f"write_grad {t['write_grad']:g}, window {t['window']}, h_text {t['h_text']}, "
-                      f"counting_share {t['counting_share']:g}, "
+                      f"counting_share {t['counting_share']:g}{', list_counts' if t['list_counts'] else ''}, "
                       f"{args.lm_threads} thread(s)")}]
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     metrics = {"tower": tower_metrics, "adapter": lm_metrics, "adapter_text": text_metrics,

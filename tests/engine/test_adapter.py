@@ -2,6 +2,7 @@
 shipped toy-world weights (hash-verified, merged into the embedded model)."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from videokv.engine import lora
 from videokv.engine.captions import FrameLabel, caption_ids, piece_ids
+from videokv.engine.eval_lm import answer_ok
 from videokv.engine.lm_data import busy_video, counting_video, questions, random_video, sample_questions
 from videokv.engine.tiny import tiny_backend
 from videokv.engine.train_lm import LMTrainConfig, train
@@ -91,6 +93,20 @@ def test_counting_videos_ask_about_a_pair_seen_two_or_three_times_in_different_c
         assert len(seen) == int(q.key)                           # the answer is the truth
         spread += len({min(v.chunks_of(e)) for e in seen}) == len(seen)
     assert spread >= 45          # mostly in different chunks: the count is a sum over chunks
+
+
+def test_listed_counts_name_each_appearance_and_grade_as_counts():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        v = counting_video(rng, n_chunks=int(rng.integers(2, 30)))
+        for q in (q for q in questions(v, rng, list_counts=True) if q.type == "counting"):
+            color, shape = q.answer.split()[1:3]
+            starts = [v.chunk_times[e.start // v.chunk_frames] for e in v.events
+                      if (e.label.color, e.label.shape) == (color, shape)]
+            assert [float(t) for t in re.findall(r"(\d+\.\d)s", q.answer)] == starts
+            assert answer_ok(q, q.answer)
+            wrong = q.answer.replace(f" {q.key} time", f" {int(q.key) % 3 + 1} time")
+            assert not answer_ok(q, wrong), wrong                 # the listed times do not count
 
 
 def test_caption_layout_repeats_slots(tokenizer):

@@ -65,6 +65,16 @@ def test_needle_world_places_events_and_answers_match(n_frames, depth):
     assert abs(qs["retrieval"]["needle_depth"] - card_mid / n_frames) < 1e-3
 
 
+def test_counting_is_graded_by_the_count_not_by_listed_times():
+    q = {"type": "counting", "answer": 2}
+    assert is_correct(q, "The red circle appeared 2 times.")
+    assert is_correct(q, "It appeared twice.")
+    assert is_correct(q, "The red circle appeared at 128.0s and 160.0s, 2 times.")
+    assert not is_correct(q, "The red circle appeared at 2.0s, 1 time.")      # 2 is a time here
+    assert not is_correct(q, "The red circle appeared at 12.0s, 20.0s and 32.0s, 3 times.")
+    assert is_correct({"type": "counting", "answer": 3}, "three")
+
+
 def test_needle_world_rejects_bad_needles():
     ok = scenario.Needle("card", "red", 2.0, 5.0, digit="3")
     with pytest.raises(ValueError, match="overlap"):
