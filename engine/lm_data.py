@@ -127,12 +127,12 @@ def counting_video(rng: np.random.Generator, n_chunks: int, chunk_frames: int = 
     """A video asked how often a pair appeared, with the answer 2 or 3 (as in the needle
     bench) and its occurrences one per time slot, so usually in different chunks: the
     model has to add up what several chunks show. Random videos alone ask this with the
-    answer 1 about two times in three (every once-seen pair is a counting question too),
-    and a model trained on them learns to say "1 time"."""
+    answer 1 about half the time (every once-seen pair is a counting question too), and a
+    model trained on them learns to say "1 time"."""
     rep = int(rng.integers(2, 4))
     n = max(2, n_chunks)
-    return random_video(rng, n, chunk_frames, n_events=int(rng.integers(rep, min(7, max(rep, n * chunk_frames // 12)) + 1)),
-                        clustered=False, repeat=rep)
+    most = max(rep, min(7, n * chunk_frames // 12))      # random_video's event budget, at least rep
+    return random_video(rng, n, chunk_frames, n_events=int(rng.integers(rep, most + 1)), clustered=False, repeat=rep)
 
 
 def _clustered_spans(rng: np.random.Generator, n: int, k: int, m_min: int = 2) -> list[tuple[int, int]] | None:

@@ -1,5 +1,6 @@
 """Grading answers to toy-world questions (TOYWORLD.md): an answer is right when it contains
-the expected token (digit, color, shape, number, or a time within tolerance), any case."""
+the expected token (digit, color, shape, number, or a time within tolerance), any case;
+a counting answer by the count it states (counts_in), not by every number in it."""
 
 from __future__ import annotations
 
