@@ -144,7 +144,8 @@ class Service:
     def ask(self, video_id: str, body: QueryRequest, on_token=None) -> dict:
         with self.ask_lock:
             ans = self.rt.queries.ask(video_id, body.question, top_k=body.top_k, mode=body.mode,
-                                      max_new_tokens=body.max_new_tokens, on_token=on_token)
+                                      max_new_tokens=body.max_new_tokens, on_token=on_token,
+                                      count_by=body.count_by)
         return ans.to_dict()
 
 

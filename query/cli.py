@@ -131,6 +131,9 @@ def main_ask(argv: list[str]) -> int:
     ap.add_argument("question")
     ap.add_argument("--top-k", type=int, default=None, help="chunks re-loaded at L level (default: settings)")
     ap.add_argument("--mode", choices=MODES, default="bilevel")
+    ap.add_argument("--count-by", choices=("oracle", "lm"), default=None,
+                    help='who answers "how many times" questions: the span counter (oracle; the default where '
+                         'calibrated) or the LLM')
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
@@ -138,7 +141,7 @@ def main_ask(argv: list[str]) -> int:
     rt = runtime(args.model)
     stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
     ans = rt.queries.ask(args.video_id, args.question, top_k=args.top_k, mode=args.mode,
-                         max_new_tokens=args.max_new_tokens, on_token=stream)
+                         max_new_tokens=args.max_new_tokens, on_token=stream, count_by=args.count_by)
     if args.json:
         print(json.dumps(ans.to_dict(), indent=1))
         return 0

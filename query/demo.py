@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         right += ok
         hits += hit
         spans = ", ".join(f"{e['t_start']:.0f}-{e['t_end']:.0f}s" for e in ev[:4])
-        print(f"  [{'ok' if ok else '--'}] {qa['question']}\n        answer: {ans.answer!r} (expected {qa['answer']!r})"
+        by = " [span counter: query/counting.py]" if ans.extra.get("answered_by") == "span-counter" else ""
+        print(f"  [{'ok' if ok else '--'}] {qa['question']}\n        answer: {ans.answer!r} (expected {qa['answer']!r}){by}"
               f"\n        evidence: {spans} ({'covers' if hit else 'misses'} the event); ttft "
               f"{ans.timings['ttft_ms']:.0f} ms, {ans.kv_bytes_loaded / 1e6:.1f} MB KV, "
               f"video prefill runs {ans.video_prefill_runs}")

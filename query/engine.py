@@ -16,10 +16,12 @@ from videokv.engine.oracle import RelevanceOracle
 from videokv.errors import VideoKVError
 from videokv.kvstore import KVStore, Status
 
+from .counting import SpanCounter, asks_count
 from .pager import KVPager
 from .retrieval import fuse, top
 
 MODES = ("bilevel", "dense", "sparse")
+COUNT_BY = ("oracle", "lm")
 
 
 class QueryError(VideoKVError):
@@ -61,9 +63,11 @@ class QueryEngine:
     def __init__(self, backend: HFCausalBackend, store: KVStore, config: EngineConfig,
                  oracle: RelevanceOracle, top_k: int = 3, always_first_last: bool = True,
                  cache_bytes: int = 1 << 30, text_oracle: RelevanceOracle | None = None,
-                 text_weight: float = 1.0, h_text: str = "drop"):
+                 text_weight: float = 1.0, h_text: str = "drop", counter: SpanCounter | None = None):
         """h_text: "drop" pages unselected (H) chunks without their timestamp/text rows,
-        "keep" with them (query/pager.py says why drop is the default)."""
+        "keep" with them (query/pager.py says why drop is the default). counter: answers
+        "how many times" questions from the visual oracle's chunk scores (query/counting.py);
+        None leaves them to the LLM."""
         self.backend, self.store, self.config, self.oracle = backend, store, config, oracle
         # Used for videos ingested with a text channel (their record names the oracle).
         self.text_oracle, self.text_weight = text_oracle, text_weight
@@ -77,6 +81,7 @@ class QueryEngine:
             self.fast = DevicePager(store, self.fingerprint, backend, cache_bytes, h_text=h_text)
         self.top_k = top_k
         self.always_first_last = always_first_last
+        self.counter = counter
 
     def retrieve(self, video_id: str, question: str, top_k: int, rec=None) -> list:
         """The top_k chunks (objects with .chunk and .score), best first: the visual oracle's,
@@ -96,12 +101,20 @@ class QueryEngine:
 
     def ask(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
             max_new_tokens: int = 48, gen: GenerationConfig | None = None,
-            on_token: Callable[[str], None] | None = None, chunks: Sequence[int] | None = None) -> Answer:
+            on_token: Callable[[str], None] | None = None, chunks: Sequence[int] | None = None,
+            count_by: str | None = None) -> Answer:
         """chunks: the chunk indices to load at L level, chosen by the caller instead of by the
         oracle (no retrieval runs; top_k is ignored; first/last are still added when
-        always_first_last). For ablations such as bench/needle.py's random selection."""
+        always_first_last). For ablations such as bench/needle.py's random selection.
+        count_by: who answers a "how many times" question: "oracle" (the span counter; the
+        default when the engine has one) or "lm" (decoded like any other question)."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if count_by is not None and count_by not in COUNT_BY:
+            raise QueryError(f"count_by must be one of {', '.join(COUNT_BY)}; got {count_by!r}")
+        if count_by == "oracle" and self.counter is None:
+            raise QueryError("count_by='oracle' needs a span counter, and this engine has none: its oracle "
+                             f"({self.oracle.identity}) has no calibrated count threshold (VIDEOKV_COUNT_THRESHOLD)")
         if not question or not question.strip():
             raise QueryError("the question is empty")
         top_k = self.top_k if top_k is None else top_k
@@ -115,6 +128,9 @@ class QueryEngine:
             raise QueryError(f"video {video_id} was ingested with model/config fingerprint {rec.fingerprint}, "
                              f"but this engine is {self.fingerprint}: re-ingest it with the current settings")
         n = rec.chunks_total
+        if (count_by or "oracle") == "oracle" and self.counter is not None and chunks is None \
+                and asks_count(question):
+            return self._count(rec, question, mode, on_token)
         vision_calls = self.backend.vision_calls
         t0 = time.perf_counter()
         if chunks is not None:
@@ -161,3 +177,23 @@ class QueryEngine:
         return Answer("".join(pieces).strip(), evidence, {k: round(v, 2) for k, v in t.items()},
                       paged.bytes_in_context, paged.bytes_read, cache.tokens,
                       self.backend.vision_calls - vision_calls, mode, video_id, question)
+
+    def _count(self, rec, question: str, mode: str, on_token: Callable[[str], None] | None) -> Answer:
+        """A "how many times" question, answered by the span counter over the visual oracle's
+        score for every chunk (no KV is loaded, nothing is decoded); evidence is every
+        chunk of every counted span, in temporal order."""
+        t0 = time.perf_counter()
+        qv = self.oracle.question_vector(question).numpy()
+        n = rec.chunks_total
+        scores = {h.chunk: h.score for h in self.store.search(self.oracle.identity, qv, n, video_ids=[rec.video_id])}
+        runs = self.counter.spans(scores)
+        plan = {s.index: s for s in rec.plan}
+        text = self.counter.answer(question, runs, {i: (plan[i].t_start, plan[i].t_end) for i in plan})
+        ms = round((time.perf_counter() - t0) * 1e3, 2)
+        if on_token:
+            on_token(text)
+        evidence = [Evidence(i, plan[i].t_start, plan[i].t_end, float(scores[i]), "count") for r in runs for i in r]
+        return Answer(text, evidence, {"retrieve_ms": ms, "load_ms": 0.0, "prefill_ms": 0.0, "decode_ms": 0.0,
+                                       "ttft_ms": ms}, 0, 0, 0, 0, mode, rec.video_id, question,
+                      {"answered_by": "span-counter", "count": len(runs), "threshold": self.counter.threshold,
+                       "spans": [[plan[r[0]].t_start, plan[r[-1]].t_end] for r in runs]})

@@ -1,0 +1,173 @@
+"""`videokv bench counting`: "how many times" questions answered by the LLM (bilevel, the
+method's decode) and by the span counter (query/counting.py) over the same stored videos,
+side by side; and the counter's accuracy against its threshold, which is how the shipped
+threshold was chosen.
+
+Videos are `videokv bench needle` haystacks (bench/needle.py), but with --seed 1 by default
+so the threshold is never fitted on the needle bench's own haystacks (seed 0). Each haystack
+gets counting questions with every truth the counter must tell apart:
+
+  0       a colour/shape pair that is in no event and no distractor
+  1       each shape needle seen once (the attribute shape and both ordering shapes)
+  2 or 3  the needle bench's counting pair (one in the cluster, the rest spread at random)
+
+The counter needs only the oracle's score for every chunk, so one retrieval per question
+gives its answer at every threshold of --thresholds. JSON + PNG (accuracy vs threshold per
+truth, with the LLM's accuracy as flat lines) + markdown next to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._common import floats, line_chart, log, write_outputs
+from .needle import SIZE, TENANT, _ints, haystack_seed, make_haystack
+
+
+def _grid(lo: float, hi: float, step: float) -> list[float]:
+    return [round(float(x), 4) for x in np.arange(lo, hi + step / 2, step)]
+
+
+def questions_for(truth: dict, rng: np.random.Generator) -> list[dict]:
+    """Counting questions with truths 0, 1 and 2-3 about one needle haystack's events."""
+    from videokv.ingest import toyworld as tw
+
+    shapes = [e for e in truth["events"] if e["kind"] == "shape"]
+    seen = {(e["color"], e["shape"]) for e in shapes} | {tuple(d.split(" ", 1)) for d in truth["distractors"]}
+    qs = [dict(q, truth=int(q["answer"])) for q in truth["questions"] if q["type"] == "counting"]
+    counted = {(e["color"], e["shape"]) for e in shapes if e["id"] in qs[0]["event_ids"]} if qs else set()
+    for e in shapes:
+        pair = (e["color"], e["shape"])
+        if pair not in counted and sum((x["color"], x["shape"]) == pair for x in shapes) == 1:
+            qs.append({"type": "counting", "question": f"How many times did a {pair[0]} {pair[1]} appear?",
+                       "answer": "1", "truth": 1, "event_ids": [e["id"]]})
+    absent = [(c, s) for c in tw.COLORS for s in tw.SHAPES if (c, s) not in seen]
+    c, s = absent[int(rng.integers(len(absent)))]
+    qs.append({"type": "counting", "question": f"How many times did a {c} {s} appear?", "answer": "0",
+               "truth": 0, "event_ids": []})
+    return qs
+
+
+def run(args) -> dict:
+    import torch
+
+    from videokv.ingest.grading import is_correct
+    from videokv.query.counting import SpanCounter
+    from videokv.runtime import Runtime
+    from videokv.settings import Settings, get_settings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    settings = get_settings() if args.home is None else Settings(home=args.home)
+    rt = Runtime(settings)
+    q = rt.queries
+    fps = float(settings.sample_fps)
+    chunk_seconds = settings.chunk_frames / fps
+    rows = []
+    jobs = [(n, d, r) for n in sorted(args.lengths) for d in args.depths for r in range(args.repeats)]
+    for j, (n, d, r) in enumerate(jobs, 1):
+        path, truth, _, _ = make_haystack(args.workdir / "videos", n, d, r, args.seed, fps, 3.0, 1.0, chunk_seconds)
+        res = rt.pipeline.ingest(path, tenant=TENANT)
+        rec = rt.store.get_video(res.video_id)
+        rng = np.random.default_rng([haystack_seed(args.seed, n, d, r), 5])
+        for qa in questions_for(truth, rng):
+            qv = q.oracle.question_vector(qa["question"]).numpy()
+            hits = rt.store.search(q.oracle.identity, qv, rec.chunks_total, video_ids=[res.video_id])
+            scores = {h.chunk: round(float(h.score), 4) for h in hits}
+            row = {"length": n, "depth": d, "repeat": r, **qa, "scores": [scores[i] for i in range(rec.chunks_total)],
+                   "counter": {f"{t:g}": len(SpanCounter(t).spans(scores)) for t in args.thresholds}}
+            if args.lm:
+                ans = q.ask(res.video_id, qa["question"], mode="bilevel", count_by="lm", max_new_tokens=16)
+                row["lm"] = {"answer": ans.answer, "correct": bool(is_correct(qa, ans.answer))}
+            rows.append(row)
+        log(t0, "counting", f"{j}/{len(jobs)} haystack {n} frames depth {d:g}: {len(rows)} questions so far")
+    return summarize(rows, args, rt, settings)
+
+
+def _acc(xs: list[bool]) -> float | None:
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def summarize(rows: list[dict], args, rt, settings) -> dict:
+    classes = {"all": lambda r: True, "0": lambda r: r["truth"] == 0, "1": lambda r: r["truth"] == 1,
+               "2-3": lambda r: r["truth"] >= 2}
+    sweep = {c: {f"{t:g}": _acc([r["counter"][f"{t:g}"] == r["truth"] for r in rows if f(r)])
+                 for t in args.thresholds} for c, f in classes.items()}
+    best = max(args.thresholds, key=lambda t: (sweep["all"][f"{t:g}"], -abs(t - np.median(args.thresholds))))
+    lm = {c: _acc([r["lm"]["correct"] for r in rows if f(r)]) for c, f in classes.items()} if args.lm else None
+    shipped = rt.queries.counter.threshold if rt.queries.counter else None
+    at = {}
+    for name, t in (("best", best), ("shipped", shipped)):
+        if t is not None and f"{t:g}" in rows[0]["counter"]:
+            at[name] = {"threshold": t, **{c: sweep[c][f"{t:g}"] for c in classes}}
+    by_length = {str(n): {"n": sum(r["length"] == n for r in rows),
+                          "counter_best": _acc([r["counter"][f"{best:g}"] == r["truth"] for r in rows if r["length"] == n]),
+                          "lm": _acc([r["lm"]["correct"] for r in rows if r["length"] == n]) if args.lm else None}
+                 for n in sorted(args.lengths)}
+    return {"bench": "counting", "targets": {}, "total_s": round(time.perf_counter() - args.t0, 1), "config": {"lengths": args.lengths, "depths": args.depths, "repeats": args.repeats,
+                                            "seed": args.seed, "thresholds": args.thresholds, "size": list(SIZE),
+                                            "oracle": rt.queries.oracle.identity, "vision": rt.backend.vision.identity,
+                                            "home": str(settings.home)},
+            "n": {c: sum(1 for r in rows if f(r)) for c, f in classes.items()}, "sweep": sweep, "lm": lm,
+            "at": at, "by_length": by_length, "rows": rows}
+
+
+def side_by_side(result: dict) -> str:
+    lines = [f"counting questions: {result['n']} (by truth)"]
+    for name, a in result["at"].items():
+        lines.append(f"span counter, {name} threshold {a['threshold']:g}: all {a['all']}, truth 0 {a['0']}, "
+                     f"1 {a['1']}, 2-3 {a['2-3']}")
+    if result["lm"]:
+        lm = result["lm"]
+        lines.append(f"LLM (bilevel decode):            all {lm['all']}, truth 0 {lm['0']}, 1 {lm['1']}, "
+                     f"2-3 {lm['2-3']}")
+        b = result["at"]["best"]["all"]
+        if lm["all"]:
+            lines.append(f"counter / LLM accuracy: {b / lm['all']:.2f}x")
+    for n, c in result["by_length"].items():
+        lines.append(f"  {n} frames: {c['n']} questions, counter {c['counter_best']}, LLM {c['lm']}")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    ts = result["config"]["thresholds"]
+    head = "| truth | n | " + " | ".join(f"{t:g}" for t in ts) + " | LLM |\n|---|---|" + "---|" * (len(ts) + 1)
+    body = [f"| {c} | {result['n'][c]} | " + " | ".join(f"{result['sweep'][c][f'{t:g}']}" for t in ts)
+            + f" | {(result['lm'] or {}).get(c)} |" for c in result["sweep"]]
+    return "Span-counter accuracy by threshold (columns) and the LLM's, by truth count\n\n" + "\n".join([head] + body)
+
+
+def plot(result: dict, path: Path) -> None:
+    from PIL import Image
+    img = Image.new("RGB", (900, 460), "white")
+    ts = result["config"]["thresholds"]
+    series = {f"counter, truth {c}": [(t, result["sweep"][c][f"{t:g}"]) for t in ts] for c in result["sweep"]}
+    if result["lm"]:
+        series["LLM, all"] = [(t, result["lm"]["all"]) for t in (ts[0], ts[-1])]
+    line_chart(img, (0, 0, 900, 460), series, "Counting: span counter vs LLM", "threshold (cosine)", "accuracy")
+    img.save(path)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="videokv bench counting", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", type=_ints, default=[256, 1024], help="haystack sizes in sampled frames")
+    ap.add_argument("--depths", type=floats, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1, help="haystack seed (the needle bench uses 0)")
+    ap.add_argument("--thresholds", type=floats, default=_grid(0.2, 0.6, 0.025))
+    ap.add_argument("--no-lm", dest="lm", action="store_false", help="skip the LLM's answers")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--home", type=Path, default=None, help="KV store home (default: VIDEOKV_HOME)")
+    ap.add_argument("--workdir", type=Path, default=Path("runs/counting"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_counting.json"))
+    args = ap.parse_args(argv)
+    args.t0 = time.perf_counter()
+    result = run(args)
+    write_outputs(result, args.out, None, plot, markdown, side_by_side)
+    return 0

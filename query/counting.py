@@ -1,0 +1,94 @@
+"""Counting questions ("How many times did a red circle appear?") answered from the oracle's
+per-chunk scores instead of by the LLM.
+
+Why. The embedded default's 135M LLM does not count across chunks: with every chunk's
+L-KV in context it still says "1 time" for a pair seen twice, and refines that trained it
+on counting taught it to guess "2-3 times" instead (videokv/weights/toyworld/MODEL_CARD.md,
+"Tried, not shipped: counting"). The oracle, though, scores every chunk against the
+question, and a chunk that shows the thing asked about stands well clear of the rest
+(in a quiet chunk, dual-encoder cosine ~0.55 against <0.2 for chunks showing something
+else). So a count is the number of *runs* of consecutive chunks whose
+score clears a threshold: one appearance crossing a chunk boundary lights two adjacent
+chunks, which count once.
+
+What it cannot see: two appearances inside one chunk, or in adjacent chunks, count once
+(the scores are per chunk; the per-frame vectors are not kept after ingest); a chunk busy
+with several events dilutes its score for each of them (a true appearance can fall to
+~0.3), and a look-alike (same colour, other shape) can reach it. `videokv bench counting`
+measures it: right 74% of the time where the LLM is right 60%, and for pairs seen 2-3
+times 55% where the LLM is never right. The answer names every span it counted, so a
+user can check it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Thresholds calibrated per oracle identity (the vectors' cosine scale is the oracle's own):
+# chosen by `videokv bench counting` on its seed-1 haystacks, never the needle bench's.
+# The embedded oracle's: 0.325 was the best of 0.2-0.6 (step 0.025) on 100 questions over
+# 20 haystacks of 256 and 1024 frames (truth 0: 20, 1: 60, 2-3: 20): right 74% (0: 90%,
+# 1: 75%, 2-3: 55%), where the LLM's bilevel answers were right 60% (it says "1 time").
+CALIBRATED: dict[str, float] = {
+    "dualenc-toyworld-cnn-v2-e524a11ba9b9eba7-t8-c2-minilm-l6-v2-53aa51172d14-n0.5": 0.325,
+}
+
+_ASKS_COUNT = re.compile(r"\bhow\s+(?:many\s+times|often)\b", re.IGNORECASE)
+_SUBJECT = re.compile(r"\bhow\s+(?:many\s+times|often)\s+(?:did|does|do|was|were|has|have|is|are)\s+"
+                      r"(?:(?:a|an|the)\s+)?(.+?)\s+(?:appear|show\s+up|occur|come\s+up|been\s+shown|"
+                      r"shown|seen|visible)\b", re.IGNORECASE)
+
+
+def asks_count(question: str) -> bool:
+    """True for "how many times ..." / "how often ..." questions."""
+    return bool(_ASKS_COUNT.search(question))
+
+
+def subject_of(question: str) -> str | None:
+    """"How many times did a red circle appear?" -> "red circle" (None when not parsed)."""
+    m = _SUBJECT.search(question)
+    return m.group(1).strip() if m else None
+
+
+@dataclass
+class SpanCounter:
+    """Counts appearances as runs of chunks whose oracle score clears `threshold`.
+
+    threshold: the cosine (question vector . chunk vector) a chunk must reach to count as
+    showing the thing asked about; oracle-specific, so it is calibrated per oracle
+    (`videokv bench counting` sweeps it). max_gap: chunks below the threshold allowed inside
+    one run (0: any chunk below it ends the run)."""
+
+    threshold: float
+    max_gap: int = 0
+
+    def spans(self, scores: Mapping[int, float]) -> list[list[int]]:
+        """{chunk index: score} over a video's chunks -> the runs, each a list of chunk
+        indices in temporal order; runs in temporal order."""
+        hits = sorted(c for c, s in scores.items() if s >= self.threshold)
+        runs: list[list[int]] = []
+        for c in hits:
+            if runs and c - runs[-1][-1] <= self.max_gap + 1:
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        return runs
+
+    def answer(self, question: str, runs: list[list[int]], times: Mapping[int, tuple[float, float]]) -> str:
+        """The sentence for `runs` (times: chunk -> (t_start, t_end) seconds)."""
+        what = subject_of(question)
+        what = f"The {what}" if what else "It"
+        n = len(runs)
+        if n == 0:
+            return f"{what} did not appear (0 times): no chunk matches it."
+        where = ", ".join(f"{times[r[0]][0]:.0f}-{times[r[-1]][1]:.0f}s" for r in runs)
+        return f"{what} appeared {n} time{'s' if n != 1 else ''} ({where})."
+
+
+def counter_for(oracle_id: str, threshold: float | None = None) -> SpanCounter | None:
+    """The span counter for an oracle: `threshold` if given, else the calibrated one; None
+    when the oracle has none (its counting questions then go to the LLM)."""
+    t = threshold if threshold is not None else CALIBRATED.get(oracle_id)
+    return None if t is None else SpanCounter(float(t))

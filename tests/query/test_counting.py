@@ -1,0 +1,100 @@
+"""The span counter (query/counting.py): runs of chunks over a threshold, the sentence it
+answers with, which questions it takes; and, on a real needle haystack ingested by the
+embedded model, the count of a pair shown several times, with its spans as evidence."""
+
+import pytest
+
+from videokv.bench import needle as nb
+from videokv.ingest.grading import counts_in, evidence_hits, is_correct
+from videokv.query.counting import CALIBRATED, SpanCounter, asks_count, counter_for, subject_of
+from videokv.query.engine import QueryEngine, QueryError
+
+from .conftest import make_runtime
+
+TIMES = {i: (16.0 * i, 16.0 * (i + 1)) for i in range(8)}
+
+
+def test_runs_of_chunks_over_the_threshold_count_once_each():
+    scores = {0: 0.1, 1: 0.5, 2: 0.45, 3: 0.1, 4: 0.39, 5: 0.6, 6: 0.1, 7: 0.7}
+    assert SpanCounter(0.4).spans(scores) == [[1, 2], [5], [7]]
+    assert SpanCounter(0.4).spans(dict(reversed(scores.items()))) == [[1, 2], [5], [7]]
+    assert SpanCounter(0.4, max_gap=1).spans(scores) == [[1, 2], [5, 7]]     # chunk 6 bridged
+    assert SpanCounter(0.35).spans(scores) == [[1, 2], [4, 5], [7]]
+    assert SpanCounter(0.8).spans(scores) == []
+
+
+def test_answers_state_the_count_and_grade_as_counts():
+    q = "How many times did a red circle appear?"
+    two = SpanCounter(0.4).answer(q, [[1, 2], [5]], TIMES)
+    assert two == "The red circle appeared 2 times (16-48s, 80-96s)."
+    assert is_correct({"type": "counting", "answer": "2"}, two)
+    assert not is_correct({"type": "counting", "answer": "1"}, two)   # listed times' digits are not the count
+    assert counts_in(SpanCounter(0.4).answer(q, [], TIMES)) == ["0"]
+    one = SpanCounter(0.4).answer("how often was the blue card shown?", [[3]], TIMES)
+    assert one == "The blue card appeared 1 time (48-64s)."
+    assert SpanCounter(0.4).answer("How many times?", [[3]], TIMES).startswith("It appeared 1 time")
+
+
+def test_only_how_many_times_questions_go_to_the_counter():
+    assert asks_count("How many times did a red circle appear?") and asks_count("how often does it show up")
+    assert not asks_count("What digit was shown on the red card?")
+    assert not asks_count("How many cards are there?")
+    assert subject_of("How many times did a red circle appear?") == "red circle"
+    assert subject_of("How many times did the white cross appear in the video?") == "white cross"
+    assert subject_of("How many times?") is None
+
+
+def test_counter_for_takes_the_given_threshold_else_the_calibrated_one():
+    assert counter_for("some-other-oracle") is None
+    assert counter_for("some-other-oracle", 0.3).threshold == 0.3
+    assert CALIBRATED, "the embedded oracle's threshold is calibrated"
+    oid, t = next(iter(CALIBRATED.items()))
+    assert counter_for(oid).threshold == t and counter_for(oid, 0.9).threshold == 0.9
+
+
+@pytest.fixture(scope="module")
+def haystack(tmp_path_factory, embedded_backend):
+    """A 256-frame needle haystack (16 chunks) whose counting pair (a blue circle) is shown 3
+    times, in chunks 4-5, 7 and 11-12: no two appearances in the same or adjacent chunks."""
+    rt = make_runtime(tmp_path_factory.mktemp("home"))
+    rt.backend = embedded_backend
+    path, truth, _, _ = nb.make_haystack(tmp_path_factory.mktemp("videos"), 256, 0.3, 0, 15, 1.0, 3.0, 1.0, 16.0)
+    res = rt.pipeline.ingest(path)
+    return rt, res.video_id, truth
+
+
+def test_counting_questions_are_counted_by_the_oracle_and_cite_every_appearance(haystack):
+    rt, vid, truth = haystack
+    [qa] = [q for q in truth["questions"] if q["type"] == "counting"]
+    assert qa["answer"] == "3"
+    assert rt.queries.counter is not None and rt.queries.oracle.identity in CALIBRATED
+    ans = rt.queries.ask(vid, qa["question"])
+    assert ans.extra["answered_by"] == "span-counter" and ans.extra["count"] == 3, ans.answer
+    assert is_correct(qa, ans.answer) and ans.kv_bytes_loaded == 0 and ans.video_prefill_runs == 0
+    ev = [e.__dict__ for e in ans.evidence]
+    for i in qa["event_ids"]:                                   # every appearance is cited
+        assert evidence_hits({"event_ids": [i]}, truth["events"], ev), (i, ans.answer)
+    names = {e["name"] for e in truth["events"]} | set(truth["distractors"])
+    missing = next(f"{c} {s}" for c in ("green", "yellow", "white") for s in ("star", "cross", "square")
+                   if f"{c} {s}" not in names)
+    absent = rt.queries.ask(vid, f"How many times did a {missing} appear?")
+    assert absent.extra["count"] == 0 and "0 times" in absent.answer, absent.answer
+
+    # The LLM answers when asked to, and every other question is decoded as before.
+    lm = rt.queries.ask(vid, qa["question"], count_by="lm", max_new_tokens=8)
+    assert "answered_by" not in lm.extra and lm.kv_bytes_loaded > 0
+    other = rt.queries.ask(vid, "What digit was shown on the red card?", max_new_tokens=4)
+    assert "answered_by" not in other.extra and other.kv_bytes_loaded > 0
+    with pytest.raises(QueryError, match="count_by"):
+        rt.queries.ask(vid, qa["question"], count_by="guess")
+
+
+def test_an_engine_without_a_counter_leaves_counting_to_the_llm(haystack):
+    rt, vid, truth = haystack
+    q = rt.queries
+    bare = QueryEngine(q.backend, q.store, q.config, q.oracle, counter=None)
+    [qa] = [x for x in truth["questions"] if x["type"] == "counting"]
+    ans = bare.ask(vid, qa["question"], max_new_tokens=8)
+    assert "answered_by" not in ans.extra and ans.kv_bytes_loaded > 0
+    with pytest.raises(QueryError, match="no calibrated count threshold"):
+        bare.ask(vid, qa["question"], count_by="oracle")
