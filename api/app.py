@@ -420,7 +420,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _jpeg_at(path: str, t: float, max_side: int) -> bytes:
     """The frame shown at `t` seconds, as JPEG (evidence preview)."""
     import av
-    from PIL import Image
 
     with av.open(path) as c:
         s = c.streams.video[0]

@@ -79,8 +79,12 @@ def run(args) -> dict:
             qv = q.oracle.question_vector(qa["question"]).numpy()
             hits = rt.store.search(q.oracle.identity, qv, rec.chunks_total, video_ids=[res.video_id])
             scores = {h.chunk: round(float(h.score), 4) for h in hits}
+            fv = rt.store.frame_vectors(res.video_id, q.oracle.identity, qv.size)
+            fs = dict(enumerate(np.concatenate([fv[i] @ qv for i in sorted(fv)]).tolist())) if fv else {}
             row = {"length": n, "depth": d, "repeat": r, **qa, "scores": [scores[i] for i in range(rec.chunks_total)],
-                   "counter": {f"{t:g}": len(SpanCounter(t).spans(scores)) for t in args.thresholds}}
+                   "counter": {f"{t:g}": len(SpanCounter(t).spans(scores)) for t in args.thresholds},
+                   "frame_counter": {f"{t:g}": len(SpanCounter(t).spans(fs)) for t in args.frame_thresholds}
+                   if len(fv) == rec.chunks_total else {}}
             if args.lm:
                 ans = q.ask(res.video_id, qa["question"], mode="bilevel", count_by="lm", max_new_tokens=16)
                 row["lm"] = {"answer": ans.answer, "correct": bool(is_correct(qa, ans.answer))}
@@ -98,39 +102,53 @@ def summarize(rows: list[dict], args, rt, settings) -> dict:
                "2-3": lambda r: r["truth"] >= 2}
     sweep = {c: {f"{t:g}": _acc([r["counter"][f"{t:g}"] == r["truth"] for r in rows if f(r)])
                  for t in args.thresholds} for c, f in classes.items()}
+    framed = [r for r in rows if r["frame_counter"]]
+    sweep_frames = {c: {f"{t:g}": _acc([r["frame_counter"][f"{t:g}"] == r["truth"] for r in framed if f(r)])
+                        for t in args.frame_thresholds} for c, f in classes.items()}
     best = max(args.thresholds, key=lambda t: (sweep["all"][f"{t:g}"], -abs(t - np.median(args.thresholds))))
     lm = {c: _acc([r["lm"]["correct"] for r in rows if f(r)]) for c, f in classes.items()} if args.lm else None
-    shipped = rt.queries.counter.threshold if rt.queries.counter else None
+    counter = rt.queries.counter
     at = {}
-    for name, t in (("best", best), ("shipped", shipped)):
+    for name, t in (("best", best), ("shipped", counter.threshold if counter else None)):
         if t is not None and f"{t:g}" in rows[0]["counter"]:
-            at[name] = {"threshold": t, **{c: sweep[c][f"{t:g}"] for c in classes}}
+            at[f"per chunk, {name}"] = {"threshold": t, **{c: sweep[c][f"{t:g}"] for c in classes}}
+    if framed:
+        best_f = max(args.frame_thresholds, key=lambda t: (sweep_frames["all"][f"{t:g}"], t))
+        for name, t in (("best", best_f), ("shipped", counter.frame_threshold if counter else None)):
+            if t is not None and f"{t:g}" in framed[0]["frame_counter"]:
+                at[f"per frame, {name}"] = {"threshold": t, **{c: sweep_frames[c][f"{t:g}"] for c in classes}}
     by_length = {str(n): {"n": sum(r["length"] == n for r in rows),
                           "counter_best": _acc([r["counter"][f"{best:g}"] == r["truth"] for r in rows if r["length"] == n]),
+                          "per_frame_shipped": _acc([r["frame_counter"].get(f"{counter.frame_threshold:g}") == r["truth"]
+                                                     for r in framed if r["length"] == n])
+                          if framed and counter and counter.frame_threshold is not None else None,
                           "lm": _acc([r["lm"]["correct"] for r in rows if r["length"] == n]) if args.lm else None}
                  for n in sorted(args.lengths)}
     return {"bench": "counting", "targets": {}, "total_s": round(time.perf_counter() - args.t0, 1), "config": {"lengths": args.lengths, "depths": args.depths, "repeats": args.repeats,
-                                            "seed": args.seed, "thresholds": args.thresholds, "size": list(SIZE),
+                                            "seed": args.seed, "thresholds": args.thresholds,
+                                            "frame_thresholds": args.frame_thresholds, "size": list(SIZE),
                                             "oracle": rt.queries.oracle.identity, "vision": rt.backend.vision.identity,
                                             "home": str(settings.home)},
-            "n": {c: sum(1 for r in rows if f(r)) for c, f in classes.items()}, "sweep": sweep, "lm": lm,
+            "n": {c: sum(1 for r in rows if f(r)) for c, f in classes.items()}, "sweep": sweep,
+            "sweep_frames": sweep_frames if framed else None, "lm": lm,
             "at": at, "by_length": by_length, "rows": rows}
 
 
 def side_by_side(result: dict) -> str:
     lines = [f"counting questions: {result['n']} (by truth)"]
     for name, a in result["at"].items():
-        lines.append(f"span counter, {name} threshold {a['threshold']:g}: all {a['all']}, truth 0 {a['0']}, "
+        lines.append(f"span counter {name} threshold {a['threshold']:g}: all {a['all']}, truth 0 {a['0']}, "
                      f"1 {a['1']}, 2-3 {a['2-3']}")
     if result["lm"]:
         lm = result["lm"]
         lines.append(f"LLM (bilevel decode):            all {lm['all']}, truth 0 {lm['0']}, 1 {lm['1']}, "
                      f"2-3 {lm['2-3']}")
-        b = result["at"]["best"]["all"]
-        if lm["all"]:
-            lines.append(f"counter / LLM accuracy: {b / lm['all']:.2f}x")
+        for name, a in result["at"].items():
+            if "shipped" in name and lm["all"]:
+                lines.append(f"counter {name} / LLM accuracy: {a['all'] / lm['all']:.2f}x")
     for n, c in result["by_length"].items():
-        lines.append(f"  {n} frames: {c['n']} questions, counter {c['counter_best']}, LLM {c['lm']}")
+        lines.append(f"  {n} frames: {c['n']} questions, per chunk (best) {c['counter_best']}, per frame "
+                     f"(shipped) {c['per_frame_shipped']}, LLM {c['lm']}")
     return "\n".join(lines)
 
 
@@ -139,17 +157,28 @@ def markdown(result: dict) -> str:
     head = "| truth | n | " + " | ".join(f"{t:g}" for t in ts) + " | LLM |\n|---|---|" + "---|" * (len(ts) + 1)
     body = [f"| {c} | {result['n'][c]} | " + " | ".join(f"{result['sweep'][c][f'{t:g}']}" for t in ts)
             + f" | {(result['lm'] or {}).get(c)} |" for c in result["sweep"]]
-    return "Span-counter accuracy by threshold (columns) and the LLM's, by truth count\n\n" + "\n".join([head] + body)
+    out = "Span-counter accuracy per chunk by threshold (columns) and the LLM's, by truth count\n\n" + \
+        "\n".join([head] + body)
+    if result["sweep_frames"]:
+        fts = result["config"]["frame_thresholds"]
+        out += ("\n\nPer frame, by threshold\n\n| truth | n | " + " | ".join(f"{t:g}" for t in fts) + " |\n|---|---|"
+                + "---|" * len(fts) + "\n" + "\n".join(
+                    f"| {c} | {result['n'][c]} | " + " | ".join(f"{result['sweep_frames'][c][f'{t:g}']}" for t in fts)
+                    + " |" for c in result["sweep_frames"]))
+    return out
 
 
 def plot(result: dict, path: Path) -> None:
     from PIL import Image
     img = Image.new("RGB", (900, 460), "white")
     ts = result["config"]["thresholds"]
-    series = {f"counter, truth {c}": [(t, result["sweep"][c][f"{t:g}"]) for t in ts] for c in result["sweep"]}
+    series = {f"per chunk, truth {c}": [(t, result["sweep"][c][f"{t:g}"]) for t in ts] for c in result["sweep"]}
+    if result["sweep_frames"]:
+        series["per frame, all"] = [(t, result["sweep_frames"]["all"][f"{t:g}"])
+                                    for t in result["config"]["frame_thresholds"]]
     if result["lm"]:
         series["LLM, all"] = [(t, result["lm"]["all"]) for t in (ts[0], ts[-1])]
-    line_chart(img, (0, 0, 900, 460), series, "Counting: span counter vs LLM", "threshold (cosine)", "accuracy")
+    line_chart(img, (0, 0, 900, 460), series, "Counting: span counter (per chunk, per frame) vs LLM", "threshold (cosine)", "accuracy")
     img.save(path)
 
 
@@ -161,6 +190,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1, help="haystack seed (the needle bench uses 0)")
     ap.add_argument("--thresholds", type=floats, default=_grid(0.2, 0.6, 0.025))
+    ap.add_argument("--frame-thresholds", type=floats, default=_grid(0.3, 0.55, 0.025))
     ap.add_argument("--no-lm", dest="lm", action="store_false", help="skip the LLM's answers")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--home", type=Path, default=None, help="KV store home (default: VIDEOKV_HOME)")

@@ -41,6 +41,13 @@ class RelevanceOracle:
             return _unit(self._chunk_frames(chunk, frames))
         return _unit(self._chunk(chunk))
 
+    def embed_chunk(self, chunk: ChunkKV, frames: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(chunk_vector [dim], per-frame vectors [N, dim] or None). Oracles that score single
+        frames in the chunks' space return them too (the span counter counts appearances
+        over them, query/counting.py); the rest return None."""
+        return self.chunk_vector(chunk, frames), None
+
     def question_vector(self, question: str) -> torch.Tensor:
         """question text -> [dim] float32, L2-normalised."""
         return _unit(self._question(question))
@@ -142,13 +149,26 @@ class DualEncoderOracle(RelevanceOracle):
         return f"{self.name}-{self.tower.identity}-{self.minilm.identity}-n{NULL_WEIGHT:g}"
 
     @torch.no_grad()
-    def _chunk_frames(self, chunk: ChunkKV, frames: torch.Tensor) -> torch.Tensor:
-        from .toytower import chunk_retrieval_vector
+    def frame_vectors(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [N, 3, H, W] -> [N, dim]: each frame's retrieval vector (unit vector times
+        P(event)) with a 0 null coordinate, so its dot with a question vector is the frame's
+        cosine to the question scaled by P(event)."""
         if len(frames) == 0:
-            return chunk_retrieval_vector(torch.zeros(0, self.minilm.dim))
+            return torch.zeros(0, self.dim)
         vecs = torch.cat([self.tower.retrieval_vectors(frames[i:i + self.batch]).cpu()
                           for i in range(0, len(frames), self.batch)])
-        return chunk_retrieval_vector(vecs)
+        return torch.nn.functional.pad(vecs.float(), (0, 1))
+
+    def _chunk_frames(self, chunk: ChunkKV, frames: torch.Tensor) -> torch.Tensor:
+        from .toytower import chunk_retrieval_vector
+        return chunk_retrieval_vector(self.frame_vectors(frames)[:, :-1])
+
+    def embed_chunk(self, chunk: ChunkKV, frames: torch.Tensor | None = None):
+        from .toytower import chunk_retrieval_vector
+        if frames is None:
+            raise ValueError(f"the {self.name} oracle embeds a chunk from its frames: pass frames=")
+        fv = self.frame_vectors(frames)
+        return _unit(chunk_retrieval_vector(fv[:, :-1])), fv
 
     def _question(self, question: str) -> torch.Tensor:
         from .toytower import question_retrieval_vector

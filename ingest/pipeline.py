@@ -178,10 +178,15 @@ class IngestPipeline:
         computed = 0
         for pc in self.prefiller.run(prefix, inputs(), history=history):
             chunk_frames = pending.pop(pc.L.index, None)
-            emb = {o.identity: o.chunk_vector(pc.L, frames=chunk_frames).numpy() for o in self.oracles}
+            emb, per_frame = {}, {}
+            for o in self.oracles:
+                vec, fv = o.embed_chunk(pc.L, frames=chunk_frames)
+                emb[o.identity] = vec.numpy()
+                if fv is not None and len(fv):
+                    per_frame[o.identity] = fv
             if self.text_oracle is not None and line(pc.L.index):
                 emb[self.text_oracle.identity] = self.text_oracle.chunk_vector(pc.L, text=line(pc.L.index)).numpy()
-            self.store.put_chunk(vid, [pc.L, pc.H], emb)    # one transaction; idempotent
+            self.store.put_chunk(vid, [pc.L, pc.H], emb, per_frame)    # one transaction; idempotent
             computed += 1
             if progress:
                 progress(pc.L.index + 1, total)

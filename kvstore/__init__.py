@@ -88,10 +88,25 @@ class KVStore:
     def update_video(self, video_id: str, **fields) -> VideoRecord:
         return self.catalog.update_fields(video_id, **fields)
 
-    def put_chunk(self, video_id: str, levels, embeddings: Mapping[str, object] | None = None) -> bool:
-        """Commit a chunk's levels + record + embeddings {oracle_id: [dim]} atomically.
+    def put_chunk(self, video_id: str, levels, embeddings: Mapping[str, object] | None = None,
+                  frame_vectors: Mapping[str, object] | None = None) -> bool:
+        """Commit a chunk's levels + record + embeddings {oracle_id: [dim]} (+ per-frame
+        vectors {oracle_id: [frames, dim]}, kept as float16, not indexed) atomically.
         False if already committed (idempotent resume)."""
-        return self.catalog.put_chunk(video_id, levels, embeddings)
+        return self.catalog.put_chunk(video_id, levels, embeddings, frame_vectors)
+
+    def frame_vectors(self, video_id: str, oracle_id: str, dim: int) -> dict[int, np.ndarray]:
+        """{chunk index: [frames, dim] float32} for the chunks stored with per-frame vectors
+        of this oracle (none: {})."""
+        out = {}
+        okey = K.oracle_key(oracle_id, dim)
+        with self.env.read() as txn:
+            rec = load_video(txn, self.env, video_id)
+            for i in range(rec.chunks_total):
+                raw = txn.get(K.frames_key(rec.content_key, i, okey), db=self.env.dbs["embeddings"])
+                if raw is not None:
+                    out[i] = np.frombuffer(raw, dtype=np.float16).reshape(-1, dim).astype(np.float32)
+        return out
 
     def put_prefix(self, video_id: str, levels) -> bool:
         """The prompt prefix (ChunkKV index -1), stored like a chunk."""

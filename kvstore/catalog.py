@@ -113,6 +113,16 @@ def _plan(plan) -> list[ChunkSpan]:
     return out
 
 
+def _frames(v) -> np.ndarray:
+    """Per-frame vectors as float16 [frames, dim]."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().float().numpy()
+    a = np.asarray(v, dtype=np.float32)
+    if a.ndim != 2 or a.shape[1] == 0 or not np.isfinite(a).all():
+        raise ValueError(f"frame vectors must be a finite [frames, dim] matrix, got shape {a.shape}")
+    return np.ascontiguousarray(a.astype(np.float16))
+
+
 def _vec(v) -> np.ndarray:
     """An embedding as float32 [dim] (accepts numpy, torch, lists)."""
     if hasattr(v, "detach"):
@@ -269,7 +279,8 @@ class Catalog:
         return self._update(video_id, change)
 
     # ------------------------------------------------------------------- chunks
-    def put_chunk(self, video_id: str, levels: Iterable, embeddings: Mapping[str, object] | None = None) -> bool:
+    def put_chunk(self, video_id: str, levels: Iterable, embeddings: Mapping[str, object] | None = None,
+                  frame_vectors: Mapping[str, object] | None = None) -> bool:
         """Commit one chunk's levels (ChunkKV "L"/"H"/"full"), its record and its embeddings
         ({oracle_id: [dim] vector}) in ONE write transaction: a chunk is wholly there or not.
 
@@ -285,6 +296,7 @@ class Catalog:
         if len({c.level for c in levels}) != len(levels) or any(c.index != idx for c in levels):
             raise ValueError("levels must be distinct levels of the same chunk index")
         embs = {oid: _vec(v) for oid, v in (embeddings or {}).items()}
+        frames = {oid: _frames(v) for oid, v in (frame_vectors or {}).items()}
         if idx < 0 and embs:
             raise ValueError("the prompt prefix (index -1) has no embeddings")
         encoded = [(c, blobfmt.encode(c.keys, c.values, c.kinds)) for c in levels]  # outside the txn
@@ -312,6 +324,8 @@ class Catalog:
                 txn.put(ek, v.tobytes(), db=self.db["embeddings"])
                 _log(txn, self.env, {"op": "add", "o": okey, "s": seq, "c": idx, "k": ek.decode()})
                 okeys.append(okey)
+            for oid, m in frames.items():       # [frames, dim] float16, row-major
+                txn.put(K.frames_key(ck, idx, K.oracle_key(oid, m.shape[1])), m.tobytes(), db=self.db["embeddings"])
             crec = ChunkRecord(idx, first.frame_start, first.frame_end, first.t_start, first.t_end,
                                str(first.dtype).removeprefix("torch."), {c.level: c.tokens for c in levels},
                                {c.level: c.nbytes for c in levels}, okeys, now)

@@ -51,6 +51,12 @@ def emb_key(ck: str, index: int, okey: str) -> bytes:
     return f"{ck}/{index:06d}/{okey}".encode()
 
 
+def frames_key(ck: str, index: int, okey: str) -> bytes:
+    """A chunk's per-frame vectors for one oracle (in the embeddings database, never indexed:
+    the ':' keeps the key from ending in "/okey", which the index rebuild looks for)."""
+    return f"{ck}/{index:06d}/frames:{okey}".encode()
+
+
 def tenant_key(tenant: str, video_id: str) -> bytes:
     return f"{check_token('tenant', tenant)}\0{video_id}".encode()
 

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 
 # Thresholds calibrated per oracle identity (the vectors' cosine scale is the oracle's own):
 # chosen by `videokv bench counting` on its seed-1 haystacks, never the needle bench's.
-# The embedded oracle's: 0.325 was the best of 0.2-0.6 (step 0.025) on 100 questions over
-# 20 haystacks of 256 and 1024 frames (truth 0: 20, 1: 60, 2-3: 20): right 74% (0: 90%,
-# 1: 75%, 2-3: 55%), where the LLM's bilevel answers were right 60% (it says "1 time").
-CALIBRATED: dict[str, float] = {
-    "dualenc-toyworld-cnn-v2-e524a11ba9b9eba7-t8-c2-minilm-l6-v2-53aa51172d14-n0.5": 0.325,
+# The embedded oracle's, on 100 questions over 20 haystacks of 256 and 1024 frames (truth 0:
+# 20, 1: 60, 2-3: 20), where the LLM's bilevel answers were right 60% (it says "1 time"):
+# per chunk 0.325, the best of 0.2-0.6 (right 74%); per frame 0.45 (right 97%; the matching
+# frames score ~0.55, a look-alike's ~0.3).
+CALIBRATED: dict[str, dict[str, float]] = {
+    "dualenc-toyworld-cnn-v2-e524a11ba9b9eba7-t8-c2-minilm-l6-v2-53aa51172d14-n0.5": {"chunk": 0.325, "frame": 0.45},
 }
 
 _ASKS_COUNT = re.compile(r"\bhow\s+(?:many\s+times|often)\b", re.IGNORECASE)
@@ -54,20 +55,23 @@ def subject_of(question: str) -> str | None:
 
 @dataclass
 class SpanCounter:
-    """Counts appearances as runs of chunks whose oracle score clears `threshold`.
+    """Counts appearances as runs of consecutive scores that clear a threshold.
 
-    threshold: the cosine (question vector . chunk vector) a chunk must reach to count as
-    showing the thing asked about; oracle-specific, so it is calibrated per oracle
-    (`videokv bench counting` sweeps it). max_gap: chunks below the threshold allowed inside
-    one run (0: any chunk below it ends the run)."""
+    Two resolutions, each with its own threshold (oracle-specific, calibrated by
+    `videokv bench counting`): per frame (`frame_threshold`), over the per-frame vectors an
+    oracle such as the toy-world dual encoder stores at ingest, and per chunk (`threshold`),
+    over the indexed chunk vectors, for videos stored without per-frame vectors.
+    max_gap: entries below the threshold allowed inside one run (0: any ends it)."""
 
     threshold: float
+    frame_threshold: float | None = None
     max_gap: int = 0
 
-    def spans(self, scores: Mapping[int, float]) -> list[list[int]]:
-        """{chunk index: score} over a video's chunks -> the runs, each a list of chunk
-        indices in temporal order; runs in temporal order."""
-        hits = sorted(c for c, s in scores.items() if s >= self.threshold)
+    def spans(self, scores: Mapping[int, float], threshold: float | None = None) -> list[list[int]]:
+        """{position (chunk or frame index): score} -> the runs, each a list of positions in
+        temporal order; runs in temporal order. threshold: default self.threshold."""
+        t = self.threshold if threshold is None else threshold
+        hits = sorted(c for c, s in scores.items() if s >= t)
         runs: list[list[int]] = []
         for c in hits:
             if runs and c - runs[-1][-1] <= self.max_gap + 1:
@@ -76,19 +80,20 @@ class SpanCounter:
                 runs.append([c])
         return runs
 
-    def answer(self, question: str, runs: list[list[int]], times: Mapping[int, tuple[float, float]]) -> str:
-        """The sentence for `runs` (times: chunk -> (t_start, t_end) seconds)."""
+    def answer(self, question: str, spans: list[tuple[float, float]]) -> str:
+        """The sentence for the counted spans [(t_start, t_end) seconds]."""
         what = subject_of(question)
         what = f"The {what}" if what else "It"
-        n = len(runs)
+        n = len(spans)
         if n == 0:
-            return f"{what} did not appear (0 times): no chunk matches it."
-        where = ", ".join(f"{times[r[0]][0]:.0f}-{times[r[-1]][1]:.0f}s" for r in runs)
+            return f"{what} did not appear (0 times): nothing in the video matches it."
+        where = ", ".join(f"{a:.0f}-{b:.0f}s" for a, b in spans)
         return f"{what} appeared {n} time{'s' if n != 1 else ''} ({where})."
 
 
 def counter_for(oracle_id: str, threshold: float | None = None) -> SpanCounter | None:
     """The span counter for an oracle: `threshold` if given, else the calibrated one; None
     when the oracle has none (its counting questions then go to the LLM)."""
-    t = threshold if threshold is not None else CALIBRATED.get(oracle_id)
-    return None if t is None else SpanCounter(float(t))
+    cal = CALIBRATED.get(oracle_id, {})
+    t = threshold if threshold is not None else cal.get("chunk")
+    return None if t is None else SpanCounter(float(t), cal.get("frame"))

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from videokv.engine.backend import HFCausalBackend
 from videokv.engine.config import EngineConfig
 from videokv.engine.decode import GenerationConfig, assemble, generate
@@ -179,21 +181,43 @@ class QueryEngine:
                       self.backend.vision_calls - vision_calls, mode, video_id, question)
 
     def _count(self, rec, question: str, mode: str, on_token: Callable[[str], None] | None) -> Answer:
-        """A "how many times" question, answered by the span counter over the visual oracle's
-        score for every chunk (no KV is loaded, nothing is decoded); evidence is every
-        chunk of every counted span, in temporal order."""
+        """A "how many times" question, answered by the span counter (no KV is loaded, nothing
+        is decoded): over the per-frame vectors stored at ingest where the video has them for
+        every chunk and the counter a frame threshold, else over the visual oracle's chunk
+        scores. Evidence: every chunk a counted span touches, in temporal order."""
         t0 = time.perf_counter()
         qv = self.oracle.question_vector(question).numpy()
         n = rec.chunks_total
-        scores = {h.chunk: h.score for h in self.store.search(self.oracle.identity, qv, n, video_ids=[rec.video_id])}
-        runs = self.counter.spans(scores)
         plan = {s.index: s for s in rec.plan}
-        text = self.counter.answer(question, runs, {i: (plan[i].t_start, plan[i].t_end) for i in plan})
+        per_frame = (self.store.frame_vectors(rec.video_id, self.oracle.identity, qv.size)
+                     if self.counter.frame_threshold is not None else {})
+        if n and len(per_frame) == n:
+            where = []                         # frame position -> (chunk, t_start, t_end)
+            for i in range(n):
+                p, k = plan[i], len(per_frame[i])
+                dt = (p.t_end - p.t_start) / k
+                where += [(i, p.t_start + j * dt, p.t_start + (j + 1) * dt) for j in range(k)]
+            fs = np.concatenate([per_frame[i] @ qv for i in range(n)])
+            runs = self.counter.spans(dict(enumerate(fs.tolist())), self.counter.frame_threshold)
+            spans = [(where[r[0]][1], where[r[-1]][2]) for r in runs]
+            chunk_score = {}
+            for r in runs:
+                for f in r:
+                    chunk_score[where[f][0]] = max(chunk_score.get(where[f][0], -1.0), float(fs[f]))
+            level, threshold = "frames", self.counter.frame_threshold
+        else:
+            hits = self.store.search(self.oracle.identity, qv, n, video_ids=[rec.video_id])
+            scores = {h.chunk: float(h.score) for h in hits}
+            runs = self.counter.spans(scores)
+            spans = [(plan[r[0]].t_start, plan[r[-1]].t_end) for r in runs]
+            chunk_score = {i: scores[i] for r in runs for i in r}
+            level, threshold = "chunks", self.counter.threshold
+        text = self.counter.answer(question, spans)
         ms = round((time.perf_counter() - t0) * 1e3, 2)
         if on_token:
             on_token(text)
-        evidence = [Evidence(i, plan[i].t_start, plan[i].t_end, float(scores[i]), "count") for r in runs for i in r]
+        evidence = [Evidence(i, plan[i].t_start, plan[i].t_end, s, "count") for i, s in sorted(chunk_score.items())]
         return Answer(text, evidence, {"retrieve_ms": ms, "load_ms": 0.0, "prefill_ms": 0.0, "decode_ms": 0.0,
                                        "ttft_ms": ms}, 0, 0, 0, 0, mode, rec.video_id, question,
-                      {"answered_by": "span-counter", "count": len(runs), "threshold": self.counter.threshold,
-                       "spans": [[plan[r[0]].t_start, plan[r[-1]].t_end] for r in runs]})
+                      {"answered_by": "span-counter", "count": len(runs), "counted_over": level,
+                       "threshold": threshold, "spans": [[round(a, 2), round(b, 2)] for a, b in spans]})

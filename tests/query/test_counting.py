@@ -11,9 +11,6 @@ from videokv.query.engine import QueryEngine, QueryError
 
 from .conftest import make_runtime
 
-TIMES = {i: (16.0 * i, 16.0 * (i + 1)) for i in range(8)}
-
-
 def test_runs_of_chunks_over_the_threshold_count_once_each():
     scores = {0: 0.1, 1: 0.5, 2: 0.45, 3: 0.1, 4: 0.39, 5: 0.6, 6: 0.1, 7: 0.7}
     assert SpanCounter(0.4).spans(scores) == [[1, 2], [5], [7]]
@@ -21,18 +18,19 @@ def test_runs_of_chunks_over_the_threshold_count_once_each():
     assert SpanCounter(0.4, max_gap=1).spans(scores) == [[1, 2], [5, 7]]     # chunk 6 bridged
     assert SpanCounter(0.35).spans(scores) == [[1, 2], [4, 5], [7]]
     assert SpanCounter(0.8).spans(scores) == []
+    assert SpanCounter(0.8).spans(scores, threshold=0.55) == [[5], [7]]
 
 
 def test_answers_state_the_count_and_grade_as_counts():
     q = "How many times did a red circle appear?"
-    two = SpanCounter(0.4).answer(q, [[1, 2], [5]], TIMES)
+    two = SpanCounter(0.4).answer(q, [(16.0, 48.0), (80.0, 96.0)])
     assert two == "The red circle appeared 2 times (16-48s, 80-96s)."
     assert is_correct({"type": "counting", "answer": "2"}, two)
     assert not is_correct({"type": "counting", "answer": "1"}, two)   # listed times' digits are not the count
-    assert counts_in(SpanCounter(0.4).answer(q, [], TIMES)) == ["0"]
-    one = SpanCounter(0.4).answer("how often was the blue card shown?", [[3]], TIMES)
-    assert one == "The blue card appeared 1 time (48-64s)."
-    assert SpanCounter(0.4).answer("How many times?", [[3]], TIMES).startswith("It appeared 1 time")
+    assert counts_in(SpanCounter(0.4).answer(q, [])) == ["0"]
+    one = SpanCounter(0.4).answer("how often was the blue card shown?", [(48.0, 51.5)])
+    assert one == "The blue card appeared 1 time (48-52s)."
+    assert SpanCounter(0.4).answer("How many times?", [(3.0, 4.0)]).startswith("It appeared 1 time")
 
 
 def test_only_how_many_times_questions_go_to_the_counter():
@@ -47,9 +45,12 @@ def test_only_how_many_times_questions_go_to_the_counter():
 def test_counter_for_takes_the_given_threshold_else_the_calibrated_one():
     assert counter_for("some-other-oracle") is None
     assert counter_for("some-other-oracle", 0.3).threshold == 0.3
-    assert CALIBRATED, "the embedded oracle's threshold is calibrated"
-    oid, t = next(iter(CALIBRATED.items()))
-    assert counter_for(oid).threshold == t and counter_for(oid, 0.9).threshold == 0.9
+    assert counter_for("some-other-oracle", 0.3).frame_threshold is None
+    assert CALIBRATED, "the embedded oracle's thresholds are calibrated"
+    oid, cal = next(iter(CALIBRATED.items()))
+    c = counter_for(oid)
+    assert (c.threshold, c.frame_threshold) == (cal["chunk"], cal["frame"])
+    assert counter_for(oid, 0.9).threshold == 0.9
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,15 @@ def test_counting_questions_are_counted_by_the_oracle_and_cite_every_appearance(
     [qa] = [q for q in truth["questions"] if q["type"] == "counting"]
     assert qa["answer"] == "3"
     assert rt.queries.counter is not None and rt.queries.oracle.identity in CALIBRATED
+    fv = rt.store.frame_vectors(vid, rt.queries.oracle.identity, rt.queries.oracle.dim)
+    assert sorted(fv) == list(range(16)) and all(m.shape == (16, rt.queries.oracle.dim) for m in fv.values())
     ans = rt.queries.ask(vid, qa["question"])
-    assert ans.extra["answered_by"] == "span-counter" and ans.extra["count"] == 3, ans.answer
+    assert ans.extra["answered_by"] == "span-counter" and ans.extra["counted_over"] == "frames"
+    assert ans.extra["count"] == 3, ans.answer
+    for i in qa["event_ids"]:        # each counted span is that appearance's time, within a frame
+        e = next(x for x in truth["events"] if x["id"] == i)
+        assert any(abs(a - e["t_start"]) <= 1.0 and abs(b - e["t_end"]) <= 1.0 for a, b in ans.extra["spans"]), \
+            (e["t_start"], e["t_end"], ans.extra["spans"])
     assert is_correct(qa, ans.answer) and ans.kv_bytes_loaded == 0 and ans.video_prefill_runs == 0
     ev = [e.__dict__ for e in ans.evidence]
     for i in qa["event_ids"]:                                   # every appearance is cited
@@ -88,6 +96,12 @@ def test_counting_questions_are_counted_by_the_oracle_and_cite_every_appearance(
     with pytest.raises(QueryError, match="count_by"):
         rt.queries.ask(vid, qa["question"], count_by="guess")
 
+    # Without a frame threshold, the counter falls back to the indexed chunk scores.
+    q = rt.queries
+    chunky = QueryEngine(q.backend, q.store, q.config, q.oracle, counter=SpanCounter(q.counter.threshold))
+    by_chunk = chunky.ask(vid, qa["question"])
+    assert by_chunk.extra["counted_over"] == "chunks" and by_chunk.extra["count"] == 3, by_chunk.answer
+
 
 def test_an_engine_without_a_counter_leaves_counting_to_the_llm(haystack):
     rt, vid, truth = haystack
@@ -98,3 +112,21 @@ def test_an_engine_without_a_counter_leaves_counting_to_the_llm(haystack):
     assert "answered_by" not in ans.extra and ans.kv_bytes_loaded > 0
     with pytest.raises(QueryError, match="no calibrated count threshold"):
         bare.ask(vid, qa["question"], count_by="oracle")
+
+
+def test_frame_vectors_go_with_the_video_and_bad_ones_are_refused(haystack):
+    rt, vid, _ = haystack
+    rec = rt.store.get_video(vid)
+    env = rt.store.env
+    prefix = (rec.content_key + "/").encode()
+
+    def frame_keys():
+        with env.read() as txn:
+            return [bytes(k) for k, _ in txn.cursor(db=env.dbs["embeddings"]) if bytes(k).startswith(prefix)
+                    and b"/frames:" in bytes(k)]
+    assert len(frame_keys()) == rec.chunks_total
+    chunk = rt.store.read_chunk(vid, 0, "L")
+    with pytest.raises(ValueError, match="frames, dim"):
+        rt.store.put_chunk(vid, [chunk], None, {"x": [1.0, 2.0]})
+    assert rt.store.delete_video(vid)
+    assert frame_keys() == []
