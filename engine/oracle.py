@@ -41,7 +41,7 @@ class RelevanceOracle:
             return _unit(self._chunk_frames(chunk, frames))
         return _unit(self._chunk(chunk))
 
-    def embed_chunk(self, chunk: ChunkKV, frames: torch.Tensor | None = None
+    def chunk_and_frame_vectors(self, chunk: ChunkKV, frames: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(chunk_vector [dim], per-frame vectors [N, dim] or None). Oracles that score single
         frames in the chunks' space return them too (the span counter counts appearances
@@ -163,7 +163,7 @@ class DualEncoderOracle(RelevanceOracle):
         from .toytower import chunk_retrieval_vector
         return chunk_retrieval_vector(self.frame_vectors(frames)[:, :-1])
 
-    def embed_chunk(self, chunk: ChunkKV, frames: torch.Tensor | None = None):
+    def chunk_and_frame_vectors(self, chunk: ChunkKV, frames: torch.Tensor | None = None):
         from .toytower import chunk_retrieval_vector
         if frames is None:
             raise ValueError(f"the {self.name} oracle embeds a chunk from its frames: pass frames=")

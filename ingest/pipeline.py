@@ -180,7 +180,7 @@ class IngestPipeline:
             chunk_frames = pending.pop(pc.L.index, None)
             emb, per_frame = {}, {}
             for o in self.oracles:
-                vec, fv = o.embed_chunk(pc.L, frames=chunk_frames)
+                vec, fv = o.chunk_and_frame_vectors(pc.L, frames=chunk_frames)
                 emb[o.identity] = vec.numpy()
                 if fv is not None and len(fv):
                     per_frame[o.identity] = fv
