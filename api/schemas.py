@@ -16,7 +16,7 @@ class QueryRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=256, description="chunks re-loaded at L level (default: settings)")
     mode: Mode = "bilevel"
     count_by: Literal["oracle", "lm"] | None = Field(
-        None, description='who answers "how many times" questions: the span counter over the oracle\'s chunk '
+        None, description='who answers "how many times" questions: the span counter over the oracle\'s frame '
                           'scores ("oracle", the default where calibrated) or the LLM ("lm")')
     max_new_tokens: int = Field(48, ge=1, le=1024)
     stream: bool = Field(False, description="stream tokens as server-sent events")

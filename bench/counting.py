@@ -11,9 +11,11 @@ gets counting questions with every truth the counter must tell apart:
   1       each shape needle seen once (the attribute shape and both ordering shapes)
   2 or 3  the needle bench's counting pair (one in the cluster, the rest spread at random)
 
-The counter needs only the oracle's score for every chunk, so one retrieval per question
-gives its answer at every threshold of --thresholds. JSON + PNG (accuracy vs threshold per
-truth, with the LLM's accuracy as flat lines) + markdown next to --out.
+The counter needs only the question's score for every frame (per-frame vectors stored at
+ingest; QueryEngine.frame_scores) or every chunk (the indexed chunk vectors;
+QueryEngine.chunk_scores), so one scoring per question gives its answer at every threshold
+of --frame-thresholds and --thresholds. JSON + PNG (accuracy vs threshold, with the LLM's
+accuracy as a flat line) + markdown next to --out.
 """
 
 from __future__ import annotations
@@ -77,14 +79,13 @@ def run(args) -> dict:
         rng = np.random.default_rng([haystack_seed(args.seed, n, d, r), 5])
         for qa in questions_for(truth, rng):
             qv = q.oracle.question_vector(qa["question"]).numpy()
-            hits = rt.store.search(q.oracle.identity, qv, rec.chunks_total, video_ids=[res.video_id])
-            scores = {h.chunk: round(float(h.score), 4) for h in hits}
-            fv = rt.store.frame_vectors(res.video_id, q.oracle.identity, qv.size)
-            fs = dict(enumerate(np.concatenate([fv[i] @ qv for i in sorted(fv)]).tolist())) if fv else {}
-            row = {"length": n, "depth": d, "repeat": r, **qa, "scores": [scores[i] for i in range(rec.chunks_total)],
-                   "counter": {f"{t:g}": len(SpanCounter(t).spans(scores)) for t in args.thresholds},
+            scores = q.chunk_scores(rec, qv)[0].tolist()
+            framed = q.frame_scores(rec, qv)
+            fs = dict(enumerate(framed[0].tolist())) if framed is not None else {}
+            row = {"length": n, "depth": d, "repeat": r, **qa, "scores": [round(x, 4) for x in scores],
+                   "counter": {f"{t:g}": len(SpanCounter(t).spans(dict(enumerate(scores)))) for t in args.thresholds},
                    "frame_counter": {f"{t:g}": len(SpanCounter(t).spans(fs)) for t in args.frame_thresholds}
-                   if len(fv) == rec.chunks_total else {}}
+                   if framed is not None else {}}
             if args.lm:
                 ans = q.ask(res.video_id, qa["question"], mode="bilevel", count_by="lm", max_new_tokens=16)
                 row["lm"] = {"answer": ans.answer, "correct": bool(is_correct(qa, ans.answer))}
@@ -105,7 +106,7 @@ def summarize(rows: list[dict], args, rt, settings) -> dict:
     framed = [r for r in rows if r["frame_counter"]]
     sweep_frames = {c: {f"{t:g}": _acc([r["frame_counter"][f"{t:g}"] == r["truth"] for r in framed if f(r)])
                         for t in args.frame_thresholds} for c, f in classes.items()}
-    best = max(args.thresholds, key=lambda t: (sweep["all"][f"{t:g}"], -abs(t - np.median(args.thresholds))))
+    best = max(args.thresholds, key=lambda t: sweep["all"][f"{t:g}"])
     lm = {c: _acc([r["lm"]["correct"] for r in rows if f(r)]) for c, f in classes.items()} if args.lm else None
     counter = rt.queries.counter
     at = {}
@@ -113,7 +114,7 @@ def summarize(rows: list[dict], args, rt, settings) -> dict:
         if t is not None and f"{t:g}" in rows[0]["counter"]:
             at[f"per chunk, {name}"] = {"threshold": t, **{c: sweep[c][f"{t:g}"] for c in classes}}
     if framed:
-        best_f = max(args.frame_thresholds, key=lambda t: (sweep_frames["all"][f"{t:g}"], t))
+        best_f = max(args.frame_thresholds, key=lambda t: sweep_frames["all"][f"{t:g}"])
         for name, t in (("best", best_f), ("shipped", counter.frame_threshold if counter else None)):
             if t is not None and f"{t:g}" in framed[0]["frame_counter"]:
                 at[f"per frame, {name}"] = {"threshold": t, **{c: sweep_frames[c][f"{t:g}"] for c in classes}}
@@ -124,11 +125,10 @@ def summarize(rows: list[dict], args, rt, settings) -> dict:
                           if framed and counter and counter.frame_threshold is not None else None,
                           "lm": _acc([r["lm"]["correct"] for r in rows if r["length"] == n]) if args.lm else None}
                  for n in sorted(args.lengths)}
-    return {"bench": "counting", "targets": {}, "total_s": round(time.perf_counter() - args.t0, 1), "config": {"lengths": args.lengths, "depths": args.depths, "repeats": args.repeats,
-                                            "seed": args.seed, "thresholds": args.thresholds,
-                                            "frame_thresholds": args.frame_thresholds, "size": list(SIZE),
-                                            "oracle": rt.queries.oracle.identity, "vision": rt.backend.vision.identity,
-                                            "home": str(settings.home)},
+    config = {"lengths": args.lengths, "depths": args.depths, "repeats": args.repeats, "seed": args.seed,
+              "thresholds": args.thresholds, "frame_thresholds": args.frame_thresholds, "size": list(SIZE),
+              "oracle": rt.queries.oracle.identity, "vision": rt.backend.vision.identity, "home": str(settings.home)}
+    return {"bench": "counting", "targets": {}, "total_s": round(time.perf_counter() - args.t0, 1), "config": config,
             "n": {c: sum(1 for r in rows if f(r)) for c, f in classes.items()}, "sweep": sweep,
             "sweep_frames": sweep_frames if framed else None, "lm": lm,
             "at": at, "by_length": by_length, "rows": rows}

@@ -41,8 +41,8 @@ class RelevanceOracle:
             return _unit(self._chunk_frames(chunk, frames))
         return _unit(self._chunk(chunk))
 
-    def chunk_and_frame_vectors(self, chunk: ChunkKV, frames: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def chunk_and_frame_vectors(self, chunk: ChunkKV, frames: torch.Tensor | None = None,
+                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(chunk_vector [dim], per-frame vectors [N, dim] or None). Oracles that score single
         frames in the chunks' space return them too (the span counter counts appearances
         over them, query/counting.py); the rest return None."""
@@ -160,10 +160,10 @@ class DualEncoderOracle(RelevanceOracle):
         return torch.nn.functional.pad(vecs.float(), (0, 1))
 
     def _chunk_frames(self, chunk: ChunkKV, frames: torch.Tensor) -> torch.Tensor:
-        from .toytower import chunk_retrieval_vector
-        return chunk_retrieval_vector(self.frame_vectors(frames)[:, :-1])
+        return self.chunk_and_frame_vectors(chunk, frames)[0]
 
     def chunk_and_frame_vectors(self, chunk: ChunkKV, frames: torch.Tensor | None = None):
+        """The chunk vector is the normalised sum of its frames' vectors (toytower.chunk_retrieval_vector)."""
         from .toytower import chunk_retrieval_vector
         if frames is None:
             raise ValueError(f"the {self.name} oracle embeds a chunk from its frames: pass frames=")

@@ -281,8 +281,9 @@ class Catalog:
     # ------------------------------------------------------------------- chunks
     def put_chunk(self, video_id: str, levels: Iterable, embeddings: Mapping[str, object] | None = None,
                   frame_vectors: Mapping[str, object] | None = None) -> bool:
-        """Commit one chunk's levels (ChunkKV "L"/"H"/"full"), its record and its embeddings
-        ({oracle_id: [dim] vector}) in ONE write transaction: a chunk is wholly there or not.
+        """Commit one chunk's levels (ChunkKV "L"/"H"/"full"), its record, its embeddings
+        ({oracle_id: [dim] vector}) and per-frame vectors ({oracle_id: [frames, dim]}, float16,
+        not indexed) in ONE write transaction: a chunk is wholly there or not.
 
         Returns False (and writes nothing) if the chunk is already committed, so a resumed
         or duplicated ingest never creates duplicate entries. index -1 = prompt prefix
@@ -297,7 +298,7 @@ class Catalog:
             raise ValueError("levels must be distinct levels of the same chunk index")
         embs = {oid: _vec(v) for oid, v in (embeddings or {}).items()}
         frames = {oid: _frames(v) for oid, v in (frame_vectors or {}).items()}
-        if idx < 0 and embs:
+        if idx < 0 and (embs or frames):
             raise ValueError("the prompt prefix (index -1) has no embeddings")
         encoded = [(c, blobfmt.encode(c.keys, c.values, c.kinds)) for c in levels]  # outside the txn
         now = time.time()

@@ -1,23 +1,19 @@
 """Counting questions ("How many times did a red circle appear?") answered from the oracle's
-per-chunk scores instead of by the LLM.
+scores instead of by the LLM.
 
 Why. The embedded default's 135M LLM does not count across chunks: with every chunk's
 L-KV in context it still says "1 time" for a pair seen twice, and refines that trained it
 on counting taught it to guess "2-3 times" instead (videokv/weights/toyworld/MODEL_CARD.md,
-"Tried, not shipped: counting"). The oracle, though, scores every chunk against the
-question, and a chunk that shows the thing asked about stands well clear of the rest
-(in a quiet chunk, dual-encoder cosine ~0.55 against <0.2 for chunks showing something
-else). So a count is the number of *runs* of consecutive chunks whose
-score clears a threshold: one appearance crossing a chunk boundary lights two adjacent
-chunks, which count once.
+"Tried, not shipped: counting"). The toy-world oracle, though, scores single frames: every
+sampled frame's vector is stored at ingest, and a frame showing the thing asked about
+scores ~0.55 against the question where a look-alike (same colour, other shape) scores
+~0.3. So a count is the number of *runs* of consecutive frames whose score clears a
+threshold, and the answer names every span it counted, so a user can check it.
 
-What it cannot see: two appearances inside one chunk, or in adjacent chunks, count once
-(the scores are per chunk; the per-frame vectors are not kept after ingest); a chunk busy
-with several events dilutes its score for each of them (a true appearance can fall to
-~0.3), and a look-alike (same colour, other shape) can reach it. `videokv bench counting`
-measures it: right 74% of the time where the LLM is right 60%, and for pairs seen 2-3
-times 55% where the LLM is never right. The answer names every span it counted, so a
-user can check it.
+Videos stored without per-frame vectors are counted over the indexed chunk vectors
+instead, which is much worse: two appearances in one chunk or in adjacent chunks count
+once, and a chunk busy with several events dilutes each one's score. `videokv bench
+counting` measured it: per frame right 97%, per chunk 74%, the LLM 60% (it always says 1).
 """
 
 from __future__ import annotations

@@ -68,8 +68,8 @@ class QueryEngine:
                  text_weight: float = 1.0, h_text: str = "drop", counter: SpanCounter | None = None):
         """h_text: "drop" pages unselected (H) chunks without their timestamp/text rows,
         "keep" with them (query/pager.py says why drop is the default). counter: answers
-        "how many times" questions from the visual oracle's chunk scores (query/counting.py);
-        None leaves them to the LLM."""
+        "how many times" questions from the visual oracle's per-frame (else per-chunk) scores
+        (query/counting.py); None leaves them to the LLM."""
         self.backend, self.store, self.config, self.oracle = backend, store, config, oracle
         # Used for videos ingested with a text channel (their record names the oracle).
         self.text_oracle, self.text_weight = text_oracle, text_weight
@@ -180,43 +180,53 @@ class QueryEngine:
                       paged.bytes_in_context, paged.bytes_read, cache.tokens,
                       self.backend.vision_calls - vision_calls, mode, video_id, question)
 
+    def frame_scores(self, rec, qv: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, float]]] | None:
+        """(scores [F], where [F] (chunk, t_start, t_end)): the question vector's dot with every
+        sampled frame's stored vector, in temporal order; None when the video lacks per-frame
+        vectors for some chunk (stored before they were kept, or an oracle without them)."""
+        per_frame = self.store.frame_vectors(rec.video_id, self.oracle.identity, qv.size)
+        n = rec.chunks_total
+        if not n or len(per_frame) != n:
+            return None
+        plan = {s.index: s for s in rec.plan}
+        where = []
+        for i in range(n):
+            p, k = plan[i], len(per_frame[i])
+            dt = (p.t_end - p.t_start) / k     # sampled frames evenly over the chunk's span
+            where += [(i, p.t_start + j * dt, p.t_start + (j + 1) * dt) for j in range(k)]
+        return np.concatenate([per_frame[i] @ qv for i in range(n)]), where
+
+    def chunk_scores(self, rec, qv: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
+        """(scores [n], where [n] (chunk, t_start, t_end)): the visual oracle's indexed score
+        of every chunk, in temporal order."""
+        hits = {h.chunk: float(h.score) for h in
+                self.store.search(self.oracle.identity, qv, rec.chunks_total, video_ids=[rec.video_id])}
+        return (np.array([hits[s.index] for s in rec.plan], dtype=np.float32),
+                [(s.index, s.t_start, s.t_end) for s in rec.plan])
+
     def _count(self, rec, question: str, mode: str, on_token: Callable[[str], None] | None) -> Answer:
         """A "how many times" question, answered by the span counter (no KV is loaded, nothing
-        is decoded): over the per-frame vectors stored at ingest where the video has them for
-        every chunk and the counter a frame threshold, else over the visual oracle's chunk
-        scores. Evidence: every chunk a counted span touches, in temporal order."""
+        is decoded): over the per-frame scores where the video has them and the counter a
+        frame threshold, else over the chunk scores. Evidence: every chunk a counted span
+        touches (score: its best position's), in temporal order."""
         t0 = time.perf_counter()
         qv = self.oracle.question_vector(question).numpy()
-        n = rec.chunks_total
-        plan = {s.index: s for s in rec.plan}
-        per_frame = (self.store.frame_vectors(rec.video_id, self.oracle.identity, qv.size)
-                     if self.counter.frame_threshold is not None else {})
-        if n and len(per_frame) == n:
-            where = []                         # frame position -> (chunk, t_start, t_end)
-            for i in range(n):
-                p, k = plan[i], len(per_frame[i])
-                dt = (p.t_end - p.t_start) / k
-                where += [(i, p.t_start + j * dt, p.t_start + (j + 1) * dt) for j in range(k)]
-            fs = np.concatenate([per_frame[i] @ qv for i in range(n)])
-            runs = self.counter.spans(dict(enumerate(fs.tolist())), self.counter.frame_threshold)
-            spans = [(where[r[0]][1], where[r[-1]][2]) for r in runs]
-            chunk_score = {}
-            for r in runs:
-                for f in r:
-                    chunk_score[where[f][0]] = max(chunk_score.get(where[f][0], -1.0), float(fs[f]))
-            level, threshold = "frames", self.counter.frame_threshold
+        framed = self.frame_scores(rec, qv) if self.counter.frame_threshold is not None else None
+        if framed is not None:
+            (scores, where), level, threshold = framed, "frames", self.counter.frame_threshold
         else:
-            hits = self.store.search(self.oracle.identity, qv, n, video_ids=[rec.video_id])
-            scores = {h.chunk: float(h.score) for h in hits}
-            runs = self.counter.spans(scores)
-            spans = [(plan[r[0]].t_start, plan[r[-1]].t_end) for r in runs]
-            chunk_score = {i: scores[i] for r in runs for i in r}
-            level, threshold = "chunks", self.counter.threshold
+            (scores, where), level, threshold = self.chunk_scores(rec, qv), "chunks", self.counter.threshold
+        runs = self.counter.spans(dict(enumerate(scores.tolist())), threshold)
+        spans = [(where[r[0]][1], where[r[-1]][2]) for r in runs]
+        best: dict[int, float] = {}
+        for pos in (p for r in runs for p in r):
+            best[where[pos][0]] = max(best.get(where[pos][0], -1.0), float(scores[pos]))
         text = self.counter.answer(question, spans)
         ms = round((time.perf_counter() - t0) * 1e3, 2)
         if on_token:
             on_token(text)
-        evidence = [Evidence(i, plan[i].t_start, plan[i].t_end, s, "count") for i, s in sorted(chunk_score.items())]
+        plan = {s.index: s for s in rec.plan}
+        evidence = [Evidence(i, plan[i].t_start, plan[i].t_end, s, "count") for i, s in sorted(best.items())]
         return Answer(text, evidence, {"retrieve_ms": ms, "load_ms": 0.0, "prefill_ms": 0.0, "decode_ms": 0.0,
                                        "ttft_ms": ms}, 0, 0, 0, 0, mode, rec.video_id, question,
                       {"answered_by": "span-counter", "count": len(runs), "counted_over": level,

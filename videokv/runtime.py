@@ -81,9 +81,9 @@ class Runtime:
 
     @cached_property
     def queries(self):
+        from videokv.query.counting import counter_for
         from videokv.query.engine import QueryEngine
         s = self.settings
-        from videokv.query.counting import counter_for
         counter = counter_for(self.oracle.identity, s.count_threshold) if s.count_by == "oracle" else None
         return QueryEngine(self.backend, self.store, self.config, self.oracle, s.top_k,
                            s.always_first_last, s.h_cache_bytes, text_oracle=self.text_oracle,

@@ -74,10 +74,11 @@ class Settings(BaseSettings):
     # Unselected chunks are paged at H without ("drop") or with ("keep") their timestamp and
     # text rows; stored bytes are the same either way (query/pager.py).
     h_text: Literal["drop", "keep"] = "drop"
-    # "How many times" questions: "oracle" = the span counter over the visual oracle's chunk
-    # scores (query/counting.py says why), "lm" = decoded like any other question. The
-    # counter needs a threshold calibrated for the oracle: count_threshold, else the one
-    # measured for the embedded toy-world oracle; other oracles fall back to "lm".
+    # "How many times" questions: "oracle" = the span counter over the visual oracle's
+    # per-frame (else per-chunk) scores (query/counting.py says why), "lm" = decoded like any
+    # other question. The counter needs thresholds calibrated for the oracle (query/counting.py
+    # CALIBRATED); count_threshold sets the per-chunk one for an oracle without them. Other
+    # oracles fall back to "lm".
     count_by: Literal["oracle", "lm"] = "oracle"
     count_threshold: float | None = None
 

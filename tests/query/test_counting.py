@@ -2,8 +2,12 @@
 answers with, which questions it takes; and, on a real needle haystack ingested by the
 embedded model, the count of a pair shown several times, with its spans as evidence."""
 
-import pytest
+import json
 
+import pytest
+from PIL import Image
+
+from videokv.bench import counting as cb
 from videokv.bench import needle as nb
 from videokv.ingest.grading import counts_in, evidence_hits, is_correct
 from videokv.query.counting import CALIBRATED, SpanCounter, asks_count, counter_for, subject_of
@@ -130,3 +134,21 @@ def test_frame_vectors_go_with_the_video_and_bad_ones_are_refused(haystack):
         rt.store.put_chunk(vid, [chunk], None, {"x": [1.0, 2.0]})
     assert rt.store.delete_video(vid)
     assert frame_keys() == []
+
+
+def test_bench_counting_tiny_run(tmp_path, capsys):
+    """One 256-frame haystack, no LLM: questions of every truth, both sweeps, the outputs."""
+    out = tmp_path / "counting.json"
+    assert cb.main(["--lengths", "256", "--depths", "0.5", "--repeats", "1", "--no-lm", "--thresholds", "0.3,0.6",
+                    "--frame-thresholds", "0.45,0.9",
+                    "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"]["0"] == 1 and res["n"]["1"] >= 1 and res["n"]["2-3"] == 1 and res["lm"] is None
+    assert all(len(r["scores"]) == 16 and set(r["frame_counter"]) == {"0.45", "0.9"} for r in res["rows"])
+    # Nothing scores 0.9, so that threshold counts 0 everywhere: right only for the absent pair.
+    assert res["sweep_frames"]["all"]["0.9"] == pytest.approx(1 / res["n"]["all"], abs=1e-3)
+    assert res["at"]["per frame, shipped"]["threshold"] == 0.45
+    with Image.open(out.with_suffix(".png")) as im:
+        assert im.format == "PNG" and im.size == (900, 460)
+    assert "Per frame, by threshold" in out.with_suffix(".md").read_text()
+    assert "span counter per frame, shipped threshold 0.45" in capsys.readouterr().out
