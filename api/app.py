@@ -1,6 +1,6 @@
 """The REST API (FastAPI), versioned under /v1; OpenAPI at /openapi.json, docs at /docs.
 
-    uvicorn --factory videokv.api.app:create_app          (or: videokv serve)
+    uvicorn --factory videokv.services:api_app          (or: videokv serve)
 
 Ingest runs on Celery workers (queue `ingest`); batch jobs on queue `query`. Interactive
 questions (`POST /v1/videos/{id}/query`) and search run *in this process* for latency:
@@ -24,14 +24,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 
 from videokv.kvstore import Status, VideoNotFoundError, VideoRecord
-from videokv.runtime import Runtime
-from videokv.settings import Settings, get_settings
 
-from . import problems
-from .auth import KeyRing
-from .problems import Problem
-from .schemas import JobRequest, QueryRequest, SearchRequest
-from .upload import Received, receive_file
+from videokv.api import problems
+from videokv.api.auth import KeyRing
+from videokv.api.problems import Problem
+from videokv.api.schemas import JobRequest, QueryRequest, SearchRequest
+from videokv.api.upload import Received, receive_file
 
 TERMINAL = (Status.READY, Status.FAILED)
 
@@ -39,9 +37,9 @@ TERMINAL = (Status.READY, Status.FAILED)
 class Service:
     """Per-app state: settings, runtime (model + store, loaded lazily), key ring, Celery."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings, runtime):
         self.settings = settings
-        self.rt = Runtime(settings)
+        self.rt = runtime
         self.keys = KeyRing(settings.home)
         self.uploads = Path(settings.home) / "uploads"
         self.ask_lock = threading.Lock()
@@ -72,7 +70,7 @@ class Service:
     def text_options(self, up: Received):
         """The upload's text channel switches (form fields ocr/asr/subtitles, optional
         subtitles_file part) over the settings' defaults; a bad value is a 422."""
-        from videokv.ingest.text import BadSubtitles, check_tools, options_from_settings
+        from videokv.ingest.text import BadSubtitles, check_tools
         from videokv.ingest.text.subtitles import parse_file
         flags = {}
         for name, raw in (up.fields or {}).items():
@@ -85,9 +83,9 @@ class Service:
                 parse_file(str(up.subtitles))
             except BadSubtitles as e:
                 raise Problem(422, f"subtitles_file: {e}", code="bad_subtitles") from None
-        opts = options_from_settings(self.settings, ocr=flags.get("ocr"), asr=flags.get("asr"),
-                                     subtitles=flags.get("subtitles"),
-                                     subtitle_file=str(up.subtitles) if up.subtitles is not None else None)
+        opts = self.rt.text_defaults.overridden(ocr=flags.get("ocr"), asr=flags.get("asr"),
+                                                subtitles=flags.get("subtitles"),
+                                                subtitle_file=str(up.subtitles) if up.subtitles is not None else None)
         check_tools(opts)
         return opts
 
@@ -176,9 +174,9 @@ def sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    svc = Service(settings)
+def create_app(settings, runtime) -> FastAPI:
+    """settings: the Settings; runtime: the composition root's Runtime (videokv.services.api_app)."""
+    svc = Service(settings, runtime)
     app = FastAPI(title="videokv", version="1", description=__doc__)
     app.state.service = svc
     problems.install(app)
@@ -279,7 +277,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              description="the video's time-aligned text: on-screen text (OCR), speech and subtitles, "
                          "each segment with its source, time span and chunk; `channels` says which ran")
     def transcript(video_id: str, t: str = Depends(tenant)):
-        from videokv.query.cli import transcript_view
+        from videokv.commands.embedded import transcript_view
         rec = svc.owned(video_id, t)
         got = svc.rt.store.get_transcript(video_id)
         if got is None and rec.status is not Status.READY:
@@ -350,7 +348,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Hybrid, as for one video's question (query/retrieval.py), with each oracle's
             # scores standardised over its candidates across the videos in scope.
             from videokv.kvstore import Hit
-            from videokv.query.retrieval import fuse, top
+            from videokv.oracles.fusion import fuse, top
             n = min(1000, 4 * body.top_k)
             with svc.ask_lock:
                 tq = rt.text_oracle.question_vector(body.query).numpy()

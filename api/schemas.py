@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Mode = Literal["bilevel", "dense", "sparse"]
+from videokv.query.engine import COUNT_BY, MODES
+
+Mode = Literal[MODES]
 Question = Field(min_length=1, max_length=4000, description="the question (at most VIDEOKV_MAX_QUESTION_CHARS)")
 
 
@@ -15,7 +17,7 @@ class QueryRequest(BaseModel):
     question: str = Question
     top_k: int | None = Field(None, ge=1, le=256, description="chunks re-loaded at L level (default: settings)")
     mode: Mode = "bilevel"
-    count_by: Literal["oracle", "lm"] | None = Field(
+    count_by: Literal[COUNT_BY] | None = Field(
         None, description='who answers "how many times" questions: the span counter over the oracle\'s frame '
                           'scores ("oracle", the default where calibrated) or the LLM ("lm")')
     max_new_tokens: int = Field(48, ge=1, le=1024)

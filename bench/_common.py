@@ -47,8 +47,8 @@ def toy_video(videos: Path, minutes: float, seed: int, fps: float, chunk_seconds
     the sampling rate `fps` (so every rendered frame is sampled), SIZE pixels, with its
     questions. A video whose ground truth records the same spec is reused, not re-rendered
     (same bytes: the ingest pipeline then deduplicates it)."""
-    from videokv.ingest import scenario
-    from videokv.ingest.synth import GENERATOR_VERSION, encode_video
+    from videokv.toyworld import scenario
+    from videokv.toyworld.synth import GENERATOR_VERSION, encode_video
 
     n_frames = int(round(minutes * 60 * fps))
     if n_frames < 1:
@@ -220,7 +220,7 @@ def line_chart(img, box, series: dict, title: str, xlabel: str, ylabel: str, xlo
     axes, ticks, a legend and point labels; None values are skipped."""
     from PIL import ImageDraw
 
-    from videokv.ingest.toyworld import load_font
+    from videokv.toyworld.render import load_font
 
     f_title, f, f_small = fonts or (load_font("DejaVuSans-Bold.ttf", 14), load_font("DejaVuSans.ttf", 12),
                                     load_font("DejaVuSans.ttf", 10))

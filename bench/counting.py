@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import floats, line_chart, log, write_outputs
-from .needle import SIZE, TENANT, _ints, haystack_seed, make_haystack
+from videokv.bench._common import floats, line_chart, log, write_outputs
+from videokv.bench.needle import SIZE, TENANT, _ints, haystack_seed, make_haystack
 
 
 def _grid(lo: float, hi: float, step: float) -> list[float]:
@@ -36,7 +36,7 @@ def _grid(lo: float, hi: float, step: float) -> list[float]:
 
 def questions_for(truth: dict, rng: np.random.Generator) -> list[dict]:
     """Counting questions with truths 0, 1 and 2-3 about one needle haystack's events."""
-    from videokv.ingest import toyworld as tw
+    from videokv.toyworld import render as tw
 
     shapes = [e for e in truth["events"] if e["kind"] == "shape"]
     seen = {(e["color"], e["shape"]) for e in shapes} | {tuple(d.split(" ", 1)) for d in truth["distractors"]}
@@ -57,15 +57,15 @@ def questions_for(truth: dict, rng: np.random.Generator) -> list[dict]:
 def run(args) -> dict:
     import torch
 
-    from videokv.ingest.grading import is_correct
+    from videokv.toyworld.grading import is_correct
     from videokv.query.counting import SpanCounter
     from videokv.runtime import Runtime
-    from videokv.settings import Settings, get_settings
+    from videokv.runtime import load_settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    settings = get_settings() if args.home is None else Settings(home=args.home)
+    settings = load_settings(**({} if args.home is None else {"home": args.home}))
     rt = Runtime(settings)
     q = rt.queries
     fps = float(settings.sample_fps)

@@ -39,7 +39,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from ._common import floats, log, machine, max_rss_mb, toy_video, write_json, write_outputs
+from videokv.bench._common import floats, log, machine, max_rss_mb, toy_video, write_json, write_outputs
 
 TAG = "ingest"
 TENANT = "bench-ingest"
@@ -74,7 +74,7 @@ def _peak(be, track: bool):
     tensors when `track`. Returns (cm, read()) where read() gives peak bytes or None."""
     import torch
 
-    from videokv.engine.memtrack import PeakTensorMemory
+    from videokv.bench.memtrack import PeakTensorMemory
 
     if be.device.type == "cuda":
         torch.cuda.synchronize(be.device)
@@ -169,7 +169,7 @@ def mfu_7b(tokenizer, device: str = "cuda", chunks: int = 12, warmup: int = 2, v
     from videokv.engine.config import EngineConfig, PrefillConfig
     from videokv.engine.prefill import ChunkInput, ChunkPrefiller
 
-    from ._common import QWEN25_7B, llm_prefill_flops, peak_tflops, random_qwen25_7b
+    from videokv.bench._common import QWEN25_7B, llm_prefill_flops, peak_tflops, random_qwen25_7b
 
     cuda = torch.device(device).type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
@@ -250,12 +250,12 @@ def run(args) -> dict:
     from videokv.ingest.chunks import plan_chunks
     from videokv.ingest.video import probe, sample_frames
     from videokv.runtime import Runtime
-    from videokv.settings import get_settings
+    from videokv.runtime import load_settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    base = get_settings()
+    base = load_settings()
     cuda = torch.cuda.is_available() and base.device in ("auto", "cuda")
     fps = float(base.sample_fps)
     home = args.home or Path(tempfile.mkdtemp(prefix="videokv-bench-ingest-"))
@@ -434,9 +434,9 @@ def markdown(result: dict) -> str:
 def plot(result: dict, path: Path) -> None:
     from PIL import Image, ImageDraw
 
-    from videokv.ingest.toyworld import load_font
+    from videokv.toyworld.render import load_font
 
-    from ._common import line_chart
+    from videokv.bench._common import line_chart
 
     rows = result["lengths"]
     xs = [r["minutes"] for r in rows]

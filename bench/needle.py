@@ -116,8 +116,8 @@ def needle_layout(rng: np.random.Generator, n_frames: int, fps: float, depth: fl
     """(needles, roles): the five-slot cluster with the card's midpoint at depth * T plus the
     other counting occurrences elsewhere (see the module docstring). roles maps
     card/attribute/ordering/counting/cluster to needle indices."""
-    from videokv.ingest import toyworld as tw
-    from videokv.ingest.scenario import Needle
+    from videokv.toyworld import render as tw
+    from videokv.toyworld.scenario import Needle
 
     colors, shapes = list(tw.COLORS), list(tw.SHAPES)
     ns, gs = max(1, int(round(needle_s * fps))), max(1, int(round(gap_s * fps)))
@@ -163,7 +163,7 @@ def needle_questions(world, roles: dict, rng: np.random.Generator, chunk_seconds
                      types=TYPES) -> list[dict]:
     """One question per type (TOYWORLD templates from ingest.scenario) about the needles;
     each carries needle_depth: where its depth-defining needle(s) actually sit (0-1)."""
-    from videokv.ingest import scenario
+    from videokv.toyworld import scenario
 
     ev = world.events
     T = world.duration
@@ -195,8 +195,8 @@ def make_haystack(videos: Path, length: int, depth: float, repeat: int, seed: in
     """(video path, ground truth with one question per type, reused, render seconds). Reuses
     a video whose ground truth records the same spec (same bytes -> the pipeline deduplicates
     the ingest); the temporal tolerance is set to chunk_seconds either way."""
-    from videokv.ingest import scenario
-    from videokv.ingest.synth import GENERATOR_VERSION, encode_video
+    from videokv.toyworld import scenario
+    from videokv.toyworld.synth import GENERATOR_VERSION, encode_video
 
     name = f"needle-n{length}-d{depth:g}-r{repeat}-s{seed}"
     path, truth_path = videos / f"{name}.mp4", videos / f"{name}.json"
@@ -242,7 +242,7 @@ def make_haystack(videos: Path, length: int, depth: float, repeat: int, seed: in
 
 def _covers(qa: dict, events: list[dict], spans: list[tuple[float, float]]) -> tuple[bool, float]:
     """(any of the question's events overlaps a span, fraction of its events overlapped)."""
-    from videokv.ingest.grading import evidence_hits
+    from videokv.toyworld.grading import evidence_hits
 
     evidence = [{"t_start": a, "t_end": b} for a, b in spans]
     hit = evidence_hits(qa, events, evidence)
@@ -256,7 +256,7 @@ def ask_haystack(rt, video_id: str, truth: dict, modes, top_k: int, max_new_toke
     """Every question of the haystack whose type is in `types`, in every mode; one row per
     question. A mode whose context + question + answer needs more than max_pos positions is
     skipped (0: no limit). bilevel-random draws its chunks from a RNG seeded by (seed, type)."""
-    from videokv.ingest.grading import is_correct
+    from videokv.toyworld.grading import is_correct
 
     q = rt.queries
     be = rt.backend
@@ -463,7 +463,7 @@ def heatmap(result: dict, path: Path) -> None:
     plus a panel of the oracle's recall@k; PIL only (matplotlib is not a dependency)."""
     from PIL import Image, ImageDraw
 
-    from videokv.ingest.toyworld import load_font
+    from videokv.toyworld.render import load_font
 
     cfg, summ = result["config"], result["summary"]
     lengths, depths = [str(n) for n in sorted(cfg["lengths"])], [f"{d:g}" for d in cfg["depths"]]
@@ -558,12 +558,12 @@ def run(args) -> dict:
     import torch
 
     from videokv.runtime import Runtime
-    from videokv.settings import Settings, get_settings
+    from videokv.runtime import load_settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    settings = get_settings() if args.home is None else Settings(home=args.home)
+    settings = load_settings(**({} if args.home is None else {"home": args.home}))
     rt = Runtime(settings)
     fps = float(settings.sample_fps)
     if not 1 <= fps <= 60:

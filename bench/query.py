@@ -44,9 +44,9 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import floats, log, machine, max_rss_mb, pick_question, toy_video, write_json, write_outputs
+from videokv.bench._common import floats, log, machine, max_rss_mb, pick_question, toy_video, write_json, write_outputs
+from videokv.query.engine import MODES
 
-MODES = ("bilevel", "dense", "sparse")
 TENANT = "bench-query"
 TAG = "query"
 
@@ -259,7 +259,7 @@ def paging_gpu(rt, video_id: str, question: str, top_k: int, h2d: dict, repeat: 
     assembled device cache, hot H set) for the bilevel and dense layouts, vs raw pinned H2D."""
     import torch
 
-    from videokv.query.fastpath import h2d_bandwidth
+    from videokv.query.device_pager import h2d_bandwidth
 
     fast = rt.queries.fast
     n = rt.store.get_video(video_id).chunks_total
@@ -297,12 +297,12 @@ def run(args) -> dict:
     import torch
 
     from videokv.runtime import Runtime
-    from videokv.settings import Settings, get_settings
+    from videokv.runtime import load_settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    base = get_settings() if args.home is None else Settings(home=args.home)
+    base = load_settings(**({} if args.home is None else {"home": args.home}))
     cuda = torch.cuda.is_available() and base.device in ("auto", "cuda")
     fps = float(base.sample_fps)
     need = int(round(max(args.minutes) * 60 * fps))
@@ -334,7 +334,7 @@ def run(args) -> dict:
     result = {"bench": "query", "partial": True, "config": cfg, "machine": machine(be.device), "lengths": []}
     h2d = None
     if cuda:
-        from videokv.query.fastpath import h2d_bandwidth
+        from videokv.query.device_pager import h2d_bandwidth
         h2d = h2d_bandwidth(256 << 20, repeat=10)
         result["h2d"] = {k: _r(v, 2) if isinstance(v, float) else v for k, v in h2d.items()}
         log(t0, TAG, f"raw pinned host-to-device: {h2d['gb_s']:.1f} GB/s (256 MiB copies)")
@@ -425,7 +425,7 @@ def _one_d(be) -> bool:
 
 
 def _grade(qa: dict, stored: dict, rp: dict) -> dict:
-    from videokv.ingest.grading import is_correct
+    from videokv.toyworld.grading import is_correct
 
     if not qa.get("answer"):
         return {}
@@ -526,9 +526,9 @@ def plot(result: dict, path: Path) -> None:
     and re-prefill) and KV bytes loaded per question."""
     from PIL import Image, ImageDraw
 
-    from videokv.ingest.toyworld import load_font
+    from videokv.toyworld.render import load_font
 
-    from ._common import line_chart
+    from videokv.bench._common import line_chart
 
     rows = result["lengths"]
     xs = [r["minutes"] for r in rows]

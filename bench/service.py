@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     import httpx
 
-    from videokv.ingest.synth import render_video
+    from videokv.toyworld.synth import render_video
 
     t_start = time.monotonic()
     deadline = t_start + args.timeout
@@ -126,10 +126,10 @@ def main(argv: list[str]) -> int:
         import redis as redis_py
         _wait(lambda: redis_py.Redis(host=HOST, port=redis_port, socket_connect_timeout=0.2).ping(), 10,
               "redis-server", rp)
-        wp = spawn([sys.executable, "-m", "celery", "-A", "videokv.workers.app", "worker", "-Q", "ingest,query",
+        wp = spawn([sys.executable, "-m", "celery", "-A", "videokv.services", "worker", "-Q", "ingest,query",
                     "-c", "1", "--pool=prefork", "--loglevel=INFO", "--without-gossip", "--without-mingle",
                     "--without-heartbeat", "-n", f"bench{os.getpid()}@%h"], "worker")
-        apip = spawn([sys.executable, "-m", "uvicorn", "videokv.api.app:create_app", "--factory", "--host", HOST,
+        apip = spawn([sys.executable, "-m", "uvicorn", "videokv.services:api_app", "--factory", "--host", HOST,
                       "--port", str(api_port), "--log-level", "warning"], "api")
 
         # Toy videos while the servers start.

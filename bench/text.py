@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._common import log, machine, max_rss_mb, write_json, write_outputs
+from videokv.bench._common import log, machine, max_rss_mb, write_json, write_outputs
 
 TAG = "text"
 TENANT = "bench-text"
@@ -93,7 +93,7 @@ def has_key(text: str, keys) -> bool:
 
 def make_video(workdir: Path, kind: str, minutes: float, seed: int) -> dict:
     """Render one video (+ its .srt when it has speech); its questions with their time spans."""
-    from videokv.ingest.textsynth import make_text_video, write_srt
+    from videokv.toyworld.textsynth import make_text_video, write_srt
 
     dur = minutes * 60.0
     banners = [(round(f * dur), round(f * dur) + BANNER_S, text) for f, text, _, _ in BANNERS[kind]]
@@ -119,11 +119,9 @@ def make_video(workdir: Path, kind: str, minutes: float, seed: int) -> dict:
 
 def ingest(rt, path: str, channel: str, srt: str | None, tenant: str = TENANT) -> dict:
     """One ingest of `path` with only `channel` on ("none": all off; "all": every source)."""
-    from videokv.ingest.text import options_from_settings
-
     on = SOURCES if channel == "all" else (channel,)
-    opts = options_from_settings(rt.settings, ocr="ocr" in on, asr="asr" in on, subtitles="subtitle" in on,
-                                 subtitle_file=srt if "subtitle" in on else None)
+    opts = rt.text_defaults.overridden(ocr="ocr" in on, asr="asr" in on, subtitles="subtitle" in on,
+                                       subtitle_file=srt if "subtitle" in on else None)
     res = rt.pipeline.ingest(path, tenant=tenant, text=opts)
     ran = {s: r for s, r in (res.text or {}).items() if r.get("ran")}
     return {"video_id": res.video_id, "deduplicated": res.deduplicated, "chunks": res.chunks_total,
@@ -237,7 +235,7 @@ def run(args, rt=None) -> dict:
     import torch
 
     from videokv.runtime import Runtime
-    from videokv.settings import get_settings
+    from videokv.runtime import load_settings
 
     if args.threads:
         torch.set_num_threads(args.threads)      # (ingest/text/ocr.py runs Tesseract single-threaded itself)
@@ -247,7 +245,7 @@ def run(args, rt=None) -> dict:
     home = args.home or Path(tempfile.mkdtemp(prefix="home-", dir=workdir))
     again_home = Path(tempfile.mkdtemp(prefix="again-", dir=workdir))
     if rt is None:
-        base = get_settings()   # the model cache stays where it is: a fresh home must not re-convert it
+        base = load_settings()   # the model cache stays where it is: a fresh home must not re-convert it
         rt = Runtime(base.model_copy(update={"home": home, "model_cache": base.models_dir}))
     be, s = rt.backend, rt.settings
     top_k = args.top_k or s.top_k
@@ -383,7 +381,7 @@ def bars(img, box, groups, series: dict, title: str, ylabel: str, fonts, ymax: f
     """Grouped bars: series {name: [value per group]} (None: no bar)."""
     from PIL import ImageDraw
 
-    from ._common import _ticks
+    from videokv.bench._common import _ticks
     f_title, f, f_small = fonts
     dr = ImageDraw.Draw(img)
     x0, y0, x1, y1 = box
@@ -419,7 +417,7 @@ def plot(res: dict, path: Path) -> None:
     """Recall@1 and @3 per oracle and source, accuracy with/without text, frames/s per channel."""
     from PIL import Image, ImageDraw
 
-    from videokv.ingest.toyworld import load_font
+    from videokv.toyworld.render import load_font
 
     fonts = (load_font("DejaVuSans-Bold.ttf", 14), load_font("DejaVuSans.ttf", 12), load_font("DejaVuSans.ttf", 10))
     ret, ans, cost = res["retrieval"], res["answers"], res["ingest_cost"]

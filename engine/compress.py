@@ -15,8 +15,8 @@ from typing import ClassVar
 
 import torch
 
-from .chunkkv import ChunkKV, TokenKind
-from .config import CompressionConfig
+from videokv.engine.chunkkv import ChunkKV, TokenKind
+from videokv.engine.config import CompressionConfig
 
 
 @dataclass

@@ -63,13 +63,3 @@ class EngineConfig:
         """16 hex chars of sha256 over every field: any change gives another fingerprint."""
         blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_settings(cls, s, weights_id: str = "", backend: str = "hf-causal", vision_id: str = "") -> "EngineConfig":
-        return cls(weights_id=weights_id, backend=backend, dtype=s.dtype,
-                   tokens_per_frame=s.tokens_per_frame, chunk_frames=s.chunk_frames,
-                   sample_fps=s.sample_fps,
-                   l_kv=CompressionConfig(s.l_policy, s.l_ratio),
-                   h_kv=CompressionConfig(s.h_policy, s.h_ratio),
-                   prefill=PrefillConfig(s.window, s.window_level, s.prev_level),
-                   vision_id=vision_id)

@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .backend import HFCausalBackend
-from .chunkkv import ChunkKV, TokenKind
-from .compress import make_policy
-from .rope import MRotary
-from .config import EngineConfig
+from videokv.engine.backend import HFCausalBackend
+from videokv.engine.chunkkv import ChunkKV, TokenKind
+from videokv.engine.compress import make_policy
+from videokv.engine.rope import MRotary
+from videokv.engine.config import EngineConfig
 
 
 @dataclass

@@ -69,19 +69,14 @@ class ChunkPlan:
 
 
 def plan_chunks(
-    timestamps, duration: float, chunk_frames: int | None = None, sample_fps: float | None = None
+    timestamps, duration: float, chunk_frames: int, sample_fps: float | None = None
 ) -> ChunkPlan:
     """Build the plan from sampled frame timestamps float [N] (increasing seconds).
 
-    chunk_frames: frames per chunk (default settings.chunk_frames); the last chunk may
-      be shorter. sample_fps: the sampling rate, used for the last chunk's end
+    chunk_frames: frames per chunk; the last chunk may be shorter. sample_fps: the sampling rate, used for the last chunk's end
       (last timestamp + 1/fps, capped at duration); without it the median spacing of
       the timestamps is used, or the duration when there is a single frame.
     """
-    if chunk_frames is None:
-        from videokv.settings import get_settings
-
-        chunk_frames = get_settings().chunk_frames
     if chunk_frames <= 0:
         raise ValueError("chunk_frames must be positive")
     ts = np.asarray(timestamps, dtype=np.float64)

@@ -20,14 +20,14 @@ import torch
 
 from videokv.engine.backend import HFCausalBackend
 from videokv.engine.config import EngineConfig
-from videokv.engine.oracle import RelevanceOracle
+from videokv.oracles.base import RelevanceOracle
 from videokv.engine.prefill import ChunkInput, ChunkPrefiller, PrefilledChunk
 from videokv.kvstore import ChunkSpan, KVStore, Status
 
-from . import text as T
-from .chunks import ChunkPlan, plan_chunks
-from .text.subtitles import has_subtitle_stream
-from .video import NoFrames, VideoInfo, content_hash, probe, sample_frames
+from videokv.ingest import text as T
+from videokv.ingest.chunks import ChunkPlan, plan_chunks
+from videokv.ingest.text.subtitles import has_subtitle_stream
+from videokv.ingest.video import NoFrames, VideoInfo, content_hash, probe, sample_frames
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks total)
 StageProgress = Callable[[str, int, int], None]  # (text stage e.g. "ocr", done, total)
@@ -79,7 +79,7 @@ class IngestPipeline:
         embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(path)
         text_on = opts.active(embedded)
         if opts.subtitle_file is not None:
-            from .text.subtitles import parse_file
+            from videokv.ingest.text.subtitles import parse_file
             parse_file(opts.subtitle_file)                    # a bad .srt fails before anything is stored
         digest = T.content_key(content_hash(path), opts, embedded)
         existing = self.store.find_by_content(digest, self.fingerprint, tenant)
@@ -132,10 +132,10 @@ class IngestPipeline:
                     stage_progress: StageProgress | None) -> tuple[list[str], dict]:
         """Each chunk's text line and the channel report. The extracted segments are stored
         before the first chunk, so a resumed ingest reuses them (same lines, same KVs)."""
-        from .text.align import chunk_texts
+        from videokv.ingest.text.align import chunk_texts
         stored = self.store.get_transcript(vid)
         if stored is None:
-            from .text.extract import extract_segments
+            from videokv.ingest.text.extract import extract_segments
             segs, report = extract_segments(path, info, opts, self.config.sample_fps, self.max_frames, stage_progress)
             stored = {"segments": [s.to_dict() for s in segs], "channels": report}
             self.store.put_transcript(vid, stored)
@@ -197,11 +197,9 @@ class IngestPipeline:
 
     def _batch_vision(self) -> bool:
         """Batch the vision tower across chunks: on CUDA, for towers that see each frame on its
-        own (the toy-world and patch towers; a Qwen-VL tower patches frames in time, so a
-        chunk's frames must stay one call)."""
-        from videokv.engine.toytower import ToyWorldTower
-        from videokv.engine.vision import PatchTower
-        return self.backend.device.type == "cuda" and isinstance(self.backend.vision, (ToyWorldTower, PatchTower))
+        own (a Qwen-VL tower patches frames in time, so a chunk's frames must stay one call)."""
+        vision = self.backend.vision
+        return self.backend.device.type == "cuda" and getattr(vision, "frames_independent", False)
 
     def _batched_inputs(self, chunks, frames: np.ndarray, pending: dict | None, line=lambda i: ""):
         """ChunkInputs whose vision tokens come from one tower call per VISION_BATCH_FRAMES frames."""

@@ -1,6 +1,6 @@
 """kvstore: LMDB blob store, video catalog and FAISS chunk indexes (DESIGN.md, Storage).
 
-    store = KVStore()                          # settings.home / "kv.lmdb"
+    store = KVStore(home)                      # home / "kv.lmdb"
     v = store.create_video(content_hash=sha, fingerprint=fp, tenant="acme", plan=plan, filename="a.mp4")
     store.put_prefix(v.video_id, [prefix_full])
     store.put_chunk(v.video_id, [chunk_L, chunk_H], {"minilm": emb})   # one transaction
@@ -23,17 +23,15 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from videokv.settings import Settings, get_settings
-
-from . import keys as K
-from .blob import BlobHeader, BlobView
-from .catalog import (Catalog, ChunkRecord, ChunkSpan, Status, VideoRecord, content_seq, load_video,
+from videokv.kvstore import keys as K
+from videokv.kvstore.blob import BlobHeader, BlobView
+from videokv.kvstore.catalog import (Catalog, ChunkRecord, ChunkSpan, Status, VideoRecord, content_seq, load_video,
                       tenant_videos)
-from .env import DEFAULT_MAP_SIZE, LmdbEnv, open_env
-from .errors import (ChunkNotFoundError, CorruptBlobError, FingerprintMismatchError, KVStoreError,
+from videokv.kvstore.env import DEFAULT_MAP_SIZE, LmdbEnv, open_env
+from videokv.kvstore.errors import (ChunkNotFoundError, CorruptBlobError, FingerprintMismatchError, KVStoreError,
                      NotReadyError, VideoNotFoundError)
-from .index import ChunkIndex, env_uuid, log_head, split_id
-from .reader import ReadSession
+from videokv.kvstore.index import ChunkIndex, env_uuid, log_head, split_id
+from videokv.kvstore.reader import ReadSession
 
 __all__ = ["KVStore", "Hit", "VideoRecord", "ChunkRecord", "ChunkSpan", "Status", "ReadSession",
            "BlobView", "BlobHeader", "KVStoreError", "CorruptBlobError", "VideoNotFoundError",
@@ -48,15 +46,15 @@ class Hit:
 
 
 class KVStore:
-    """The store facade. `where`: a Settings (uses .home), a home directory, or None
-    (get_settings().home). LMDB lives at home/kv.lmdb, FAISS snapshots at home/faiss/."""
+    """The store facade over one home directory: LMDB at home/kv.lmdb, FAISS snapshots at
+    home/faiss/."""
 
-    def __init__(self, where: Settings | str | os.PathLike | None = None, *, map_size: int = DEFAULT_MAP_SIZE,
+    def __init__(self, home: str | os.PathLike, *, map_size: int = DEFAULT_MAP_SIZE,
                  snapshot_every: int = 1000):
         # snapshot_every: persist an oracle's FAISS snapshot after this many newly applied
         # log entries (0 = only on save_index()), so a restart replays little.
         self.snapshot_every = snapshot_every
-        home = Path(where.home if isinstance(where, Settings) else where or get_settings().home)
+        home = Path(home)
         self.home = home
         self.env: LmdbEnv = open_env(home / "kv.lmdb", map_size=map_size)
         self.catalog = Catalog(self.env)

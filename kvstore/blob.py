@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import CorruptBlobError, KVStoreError
+from videokv.kvstore.errors import CorruptBlobError, KVStoreError
 
 MAGIC = b"VKV1"
 VERSION = 1

@@ -18,10 +18,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from . import blob as blobfmt
-from . import keys as K
-from .env import LmdbEnv
-from .errors import ChunkNotFoundError, FingerprintMismatchError, NotReadyError, VideoNotFoundError
+from videokv.kvstore import blob as blobfmt
+from videokv.kvstore import keys as K
+from videokv.kvstore.env import LmdbEnv
+from videokv.kvstore.errors import ChunkNotFoundError, FingerprintMismatchError, NotReadyError, VideoNotFoundError
 
 
 class Status(str, Enum):

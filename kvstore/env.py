@@ -25,7 +25,7 @@ from typing import Callable, Iterator, TypeVar
 
 import lmdb
 
-from .errors import KVStoreError
+from videokv.kvstore.errors import KVStoreError
 
 T = TypeVar("T")
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from . import keys as K
-from .env import LmdbEnv
+from videokv.kvstore import keys as K
+from videokv.kvstore.env import LmdbEnv
 
 ID_BITS = 20
 MAX_CHUNKS = 1 << ID_BITS

@@ -16,11 +16,11 @@ import torch
 
 from videokv.engine.chunkkv import ChunkKV
 
-from . import blob as blobfmt
-from . import keys as K
-from .catalog import ChunkRecord, VideoRecord, load_chunk, load_video
-from .env import LmdbEnv
-from .errors import ChunkNotFoundError, FingerprintMismatchError
+from videokv.kvstore import blob as blobfmt
+from videokv.kvstore import keys as K
+from videokv.kvstore.catalog import ChunkRecord, VideoRecord, load_chunk, load_video
+from videokv.kvstore.env import LmdbEnv
+from videokv.kvstore.errors import ChunkNotFoundError, FingerprintMismatchError
 
 
 class ReadSession:

@@ -14,13 +14,13 @@ import numpy as np
 from videokv.engine.backend import HFCausalBackend
 from videokv.engine.config import EngineConfig
 from videokv.engine.decode import GenerationConfig, assemble, generate
-from videokv.engine.oracle import RelevanceOracle
+from videokv.oracles.base import RelevanceOracle
 from videokv.errors import VideoKVError
 from videokv.kvstore import KVStore, Status
 
-from .counting import SpanCounter, asks_count
-from .pager import KVPager
-from .retrieval import fuse, top
+from videokv.query.counting import SpanCounter, asks_count
+from videokv.query.pager import KVPager
+from videokv.oracles.fusion import fuse, top
 
 MODES = ("bilevel", "dense", "sparse")
 COUNT_BY = ("oracle", "lm")
@@ -79,7 +79,7 @@ class QueryEngine:
         # copies overlapped with a fused rotation); elsewhere by KVPager + assemble.
         self.fast = None
         if getattr(backend.device, "type", "cpu") == "cuda":
-            from .fastpath import DevicePager
+            from videokv.query.device_pager import DevicePager
             self.fast = DevicePager(store, self.fingerprint, backend, cache_bytes, h_text=h_text)
         self.top_k = top_k
         self.always_first_last = always_first_last

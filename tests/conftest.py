@@ -23,12 +23,39 @@ MODEL_CACHE = Path(os.environ.get("VIDEOKV_MODEL_CACHE", str(ROOT / ".venv" / "v
 @pytest.fixture(scope="session")
 def embedded_backend(tmp_path_factory):
     """The embedded SmolLM2 backend, loaded once per session (converted once per cache)."""
-    from videokv.engine.models import load_backend
+    from videokv.runtime import Runtime
     from videokv.settings import Settings
 
-    return load_backend(Settings(home=tmp_path_factory.mktemp("home"), model_cache=MODEL_CACHE))
+    return Runtime(Settings(home=tmp_path_factory.mktemp("home"), model_cache=MODEL_CACHE)).backend
 
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_backend):
     return embedded_backend.tokenizer
+
+
+def make_runtime(home, **overrides):
+    """A Runtime over `home` with the shared model cache and `overrides` over the defaults."""
+    from videokv.runtime import Runtime
+    from videokv.settings import Settings
+
+    return Runtime(Settings(home=home, model_cache=MODEL_CACHE, **overrides))
+
+
+@pytest.fixture(scope="session")
+def toy_video(tmp_path_factory):
+    """A 96-second toy-world video (6 chunks of 16 frames at 1 fps) and its ground truth."""
+    from videokv.toyworld.synth import render_video
+
+    path = tmp_path_factory.mktemp("videos") / "toy.mp4"
+    truth = render_video(path, 1.6, 3, seed=7)
+    return path, truth.to_dict()
+
+
+@pytest.fixture(scope="session")
+def ingested(tmp_path_factory, toy_video, embedded_backend):
+    """A Runtime (sharing the session's model) with the toy video ingested."""
+    rt = make_runtime(tmp_path_factory.mktemp("home"), top_k=1)
+    rt.backend = embedded_backend
+    result = rt.pipeline.ingest(toy_video[0])
+    return rt, result

@@ -7,17 +7,18 @@ import importlib
 import sys
 
 COMMANDS = {
-    "selftest": ("videokv.engine.selftest", "check KV exactness: chunked prefill vs one full forward"),
-    "synth": ("videokv.ingest.synth", "render a toy-world video and its ground-truth questions"),
-    "ingest": ("videokv.query.cli", "ingest a video file into the KV store (prints its id)"),
-    "ask": ("videokv.query.cli", "ask a question about an ingested video"),
-    "transcript": ("videokv.query.cli", "print a video's time-aligned text (OCR, speech, subtitles)"),
-    "demo": ("videokv.query.demo", "make a toy-world video, ingest it, ask it its questions"),
+    "selftest": ("videokv.commands.selftest", "check KV exactness: chunked prefill vs one full forward"),
+    "synth": ("videokv.commands.synth", "render a toy-world video and its ground-truth questions"),
+    "ingest": ("videokv.commands.embedded", "ingest a video file into the KV store (prints its id)"),
+    "ask": ("videokv.commands.embedded", "ask a question about an ingested video"),
+    "transcript": ("videokv.commands.embedded", "print a video's time-aligned text (OCR, speech, subtitles)"),
+    "demo": ("videokv.commands.demo", "make a toy-world video, ingest it, ask it its questions"),
     "bench": ("videokv.bench", "benchmarks: `videokv bench NAME --help`"),
-    "serve": ("videokv.api.cli", "serve the REST API (uvicorn; needs Redis and a worker)"),
-    "worker": ("videokv.workers.cli", "run a Celery worker (queues ingest, query)"),
-    "keys": ("videokv.api.cli", "API keys: create --tenant T | list | revoke PREFIX"),
-    "train-vision": ("videokv.train_vision", "train the toy-world tower + LLM adapter (--seed S)"),
+    "serve": ("videokv.commands.serve", "serve the REST API (uvicorn; needs Redis and a worker)"),
+    "worker": ("videokv.commands.worker", "run a Celery worker (queues ingest, query)"),
+    "keys": ("videokv.commands.serve", "API keys: create --tenant T | list | revoke PREFIX"),
+    "train-vision": ("videokv.commands.train_vision", "train the toy-world tower + LLM adapter (--seed S)"),
+    "eval-adapter": ("videokv.commands.train_vision", "accuracy of a toy-world adapter on held-out videos"),
 }
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     module = importlib.import_module(COMMANDS[name][0])
     # Modules serving several commands expose `main_<command>`; others a plain `main`.
-    fn = getattr(module, f"main_{name}", None) or module.main
+    fn = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main
     try:
         return int(fn(rest) or 0)
     except VideoKVError as e:

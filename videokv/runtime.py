@@ -1,90 +1,159 @@
-"""Wires the parts together from settings: backend, store, oracle, ingest pipeline, query engine.
-Used by the CLI, the workers and the API; each builds one Runtime per process."""
+"""The composition root: settings in, the wired parts out (backend, engine config, store,
+oracles, ingest pipeline, query engine). The CLI, the workers, the API and the benches each
+build one Runtime per process; nothing below `videokv/` reads settings.
+
+The toy world plugs in here, through the interfaces a real checkpoint uses: its tower and
+LoRA through `models.loading.load_backend(attach_vision=...)`, its relevance oracle as a
+`RelevanceOracle`, its count calibration from its weights' manifest.
+"""
 
 from __future__ import annotations
 
 from functools import cached_property
 
+from pydantic import ValidationError
+
+from videokv.errors import VideoKVError
 from videokv.settings import Settings, get_settings
+
+
+class SettingsError(VideoKVError):
+    """A VIDEOKV_* value that does not validate: one sentence naming the variable."""
+
+    exit_code = 2
+
+
+def load_settings(**overrides) -> Settings:
+    """The settings from the environment (VIDEOKV_*), with `overrides` on top. A bad value is
+    a SettingsError naming the variable and what it accepts (never a pydantic traceback)."""
+    try:
+        s = get_settings()
+        return s.model_copy(update=overrides) if overrides else s
+    except ValidationError as e:
+        raise SettingsError(settings_error_text(e)) from None
+
+
+def settings_error_text(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        field = ".".join(str(x) for x in err.get("loc", ()))
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        name = f"VIDEOKV_{field.upper()}" if field else "a VIDEOKV_ setting"
+        got = err.get("input")
+        parts.append(f"{name}={got!r}: {msg}" if field and not isinstance(got, dict) else f"{name}: {msg}")
+    return "bad setting: " + "; ".join(parts)
 
 
 class Runtime:
     def __init__(self, settings: Settings | None = None):
-        self.settings = settings or get_settings()
+        self.settings = settings or load_settings()
+
+    # ------------------------------------------------------------------ model
+    @cached_property
+    def model_spec(self):
+        from videokv.models.loading import ModelSpec
+        s = self.settings
+        return ModelSpec(model=s.model, models_dir=s.models_dir, dtype=s.dtype, device=s.device,
+                         tokens_per_frame=s.tokens_per_frame, frame_wh=s.frame_wh, sample_fps=s.sample_fps)
 
     @cached_property
     def backend(self):
-        from videokv.engine.models import load_backend
-        return load_backend(self.settings)
+        from videokv.models.embedded import EMBEDDED
+        from videokv.models.loading import load_backend
+        attach = None
+        if self.settings.model == EMBEDDED and self.settings.vision == "toyworld":
+            from videokv.toyworld.loader import attach_toyworld
+            attach = attach_toyworld
+        return load_backend(self.model_spec, attach_vision=attach)
 
     @cached_property
     def config(self):
-        from dataclasses import replace
-
-        from videokv.engine.config import EngineConfig
-        be = self.backend
-        cfg = EngineConfig.from_settings(self.settings, weights_id=be.weights_id, backend=be.name,
-                                         vision_id=be.vision.identity if be.vision else "")
+        """The EngineConfig: every knob the stored bytes depend on (its fingerprint keys them)."""
+        from videokv.engine.config import CompressionConfig, EngineConfig, PrefillConfig
+        s, be = self.settings, self.backend
         # A model's own vision tower (Qwen-VL) decides its tokens per frame, not the setting.
-        tpf = getattr(be.vision, "tokens_per_frame", cfg.tokens_per_frame)
-        return cfg if tpf == cfg.tokens_per_frame else replace(cfg, tokens_per_frame=tpf)
+        tpf = getattr(be.vision, "tokens_per_frame", s.tokens_per_frame)
+        return EngineConfig(weights_id=be.weights_id, backend=be.name, dtype=s.dtype, tokens_per_frame=tpf,
+                            chunk_frames=s.chunk_frames, sample_fps=s.sample_fps,
+                            l_kv=CompressionConfig(s.l_policy, s.l_ratio), h_kv=CompressionConfig(s.h_policy, s.h_ratio),
+                            prefill=PrefillConfig(s.window, s.window_level, s.prev_level),
+                            vision_id=be.vision.identity if be.vision else "")
 
     @property
     def device(self) -> str:
-        d = self.settings.device
-        if d == "auto":
-            import torch
-            d = "cuda" if torch.cuda.is_available() else "cpu"
-        return d
+        from videokv.models.loading import resolve_device
+        return resolve_device(self.settings.device)
 
+    # ------------------------------------------------------------------ storage
     @cached_property
     def store(self):
         from videokv.kvstore import KVStore
-        return KVStore(self.settings)
+        return KVStore(self.settings.home)
 
+    # ------------------------------------------------------------------ oracles
     @cached_property
     def oracle(self):
         """VIDEOKV_ORACLE: an encoder checkpoint (clip:PATH, siglip:PATH, languagebind:PATH);
-        "auto": the dual encoder (tower + MiniLM) when the toy-world tower is loaded, else the
+        "auto": the toy world's dual encoder (tower + MiniLM) when its tower is loaded, else the
         model-internal key/query oracle (any model, no extra weights)."""
-        from videokv.engine.oracle import DualEncoderOracle, KeyQueryOracle
         from videokv.engine.prefill import ChunkPrefiller
-        from videokv.engine.toytower import ToyWorldTower
+        from videokv.oracles.keyquery import KeyQueryOracle
         kind, path = self.settings.oracle_spec
         if path:
-            from videokv.engine.encoder_oracles import make_encoder_oracle
+            from videokv.oracles.encoders import make_encoder_oracle
             return make_encoder_oracle(kind, path, self.device)
         want = self.settings.oracle
-        tower = self.backend.vision
+        toy = self._toyworld_tower()
         if want == "auto":
-            want = "dualenc" if isinstance(tower, ToyWorldTower) else "keyquery"
+            want = "dualenc" if toy is not None else "keyquery"
         if want == "dualenc":
-            if not isinstance(tower, ToyWorldTower):
-                raise ValueError("VIDEOKV_ORACLE=dualenc needs the toy-world tower (VIDEOKV_VISION=toyworld "
-                                 "with the embedded model)")
-            return DualEncoderOracle(tower=tower)
+            if toy is None:
+                raise SettingsError("VIDEOKV_ORACLE=dualenc needs the toy-world tower (VIDEOKV_VISION=toyworld "
+                                    "with the embedded model)")
+            from videokv.toyworld.oracle import DualEncoderOracle
+            return DualEncoderOracle(tower=toy)
         prefix = ChunkPrefiller(self.backend, self.config).prefix()
         return KeyQueryOracle(backend=self.backend, prefix=prefix)
 
+    def _toyworld_tower(self):
+        """The backend's vision tower when it is the toy world's, else None."""
+        from videokv.toyworld.tower import ToyWorldTower
+        tower = self.backend.vision
+        return tower if isinstance(tower, ToyWorldTower) else None
+
     @cached_property
     def text_oracle(self):
-        """MiniLM over chunk text lines (engine/text_oracle.py), loaded on first use."""
-        from videokv.engine.text_oracle import TextOracle
+        """MiniLM over chunk text lines (oracles/text.py), loaded on first use."""
+        from videokv.oracles.text import TextOracle
         return TextOracle()
+
+    # ------------------------------------------------------------------ ingest
+    @cached_property
+    def text_defaults(self):
+        """The text channel's default options (VIDEOKV_TEXT_*); per ingest: `.overridden(...)`."""
+        from videokv.ingest.text import TextOptions
+        s = self.settings
+        return TextOptions(ocr=s.text_ocr, asr=s.text_asr, subtitles=s.text_subtitles, ocr_min_conf=s.ocr_min_conf,
+                           max_tokens=s.text_max_tokens)
 
     @cached_property
     def pipeline(self):
         from videokv.ingest.pipeline import IngestPipeline
-        from videokv.ingest.text import options_from_settings
         return IngestPipeline(self.backend, self.store, self.config, [self.oracle], self.settings.max_frames,
-                              text_oracle=self.text_oracle, text_defaults=options_from_settings(self.settings))
+                              text_oracle=self.text_oracle, text_defaults=self.text_defaults)
+
+    # ------------------------------------------------------------------ query
+    @cached_property
+    def counter(self):
+        """The span counter for "how many times" questions (query/counting.py), or None."""
+        from videokv.query.counting import counter_for
+        s = self.settings
+        return counter_for(self.oracle.identity, s.count_threshold) if s.count_by == "oracle" else None
 
     @cached_property
     def queries(self):
-        from videokv.query.counting import counter_for
         from videokv.query.engine import QueryEngine
         s = self.settings
-        counter = counter_for(self.oracle.identity, s.count_threshold) if s.count_by == "oracle" else None
         return QueryEngine(self.backend, self.store, self.config, self.oracle, s.top_k,
                            s.always_first_last, s.h_cache_bytes, text_oracle=self.text_oracle,
-                           text_weight=s.text_weight, h_text=s.h_text, counter=counter)
+                           text_weight=s.text_weight, h_text=s.h_text, counter=self.counter)

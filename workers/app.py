@@ -1,6 +1,9 @@
 """The Celery app, configured from settings (broker and result backend: VIDEOKV_REDIS_URL).
 
-    celery -A videokv.workers.app worker -Q ingest,query -c 1      (or: videokv worker)
+    videokv worker --queues ingest,query        (or: celery -A videokv.services worker -Q ingest,query)
+
+The app is built from settings by the composition root (`videokv.services`), which also
+tells this module how to make the process's Runtime (`configure`).
 
 Reliability: tasks are acknowledged *after* they finish (`task_acks_late`) and a task whose
 worker process dies is put back on its queue (`task_reject_on_worker_lost`); a worker takes
@@ -19,17 +22,17 @@ from __future__ import annotations
 import os
 import threading
 
+from collections.abc import Callable
+
 from celery import Celery
 from kombu import Queue
-
-from videokv.settings import get_settings
 
 INGEST_QUEUE = "ingest"
 QUERY_QUEUE = "query"
 
 
-def make_app(settings=None) -> Celery:
-    s = settings or get_settings()
+def make_app(settings) -> Celery:
+    s = settings
     app = Celery("videokv", broker=s.redis_url, backend=s.redis_url, include=["videokv.workers.tasks"])
     app.conf.update(
         task_acks_late=True,
@@ -65,18 +68,25 @@ def make_app(settings=None) -> Celery:
     return app
 
 
-app = make_app()
-
+_factory: Callable[[], object] | None = None
 _rt = None
 _rt_pid = None
 _rt_lock = threading.Lock()
 
 
+def configure(runtime_factory: Callable[[], object]) -> None:
+    """How this process (and the prefork children it forks) makes its Runtime."""
+    global _factory, _rt
+    _factory, _rt = runtime_factory, None
+
+
 def runtime():
-    """This process's Runtime (model and store load once per worker process)."""
+    """This process's Runtime (model and store load once per worker process, after the fork)."""
     global _rt, _rt_pid
     with _rt_lock:
         if _rt is None or _rt_pid != os.getpid():
-            from videokv.runtime import Runtime
-            _rt, _rt_pid = Runtime(get_settings()), os.getpid()
+            if _factory is None:
+                raise RuntimeError("workers.app.configure() was not called: start workers through "
+                                   "`videokv worker` (or celery -A videokv.services)")
+            _rt, _rt_pid = _factory(), os.getpid()
         return _rt

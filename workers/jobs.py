@@ -13,31 +13,30 @@ import time
 from pathlib import Path
 
 from videokv.errors import VideoKVError
-from videokv.settings import get_settings
 
 
 class JobNotFound(VideoKVError):
     http_status = 404
 
 
-def jobs_dir(home: Path | None = None) -> Path:
-    d = Path(home or get_settings().home) / "jobs"
+def jobs_dir(home: Path) -> Path:
+    d = Path(home) / "jobs"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def _record_path(job_id: str, home=None) -> Path:
+def _record_path(job_id: str, home) -> Path:
     if not job_id.isalnum():
         raise JobNotFound(f"no job {job_id!r}")
     return jobs_dir(home) / f"{job_id}.json"
 
 
-def results_path(job_id: str, home=None) -> Path:
+def results_path(job_id: str, home) -> Path:
     return jobs_dir(home) / f"{_record_path(job_id, home).stem}.jsonl"
 
 
 def create_job(tenant: str, video_ids: list[str], questions: list[str], *, top_k: int | None = None,
-               mode: str = "bilevel", max_new_tokens: int = 48, home=None) -> dict:
+               mode: str = "bilevel", max_new_tokens: int = 48, home) -> dict:
     now = time.time()
     job = {"id": secrets.token_hex(8), "tenant": tenant, "video_ids": list(video_ids), "questions": list(questions),
            "top_k": top_k, "mode": mode, "max_new_tokens": max_new_tokens, "status": "QUEUED",
@@ -47,28 +46,28 @@ def create_job(tenant: str, video_ids: list[str], questions: list[str], *, top_k
     return job
 
 
-def save_job(job: dict, home=None) -> None:
+def save_job(job: dict, home) -> None:
     path = _record_path(job["id"], home)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(job))
     os.replace(tmp, path)
 
 
-def load_job(job_id: str, home=None) -> dict:
+def load_job(job_id: str, home) -> dict:
     try:
         return json.loads(_record_path(job_id, home).read_text())
     except FileNotFoundError:
         raise JobNotFound(f"no job {job_id!r}") from None
 
 
-def update_job(job_id: str, home=None, **fields) -> dict:
+def update_job(job_id: str, home, **fields) -> dict:
     job = load_job(job_id, home)
     job.update(fields, updated=time.time())
     save_job(job, home)
     return job
 
 
-def read_results(job_id: str, home=None) -> list[dict]:
+def read_results(job_id: str, home) -> list[dict]:
     """Complete rows only (a partial last line left by a killed worker is ignored)."""
     try:
         text = results_path(job_id, home).read_text()
@@ -83,7 +82,7 @@ def read_results(job_id: str, home=None) -> list[dict]:
     return rows
 
 
-def append_result(job_id: str, row: dict, home=None) -> None:
+def append_result(job_id: str, row: dict, home) -> None:
     path = results_path(job_id, home)
     with open(path, "a+b") as f:
         f.seek(0, os.SEEK_END)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 
+from celery import shared_task
+
 from videokv.errors import VideoKVError
 from videokv.kvstore import Status, VideoNotFoundError
-from videokv.settings import get_settings
 
-from . import jobs as J
-from .app import app, runtime
+from videokv.workers import jobs as J
+from videokv.workers.app import runtime
 
 log = logging.getLogger("videokv.workers")
 
@@ -36,7 +37,7 @@ def _fail(video_id: str, reason: str) -> None:
         pass
 
 
-@app.task(bind=True, name="videokv.ingest_video", max_retries=None)
+@shared_task(bind=True, name="videokv.ingest_video", max_retries=None)
 def ingest_video(self, video_id: str) -> dict:
     rt = runtime()
     store = rt.store
@@ -50,9 +51,8 @@ def ingest_video(self, video_id: str) -> dict:
     if not path:
         _fail(video_id, "the uploaded file of this video is missing: upload it again")
         return {"video_id": video_id, "status": "FAILED"}
-    from videokv.ingest.text import options_from_settings
     text = (rec.extra or {}).get("text_options") or {}
-    opts = options_from_settings(rt.settings, **{k: text.get(k) for k in ("ocr", "asr", "subtitles", "subtitle_file")})
+    opts = rt.text_defaults.overridden(**{k: text.get(k) for k in ("ocr", "asr", "subtitles", "subtitle_file")})
     try:
         res = rt.pipeline.ingest(path, tenant=rec.tenant, filename=rec.filename, text=opts)
     except VideoNotFoundError:
@@ -63,7 +63,7 @@ def ingest_video(self, video_id: str) -> dict:
             _fail(video_id, str(e))
             return {"video_id": video_id, "status": "FAILED", "reason": str(e)}
         attempts = self.request.retries + 1
-        limit = get_settings().ingest_max_retries
+        limit = rt.settings.ingest_max_retries
         if attempts > limit:
             _fail(video_id, f"ingest failed {attempts} times; last error: {type(e).__name__}: {e}")
             raise
@@ -83,11 +83,11 @@ def _row(video_id: str, qi: int, question: str, **fields) -> dict:
             "timings": {}, "kv_bytes_loaded": 0, "video_prefill_runs": 0, "error": "", **fields}
 
 
-@app.task(bind=True, name="videokv.run_job", max_retries=None)
+@shared_task(bind=True, name="videokv.run_job", max_retries=None)
 def run_job(self, job_id: str) -> dict:
     rt = runtime()
     try:
-        job = J.load_job(job_id)
+        job = J.load_job(job_id, rt.settings.home)
     except J.JobNotFound:
         return {"job_id": job_id, "status": "DELETED"}
     if job["status"] in ("DONE", "FAILED"):
@@ -101,11 +101,11 @@ def run_job(self, job_id: str) -> dict:
         except VideoNotFoundError:
             pass
     if pending:
-        J.update_job(job_id, status="WAITING", error=f"waiting for {len(pending)} video(s) to be READY")
+        J.update_job(job_id, rt.settings.home, status="WAITING", error=f"waiting for {len(pending)} video(s) to be READY")
         raise self.retry(countdown=3, max_retries=2400)
-    done = {(r["video_id"], r["question_index"]) for r in J.read_results(job_id)}
-    J.update_job(job_id, status="RUNNING", done=len(done), error="")
-    errors = sum(1 for r in J.read_results(job_id) if r.get("error"))
+    done = {(r["video_id"], r["question_index"]) for r in J.read_results(job_id, rt.settings.home)}
+    J.update_job(job_id, rt.settings.home, status="RUNNING", done=len(done), error="")
+    errors = sum(1 for r in J.read_results(job_id, rt.settings.home) if r.get("error"))
     for vid in job["video_ids"]:
         for qi, q in enumerate(job["questions"]):
             if (vid, qi) in done:
@@ -119,14 +119,14 @@ def run_job(self, job_id: str) -> dict:
             except VideoKVError as e:    # deleted or failed video, ...: a row that says why
                 row = _row(vid, qi, q, error=str(e))
                 errors += 1
-            J.append_result(job_id, row)
+            J.append_result(job_id, row, rt.settings.home)
             done.add((vid, qi))
-            J.update_job(job_id, done=len(done), errors=errors)
-    J.update_job(job_id, status="DONE")
+            J.update_job(job_id, rt.settings.home, done=len(done), errors=errors)
+    J.update_job(job_id, rt.settings.home, status="DONE")
     return {"job_id": job_id, "status": "DONE", "rows": len(done), "errors": errors}
 
 
-@app.task(name="videokv.reindex")
+@shared_task(name="videokv.reindex")
 def reindex() -> dict:
     rt = runtime()
     oracle = rt.oracle

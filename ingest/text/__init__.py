@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from videokv.errors import VideoKVError
 
@@ -71,6 +71,11 @@ class TextOptions:
         subs = self.subtitles and (self.subtitle_file is not None or has_embedded_subtitles)
         return self.ocr or self.asr or subs
 
+    def overridden(self, **override) -> "TextOptions":
+        """These options with per-ingest overrides (CLI flags, API form fields); None keeps
+        the default."""
+        return replace(self, **{k: v for k, v in override.items() if v is not None})
+
     def identity(self, subtitle_sha256: str = "") -> str:
         """Everything the text (and so the chunk KVs) depends on besides the video bytes."""
         d = {"ocr": self.ocr, "asr": self.asr, "subtitles": self.subtitles, "subtitle_sha256": subtitle_sha256,
@@ -112,14 +117,6 @@ def content_key(video_sha256: str, opts: TextOptions | None, has_embedded_subtit
     return hashlib.sha256(f"{video_sha256}|text:{opts.identity(sub)}".encode()).hexdigest()
 
 
-def options_from_settings(s, **override) -> TextOptions:
-    """TextOptions from Settings (VIDEOKV_TEXT_*), with per-ingest overrides (None = default)."""
-    d = {"ocr": s.text_ocr, "asr": s.text_asr, "subtitles": s.text_subtitles, "subtitle_file": None,
-         "ocr_min_conf": s.ocr_min_conf, "max_tokens": s.text_max_tokens}
-    d.update({k: v for k, v in override.items() if v is not None})
-    return TextOptions(**d)
-
-
 SUBTITLE_SUFFIXES = (".srt", ".vtt")
 
 
@@ -136,7 +133,7 @@ def check_subtitle_file(path: str) -> None:
 def check_tools(opts: TextOptions) -> None:
     """Raise ToolMissing for an enabled channel whose program (or model) is not installed:
     checked up front, so an upload is refused at once rather than failing in the worker."""
-    from . import asr, ocr
+    from videokv.ingest.text import asr, ocr
     if opts.ocr:
         ocr.require()
     if opts.asr:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 from videokv.engine.prefill import text_line
 
-from . import SOURCES, TextSegment
+from videokv.ingest.text import SOURCES, TextSegment
 
 # How a source's items are joined inside its quotes: screen lines are separate things;
 # speech and subtitle cues continue each other.

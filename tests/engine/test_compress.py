@@ -7,7 +7,7 @@ from videokv.engine.chunkkv import ChunkKV, TokenKind
 from videokv.engine.compress import POLICIES, AvgPool, Stride, make_policy
 from videokv.engine.config import CompressionConfig, EngineConfig
 from videokv.engine.prefill import ChunkInput, ChunkPrefiller
-from videokv.engine.tiny import tiny_backend
+from videokv.models.tiny import tiny_backend
 
 
 def make_chunk(n_text=5, n_vis=70, L=3, H=2, D=8):

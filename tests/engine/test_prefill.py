@@ -3,10 +3,10 @@ import torch
 
 from videokv.engine.config import CompressionConfig, EngineConfig, PrefillConfig
 from videokv.engine.decode import GenerationConfig, assemble, generate, question_logits
-from videokv.engine.memtrack import PeakTensorMemory
+from videokv.bench.memtrack import PeakTensorMemory
 from videokv.engine.prefill import ChunkPrefiller
-from videokv.engine.selftest import random_chunks
-from videokv.engine.tiny import tiny_backend
+from videokv.models.selftest import random_chunks
+from videokv.models.tiny import tiny_backend
 
 
 def peak_prefill_bytes(be, n_chunks, window):

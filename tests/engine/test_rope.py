@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from videokv.engine.tiny import tiny_backend
+from videokv.models.tiny import tiny_backend
 
 
 @pytest.mark.parametrize("arch,rope", [("llama", "default"), ("llama", "llama3"), ("qwen2", "yarn")])

@@ -31,12 +31,11 @@ def test_json_round_trip():
     assert again == plan
 
 
-def test_default_chunk_frames_from_settings(monkeypatch):
-    from videokv.settings import get_settings
-
-    monkeypatch.setenv("VIDEOKV_CHUNK_FRAMES", "4")
-    get_settings.cache_clear()
-    assert len(plan_chunks(np.arange(10.0), duration=10.0)) == 3
+def test_chunk_frames_groups_frames_and_the_last_chunk_is_shorter():
+    plan = plan_chunks(np.arange(10.0), duration=10.0, chunk_frames=4)
+    assert [c.num_frames for c in plan] == [4, 4, 2]
+    with pytest.raises(ValueError):
+        plan_chunks(np.arange(10.0), duration=10.0, chunk_frames=0)
 
 
 def test_rejects_unsorted():

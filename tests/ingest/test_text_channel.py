@@ -15,7 +15,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from videokv.ingest import textsynth as ts
+from videokv.toyworld import textsynth as ts
 from videokv.ingest.text import BadSubtitles, TextOptions, TextSegment, ToolMissing
 from videokv.ingest.text import asr, ocr, subtitles
 from videokv.ingest.text.align import chunk_texts, transcript

@@ -3,8 +3,8 @@ import pytest
 
 from videokv.ingest.video import VideoError
 
-from ..ingest.conftest import write_video
-from .conftest import make_runtime
+from tests.ingest.conftest import write_video
+from tests.conftest import make_runtime
 
 
 def bad_files(tmp):

@@ -7,11 +7,11 @@ import time
 
 import torch
 
-from videokv.ingest.synth import render_video
+from videokv.toyworld.synth import render_video
 from videokv.kvstore import KVStore, Status
 
-from ..conftest import MODEL_CACHE
-from .conftest import make_runtime
+from tests.conftest import MODEL_CACHE
+from tests.conftest import make_runtime
 
 
 def cli(home, *args, **kw):

@@ -9,14 +9,14 @@ import pytest
 
 from videokv.ingest.text import TextOptions, ToolMissing
 
-from .conftest import make_runtime
+from tests.conftest import make_runtime
 
 BANNER = (420.0, 432.0, "GOAL: MARTINEZ")   # minute 7, inside chunk 26 (416-432 s at 16 s/chunk)
 
 
 @pytest.fixture(scope="module")
 def match(tmp_path_factory, embedded_backend):
-    from videokv.ingest.textsynth import make_text_video
+    from videokv.toyworld.textsynth import make_text_video
     d = tmp_path_factory.mktemp("match")
     path = d / "match.mp4"
     make_text_video(path, 10, banners=[BANNER], speech=[], scoreboard=True, clock=True, seed=3)

@@ -70,7 +70,7 @@ class RedisServer:
 
 
 class Worker:
-    """`celery -A videokv.workers.app worker` as a subprocess (prefork, one child)."""
+    """`celery -A videokv.services worker` as a subprocess (prefork, one child)."""
 
     def __init__(self, env: dict, log: Path):
         self.env, self.log, self.proc = env, log, None
@@ -78,7 +78,7 @@ class Worker:
     def start(self) -> "Worker":
         self._fh = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "videokv.workers.app", "worker", "-Q", "ingest,query",
+            [sys.executable, "-m", "celery", "-A", "videokv.services", "worker", "-Q", "ingest,query",
              "-c", "1", "--pool=prefork", "--loglevel=INFO", "--without-gossip", "--without-mingle",
              "--without-heartbeat", "-n", f"w{time.monotonic_ns()}@%h"],
             env=self.env, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT)
@@ -140,13 +140,13 @@ def worker(service_env):
 def app_client(service_env):
     from fastapi.testclient import TestClient
 
-    from videokv.api.app import create_app
+    from videokv.services import api_app
     from videokv.settings import Settings
 
     e = service_env["env"]
     settings = Settings(home=service_env["home"], model_cache=MODEL_CACHE, redis_url=e["VIDEOKV_REDIS_URL"],
                         chunk_frames=CHUNK_FRAMES, max_upload_mb=MAX_UPLOAD_MB, auth="keys", device="cpu")
-    with TestClient(create_app(settings)) as c:
+    with TestClient(api_app(settings)) as c:
         yield c
 
 
@@ -159,7 +159,7 @@ def keys(service_env):
 
 @pytest.fixture(scope="session")
 def videos(tmp_path_factory):
-    from videokv.ingest.synth import render_video
+    from videokv.toyworld.synth import render_video
     d = tmp_path_factory.mktemp("videos")
     out = {}
     for name, minutes, seed in (("a", 0.5, 1), ("b", 0.5, 2)):

@@ -173,7 +173,7 @@ def test_worker_sigkill_mid_ingest_resumes(svc, worker, app_client, keys, tmp_pa
     """The process running the ingest is SIGKILLed after some chunks committed: the task is
     re-delivered (acks_late + reject_on_worker_lost) to a new worker process, which resumes
     at the first missing chunk: committed chunks are neither recomputed nor duplicated."""
-    from videokv.ingest.synth import render_video
+    from videokv.toyworld.synth import render_video
 
     path = tmp_path / "long.mp4"
     render_video(path, 1.0, 2, 7, size=(160, 120))

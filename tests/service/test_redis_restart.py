@@ -17,7 +17,7 @@ def _upload(client, key, path):
 
 
 def test_redis_restart_mid_ingest(svc, worker, app_client, tmp_path):
-    from videokv.ingest.synth import render_video
+    from videokv.toyworld.synth import render_video
 
     long_path, short_path = tmp_path / "long.mp4", tmp_path / "short.mp4"
     render_video(long_path, 1.0, 2, 11, size=(160, 120))

@@ -1,0 +1,336 @@
+"""The GPU fast path for paging: stored KVs -> pinned host memory -> device, rotated on the way.
+
+Used by `QueryEngine` only when the backend runs on CUDA; the CPU path (`KVPager` +
+`engine.decode.assemble`) is unchanged. Per question:
+
+  1. the video's hot set (prompt prefix + every chunk's H-KV) lives in pinned host memory,
+     one buffer [layers, 2, kv_heads, tokens, head_dim] per video (LRU, bounded bytes), read
+     from LMDB once; its host-to-device copy is issued first, on a side stream, in a few
+     layer groups;
+  2. meanwhile the CPU reads the selected chunks' L-KVs out of LMDB's map into a pinned
+     staging buffer that is reused across questions (grown, never shrunk; the next question
+     waits for the previous one's copy out of it before writing), and issues their copy;
+  3. on the compute stream, group by group as each copy lands, one fused gather + rotate
+     (`gather_rotate`, torch.compile'd on CUDA) writes keys rotated to their contiguous
+     positions, and values, straight into the assembled [layers, kv_heads, N, head_dim]
+     cache: no host-side concatenation, no second pass over the bytes.
+
+Copies overlap rotation (side stream + per-group events) and the L reads overlap the H copy.
+The same code runs on the CPU with pinning and streams off (pin=False, device="cpu"); there it
+produces exactly the cache `assemble(backend, KVPager.load(...).parts)` does (tests check it
+bit for bit), which is how it is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from videokv.engine.chunkkv import ChunkKV
+from videokv.engine.decode import AssembledCache
+from videokv.engine.rope import rotate_half
+from videokv.kvstore import KVStore
+
+from videokv.query.pager import check_h_text, h_rows, text_chunks_of
+
+
+def gather_rotate(src_k: torch.Tensor, src_v: torch.Tensor, idx: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, out_k: torch.Tensor, out_v: torch.Tensor, dst: torch.Tensor) -> None:
+    """out_k[:, :, dst] = rotate(src_k[:, :, idx]) at the positions of cos/sin; out_v[:, :, dst] =
+    src_v[:, :, idx]. src_*: [layers, kv_heads, T, D] pre-RoPE; idx, dst: [n] token rows;
+    cos, sin: [n, D] float32. The same arithmetic as `Rotary.rotate` (in float32, cast to the
+    output dtype), so on the CPU the result equals the CPU path's bit for bit."""
+    k = src_k.index_select(2, idx).to(out_k.dtype).float()
+    out_k.index_copy_(2, dst, (k * cos + rotate_half(k) * sin).to(out_k.dtype))
+    out_v.index_copy_(2, dst, src_v.index_select(2, idx).to(out_v.dtype))
+
+
+class FusedGatherRotate:
+    """`gather_rotate` compiled by torch.compile (fused kernels on CUDA; dynamic shapes, so a
+    new context length does not recompile). torch.compile is lazy: if the first call fails
+    (no compiler, unsupported build) this falls back to the eager function for good and says
+    why in `error`. The first call compiles (seconds): warm it up before timing."""
+
+    def __init__(self):
+        self.compiled = None
+        self.ok: bool | None = None
+        self.error = ""
+
+    @property
+    def kind(self) -> str:
+        return {True: "torch.compile", False: "eager (compile failed)", None: "not run yet"}[self.ok]
+
+    def __call__(self, *args) -> None:
+        if self.ok is None:
+            try:
+                self.compiled = torch.compile(gather_rotate, dynamic=True)
+                self.compiled(*args)
+                self.ok = True
+                return
+            except Exception as e:  # noqa: BLE001 - the eager version is still correct
+                self.ok, self.error = False, f"{type(e).__name__}: {e}"[:500]
+        (self.compiled if self.ok else gather_rotate)(*args)
+
+
+class StagingBuffer:
+    """A host buffer reused across questions: `take(shape, dtype)` returns a view of its first
+    bytes, growing it (geometrically, pinned when `pin`) only when a question needs more.
+    `grows` counts allocations, `reuses` the takes served without one."""
+
+    def __init__(self, pin: bool = False):
+        self.pin = pin
+        self._buf: torch.Tensor | None = None
+        self.grows = 0
+        self.reuses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._buf is None else self._buf.numel()
+
+    def data_ptr(self) -> int:
+        return 0 if self._buf is None else self._buf.data_ptr()
+
+    def take(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        n = int(np.prod(shape)) * dtype.itemsize
+        if self._buf is None or self._buf.numel() < n:
+            size = max(n, 2 * self.nbytes, 1 << 20)
+            self._buf = None                      # free the old one first
+            self._buf = torch.empty(size, dtype=torch.uint8, pin_memory=self.pin)
+            self.grows += 1
+        else:
+            self.reuses += 1
+        return self._buf[:n].view(dtype).view(*shape)
+
+
+@dataclass
+class _HotSet:
+    """A video's prompt prefix + all H parts in one host buffer kv [layers, 2, kv_heads, T, D];
+    parts: ChunkKV views of it (prefix first); offsets: each part's first token row."""
+
+    kv: torch.Tensor
+    parts: list[ChunkKV]
+    offsets: list[int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.numel() * self.kv.element_size()
+
+
+@dataclass
+class DevicePaged:
+    """cache: the assembled cache on the device (keys rotated); bytes_in_context: KV bytes of
+    every part in it; bytes_read: bytes read from the store for this question."""
+
+    cache: AssembledCache
+    bytes_in_context: int
+    bytes_read: int
+    levels: dict[int, str]
+
+
+class DevicePager:
+    """Pages a question's KVs onto `device` (default: the backend's) and assembles them there.
+
+    pin / streams default to on for CUDA and off elsewhere; groups: layer groups the copy is
+    split into (each group's rotation starts as soon as its bytes are on the device)."""
+
+    def __init__(self, store: KVStore, fingerprint: str, backend, cache_bytes: int = 1 << 30,
+                 device=None, pin: bool | None = None, groups: int = 4, compile: bool | None = None,
+                 h_text: str = "drop"):
+        self.store, self.fingerprint, self.backend = store, fingerprint, backend
+        self.h_text = check_h_text(h_text)     # as KVPager: H parts without their text rows
+        self.device = torch.device(device if device is not None else backend.device)
+        self.cuda = self.device.type == "cuda"
+        self.pin = self.cuda if pin is None else pin
+        self.cache_bytes = cache_bytes
+        self.groups = max(1, groups)
+        self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.staging = StagingBuffer(self.pin)
+        self._staging_free = None            # event: the last copy out of the staging buffer is done
+        self._fn = FusedGatherRotate() if (self.cuda if compile is None else compile) else gather_rotate
+        self._hot: OrderedDict[str, _HotSet] = OrderedDict()
+        self._hot_bytes = 0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ hot sets
+    def _hot_set(self, video_id: str, n_chunks: int) -> tuple[_HotSet, int]:
+        hot = self._hot.get(video_id)
+        if hot is not None:
+            self._hot.move_to_end(video_id)
+            return hot, 0
+        fp = self.fingerprint
+        with self.store.reader() as r:
+            wanted = [(-1, "full")] + [(i, "H") for i in range(n_chunks)]
+            views = [r.blob(video_id, i, lvl, fingerprint=fp) for i, lvl in wanted]
+            text_chunks = text_chunks_of(r.video(video_id))
+            rows = [None] + [h_rows(v.kinds, self.h_text, i in text_chunks) for i, v in enumerate(views[1:])]
+            h0 = views[0].header
+            total = sum(v.header.tokens if x is None else len(x) for v, x in zip(views, rows))
+            kv = torch.empty(h0.layers, 2, h0.kv_heads, total, h0.head_dim, dtype=h0.dtype, pin_memory=self.pin)
+            parts, offsets, off = [], [], 0
+            for (i, lvl), v, x in zip(wanted, views, rows):
+                src, kinds = (v.kv, v.kinds) if x is None else (v.kv.index_select(3, x), v.kinds[x])
+                dst = kv[:, :, :, off:off + src.shape[3]]
+                dst.copy_(src)
+                parts.append(self._part(r, video_id, i, lvl, dst, kinds.clone()))
+                offsets.append(off)
+                off += src.shape[3]
+        hot = _HotSet(kv, parts, offsets)
+        if hot.nbytes <= self.cache_bytes:
+            self._hot[video_id] = hot
+            self._hot_bytes += hot.nbytes
+            while self._hot_bytes > self.cache_bytes:
+                _, old = self._hot.popitem(last=False)
+                self._hot_bytes -= old.nbytes
+        return hot, hot.nbytes
+
+    def _part(self, r, video_id: str, index: int, level: str, kv: torch.Tensor, kinds: torch.Tensor) -> ChunkKV:
+        meta = r.chunk_record(video_id, index)
+        return ChunkKV(kv[:, 0], kv[:, 1], kinds, index=index, frame_start=meta.frame_start,
+                       frame_end=meta.frame_end, t_start=meta.t_start, t_end=meta.t_end, level=level,
+                       fingerprint=r.video(video_id).fingerprint)
+
+    def evict(self, video_id: str) -> None:
+        with self._lock:
+            old = self._hot.pop(video_id, None)
+            if old is not None:
+                self._hot_bytes -= old.nbytes
+
+    # ------------------------------------------------------------------ paging
+    def _groups(self, layers: int) -> list[tuple[int, int]]:
+        g = min(self.groups, layers)
+        cuts = [round(j * layers / g) for j in range(g + 1)]
+        return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+    def _copy(self, dst: torch.Tensor, src: torch.Tensor, groups) -> list:
+        """Copy src -> dst group by group (on the side stream on CUDA); one event per group."""
+        events = []
+        if not self.cuda:
+            for a, b in groups:
+                dst[a:b].copy_(src[a:b])
+                events.append(None)
+            return events
+        with torch.cuda.stream(self.copy_stream):
+            for a, b in groups:
+                dst[a:b].copy_(src[a:b], non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record(self.copy_stream)
+                events.append(ev)
+        return events
+
+    @torch.no_grad()
+    def load(self, video_id: str, n_chunks: int, levels: dict[int, str]) -> DevicePaged:
+        """levels: chunk index -> "L" or "H" for every chunk 0..n_chunks-1. Returns the
+        assembled cache on the device (work may still be in flight on the current stream:
+        whatever runs next on it sees the finished cache)."""
+        with self._lock:
+            return self._load(video_id, n_chunks, levels)
+
+    def _load(self, video_id: str, n_chunks: int, levels: dict[int, str]) -> DevicePaged:
+        be, dev = self.backend, self.device
+        dtype = be.dtype
+        hot, read = self._hot_set(video_id, n_chunks)
+        layers = hot.kv.shape[0]
+        groups = self._groups(layers)
+        cur = torch.cuda.current_stream(dev) if self.cuda else None
+        if self.cuda:
+            self.copy_stream.wait_stream(cur)    # device buffers below are allocated on `cur`
+
+        # 1. the hot set's copy goes first ...
+        dev_hot = torch.empty(hot.kv.shape, dtype=hot.kv.dtype, device=dev) if self.cuda else hot.kv
+        hot_events = self._copy(dev_hot, hot.kv, groups) if self.cuda else [None] * len(groups)
+
+        # 2. ... while the CPU reads the L-KVs out of the map into the reused staging buffer
+        want_l = sorted(i for i, lvl in levels.items() if lvl == "L")
+        l_parts: dict[int, ChunkKV] = {}
+        l_off: dict[int, int] = {}
+        stage = None
+        if want_l:
+            if self._staging_free is not None:
+                self._staging_free.synchronize()  # the previous question's copy out of it is done
+            with self.store.reader() as r:
+                heads = [r.header(video_id, i, "L") for i in want_l]
+                h0 = heads[0]
+                total = sum(h.tokens for h in heads)
+                stage = self.staging.take((h0.layers, 2, h0.kv_heads, total, h0.head_dim), h0.dtype)
+                off = 0
+                for i, h in zip(want_l, heads):
+                    v = r.blob(video_id, i, "L", fingerprint=self.fingerprint)
+                    dst = stage[:, :, :, off:off + h.tokens]
+                    dst.copy_(v.kv)
+                    l_parts[i] = self._part(r, video_id, i, "L", dst, v.kinds.clone())
+                    l_off[i] = off
+                    off += h.tokens
+            read += stage.numel() * stage.element_size()
+        dev_l, l_events = None, [None] * len(groups)
+        if stage is not None:
+            if self.cuda:
+                dev_l = torch.empty(stage.shape, dtype=stage.dtype, device=dev)
+                l_events = self._copy(dev_l, stage, groups)
+                self._staging_free = torch.cuda.Event()
+                self._staging_free.record(self.copy_stream)
+            else:
+                dev_l = stage
+
+        # 3. positions and the gather plan: which row of which source lands where
+        parts = [hot.parts[0]] + [l_parts.get(i, hot.parts[i + 1]) for i in range(n_chunks)]
+        pos, next_pos = be.part_positions(parts)
+        spans, start = [], 0
+        src_h, dst_h, src_l, dst_l = [], [], [], []
+        for j, p in enumerate(parts):
+            t = p.tokens
+            spans.append((p.index, start, start + t))
+            if j > 0 and p.index in l_parts:
+                src_l.append(np.arange(l_off[p.index], l_off[p.index] + t))
+                dst_l.append(np.arange(start, start + t))
+            else:
+                src_h.append(np.arange(hot.offsets[j], hot.offsets[j] + t))
+                dst_h.append(np.arange(start, start + t))
+            start += t
+        N = start
+        plan = [torch.from_numpy(np.concatenate(x) if x else np.zeros(0, np.int64)).long()
+                for x in (src_h, dst_h, src_l, dst_l)]
+        if self.cuda:
+            plan = [x.pin_memory().to(dev, non_blocking=True) for x in plan]
+        src_h, dst_h, src_l, dst_l = plan
+        cos, sin = be.rotary.cos_sin(pos, dev)
+        cos_h, sin_h = cos.index_select(0, dst_h), sin.index_select(0, dst_h)
+        cos_l, sin_l = cos.index_select(0, dst_l), sin.index_select(0, dst_l)
+
+        # 4. per layer group, as its bytes land: gather + rotate into the assembled cache
+        kvh, D = hot.kv.shape[2], hot.kv.shape[4]
+        out_k = torch.empty(layers, kvh, N, D, dtype=dtype, device=dev)
+        out_v = torch.empty(layers, kvh, N, D, dtype=dtype, device=dev)
+        for (a, b), ev_h, ev_l in zip(groups, hot_events, l_events):
+            if ev_h is not None:
+                cur.wait_event(ev_h)
+            self._fn(dev_hot[a:b, 0], dev_hot[a:b, 1], src_h, cos_h, sin_h, out_k[a:b], out_v[a:b], dst_h)
+            if dev_l is not None:
+                if ev_l is not None:
+                    cur.wait_event(ev_l)
+                self._fn(dev_l[a:b, 0], dev_l[a:b, 1], src_l, cos_l, sin_l, out_k[a:b], out_v[a:b], dst_l)
+        cache = AssembledCache(out_k, out_v, spans, next_pos)
+        return DevicePaged(cache, sum(p.nbytes for p in parts), read, levels)
+
+
+def h2d_bandwidth(nbytes: int = 256 << 20, repeat: int = 10, device: str = "cuda") -> dict:
+    """Raw pinned host-to-device copy bandwidth: best and median GB/s of `repeat` copies of
+    `nbytes` (CUDA events), after a warm-up copy."""
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize(device)
+    secs = []
+    for _ in range(repeat):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src, non_blocking=True)
+        b.record()
+        b.synchronize()
+        secs.append(a.elapsed_time(b) / 1e3)
+    secs.sort()
+    return {"bytes": nbytes, "gb_s": nbytes / secs[0] / 1e9, "gb_s_median": nbytes / secs[len(secs) // 2] / 1e9,
+            "repeat": repeat}

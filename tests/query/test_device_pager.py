@@ -1,0 +1,154 @@
+"""The GPU fast path's logic, run on the CPU (pinning and streams off): the device pager
+assembles exactly the cache the CPU path does, reuses its staging buffer across questions,
+and the on-device prefill yields exactly what the host prefill does."""
+
+import numpy as np
+import torch
+
+from videokv.engine.chunkkv import TokenKind
+from videokv.engine.config import CompressionConfig, EngineConfig, PrefillConfig
+from videokv.engine.decode import assemble
+from videokv.engine.prefill import ChunkPrefiller
+from videokv.models.selftest import random_chunks
+from videokv.models.tiny import tiny_backend
+from videokv.ingest.pipeline import frames_to_tensor
+from videokv.query.device_pager import DevicePager, StagingBuffer, gather_rotate
+from videokv.query.pager import KVPager
+
+
+def _same_cache(a, b):
+    assert a.spans == b.spans and a.next_pos == b.next_pos
+    assert a.keys.dtype == b.keys.dtype and a.keys.shape == b.keys.shape
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_device_pager_matches_cpu_path_and_reuses_staging(ingested):
+    rt, res = ingested
+    q = rt.queries
+    assert q.fast is None                                   # CPU: the engine keeps the CPU path
+    n = rt.store.get_video(res.video_id).chunks_total
+    dp = DevicePager(rt.store, q.fingerprint, rt.backend, device="cpu", pin=False, groups=3)
+    assert not dp.pin and dp.copy_stream is None
+    layouts = [{i: "H" for i in range(n)}, {i: ("L" if i in (0, 2, n - 1) else "H") for i in range(n)},
+               {i: "L" for i in range(n)}, {i: ("L" if i in (1, n - 1) else "H") for i in range(n)}]
+    ptrs = []
+    for j, levels in enumerate(layouts):
+        got = dp.load(res.video_id, n, levels)
+        paged = q.pager.load(res.video_id, n, levels)
+        _same_cache(got.cache, assemble(rt.backend, paged.parts))
+        assert got.bytes_in_context == paged.bytes_in_context
+        n_l = sum(v == "L" for v in levels.values())
+        l_bytes = sum(p.nbytes for p in paged.parts[1:] if p.level == "L")
+        hot_bytes = sum(p.nbytes for p in paged.parts[:1]) + sum(     # H parts: visual rows only
+            2 * c.keys[:, :, c.kinds == TokenKind.VISUAL].nbytes
+            for c in (rt.store.read_chunk(res.video_id, i, "H") for i in range(n)))
+        assert got.bytes_read == (hot_bytes if j == 0 else 0) + (l_bytes if n_l else 0)
+        ptrs.append(dp.staging.data_ptr())
+    # grown by the first L question and by the all-L one; the smaller one after it reused it
+    assert ptrs[0] == 0 and dp.staging.grows == 2 and ptrs[2] == ptrs[3] != 0 and dp.staging.reuses == 1
+    dp.evict(res.video_id)
+    assert dp._hot_bytes == 0 and dp.load(res.video_id, n, layouts[0]).bytes_read > 0
+    # with the H parts' text rows kept, both paths agree too
+    keep = DevicePager(rt.store, q.fingerprint, rt.backend, device="cpu", pin=False, h_text="keep")
+    got = keep.load(res.video_id, n, layouts[1])
+    paged = KVPager(rt.store, q.fingerprint, h_text="keep").load(res.video_id, n, layouts[1])
+    _same_cache(got.cache, assemble(rt.backend, paged.parts))
+    assert got.bytes_in_context == paged.bytes_in_context > q.pager.load(res.video_id, n, layouts[1]).bytes_in_context
+
+
+def test_staging_buffer_grows_geometrically_and_views_typed():
+    s = StagingBuffer(pin=False)
+    a = s.take((2, 3, 4), torch.float32)
+    assert a.shape == (2, 3, 4) and a.dtype == torch.float32 and s.grows == 1 and s.nbytes == 1 << 20
+    p = s.data_ptr()
+    b = s.take((10, 10), torch.bfloat16)
+    assert b.data_ptr() == p and s.grows == 1 and s.reuses == 1
+    c = s.take(((1 << 20) // 2 + 1,), torch.float32)          # > 1 MiB: grows to fit
+    assert s.grows == 2 and s.nbytes >= c.numel() * 4
+
+
+def test_gather_rotate_equals_rotate_then_scatter(tokenizer):
+    be = tiny_backend(tokenizer, "qwen2", "yarn")
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(2, 2, 10, 16, generator=g)
+    idx, dst = torch.tensor([7, 1, 4]), torch.tensor([0, 2, 1])
+    pos = torch.tensor([5, 9, 6])
+    cos, sin = be.rotary.cos_sin(pos, "cpu")
+    out_k, out_v = torch.zeros(2, 2, 3, 16), torch.zeros(2, 2, 3, 16)
+    gather_rotate(src, src + 1, idx, cos, sin, out_k, out_v, dst)
+    ref = be.rotary.rotate(src[:, :, idx], pos)
+    assert torch.equal(out_k[:, :, dst], ref) and torch.equal(out_v[:, :, dst], (src + 1)[:, :, idx])
+
+
+def test_device_prefill_yields_what_host_prefill_does(tokenizer):
+    be = tiny_backend(tokenizer, "qwen2")
+    for policy in ("avgpool", "attention"):
+        cfg = EngineConfig(l_kv=CompressionConfig(policy, 2), h_kv=CompressionConfig(policy, 8),
+                           prefill=PrefillConfig(window=2, window_level="H", prev_level="L"))
+        pre = ChunkPrefiller(be, cfg)
+        prefix = pre.prefix()
+        chunks = random_chunks(be, 5, tokens=32)
+        host = list(pre.run(prefix, iter(chunks), device_path=False))
+        dev = list(pre.run(prefix, iter(chunks), device_path=True))
+        # resuming from stored history takes the same path
+        resumed = list(pre.run(prefix, iter(chunks[3:]), history=host[:3], device_path=True))
+        assert [d.L.index for d in dev] == list(range(5))
+        for a, b in zip(host, dev):
+            for lvl in ("L", "H"):
+                x, y = a.level(lvl), b.level(lvl)
+                assert torch.equal(x.keys, y.keys) and torch.equal(x.values, y.values), (policy, lvl)
+                assert torch.equal(x.kinds, y.kinds) and y.keys.device.type == "cpu"
+        for a, b in zip(host[3:], resumed):
+            assert torch.equal(a.L.keys, b.L.keys) and torch.equal(a.H.values, b.H.values)
+
+
+def test_batched_vision_inputs_match_per_chunk(ingested, toy_video):
+    from videokv.ingest.chunks import plan_chunks
+    from videokv.ingest.video import probe, sample_frames
+
+    rt, _ = ingested
+    pipe = rt.pipeline
+    assert not pipe._batch_vision()                        # CPU: one tower call per chunk, as before
+    info = probe(toy_video[0])
+    s = sample_frames(toy_video[0], 1.0, 4096, size=rt.backend.vision.input_size, info=info)
+    plan = plan_chunks(s.timestamps, info.duration, 16, 1.0)
+    pipe.VISION_BATCH_FRAMES = 40                          # groups of 3 chunks (48 frames), then the rest
+    calls = rt.backend.vision_calls
+    pending: dict = {}
+    got = list(pipe._batched_inputs(plan.chunks, s.frames, pending))
+    assert rt.backend.vision_calls - calls == 2 and sorted(pending) == list(range(len(plan)))
+    for c, ci in zip(plan.chunks, got):
+        ref = rt.backend.vision_tokens(frames_to_tensor(s.frames[c.frame_start:c.frame_end]))
+        assert ci.index == c.index and (ci.frame_start, ci.frame_end) == (c.frame_start, c.frame_end)
+        assert torch.allclose(ci.visual, ref.reshape(-1, ref.shape[-1]), atol=1e-5)
+    assert np.isclose(got[1].t_start, plan.chunks[1].t_start)
+
+
+def test_window0_chunks_packed_into_one_forward_match_one_by_one(tokenizer):
+    be = tiny_backend(tokenizer, "llama")
+    for policy in ("avgpool", "attention"):
+        cfg = EngineConfig(l_kv=CompressionConfig(policy, 2), h_kv=CompressionConfig(policy, 8),
+                           prefill=PrefillConfig(window=0))
+        pre = ChunkPrefiller(be, cfg)
+        assert pre._packable()
+        prefix = pre.prefix()
+        chunks = random_chunks(be, 5, tokens=24)
+        chunks[-1].visual = chunks[-1].visual[:10]                     # a shorter last chunk
+        for c in chunks:
+            c.t_start = 10.0 ** c.index                                # timestamps of different lengths
+        host = list(pre.run(prefix, iter(chunks), device_path=False))
+        calls = []
+        fwd = be.forward
+        be.forward = lambda *a, **k: calls.append(k.get("mask") is not None) or fwd(*a, **k)
+        pre.PACK_TOKENS = 90                                           # -> forwards of 2 + 2 + 1 chunks
+        try:
+            packed = list(pre.run(prefix, iter(chunks), device_path=True))
+        finally:
+            be.forward = fwd
+        assert calls == [True, True, True]
+        assert [p.L.index for p in packed] == list(range(5))
+        for a, b in zip(host, packed):
+            for lvl in ("L", "H"):
+                x, y = a.level(lvl), b.level(lvl)
+                assert torch.equal(x.kinds, y.kinds) and x.keys.shape == y.keys.shape
+                assert torch.allclose(x.keys, y.keys, atol=1e-5) and torch.allclose(x.values, y.values, atol=1e-5)

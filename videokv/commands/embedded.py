@@ -1,0 +1,152 @@
+"""`videokv ingest FILE`, `videokv ask VIDEO_ID QUESTION`, `videokv transcript VIDEO_ID`:
+embedded mode, no server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from videokv.query.engine import MODES
+
+
+def progress_bar(desc: str):
+    """A tqdm bar on stderr driven by the pipeline's (done, total) callback."""
+    from tqdm import tqdm
+
+    state = {"bar": None}
+
+    def update(done: int, total: int) -> None:
+        bar = state["bar"]
+        if bar is None:
+            bar = state["bar"] = tqdm(total=total, desc=desc, unit="chunk", file=sys.stderr, leave=True)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def runtime(model: str | None):
+    """A Runtime from the settings, with `--model` (a checkpoint folder) over VIDEOKV_MODEL."""
+    from videokv.runtime import Runtime, load_settings
+
+    return Runtime(load_settings(**({"model": model} if model else {})))
+
+
+MODEL_HELP = ("local checkpoint folder (default: VIDEOKV_MODEL); its config.json selects the backend, "
+              "e.g. Qwen2-VL / Qwen2.5-VL. Ask with the same model a video was ingested with")
+
+
+def main_ingest(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="videokv ingest", description="Ingest a video into the KV store; "
+                                 "prints the video id alone on the last line.")
+    ap.add_argument("file")
+    ap.add_argument("--tenant", default="default")
+    ap.add_argument("--json", action="store_true", help="print the ingest result as JSON before the id")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
+    text = ap.add_argument_group("text channel (default: VIDEOKV_TEXT_OCR / _ASR / _SUBTITLES)")
+    text.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=None,
+                      help="read on-screen text with Tesseract (apt-get install tesseract-ocr tesseract-ocr-eng)")
+    text.add_argument("--asr", action=argparse.BooleanOptionalAction, default=None,
+                      help="transcribe speech with PocketSphinx (apt-get install pocketsphinx pocketsphinx-en-us)")
+    text.add_argument("--subtitles", default=None, metavar="FILE",
+                      help="a .srt or .vtt subtitle file for this video")
+    text.add_argument("--no-subtitles", action="store_true",
+                      help="ignore subtitles (also the video's own subtitle stream)")
+    args = ap.parse_args(argv)
+    rt = runtime(args.model)
+    from videokv.ingest.text import check_subtitle_file
+    if args.subtitles:
+        check_subtitle_file(args.subtitles)
+    opts = rt.text_defaults.overridden(ocr=args.ocr, asr=args.asr, subtitle_file=args.subtitles,
+                                       subtitles=False if args.no_subtitles else None)
+    res = rt.pipeline.ingest(args.file, tenant=args.tenant, progress=None if args.quiet else progress_bar("prefill"),
+                             text=opts, stage_progress=None if args.quiet else stage_bars())
+    if args.json:
+        print(json.dumps(res.__dict__))
+    elif not args.quiet:
+        how = "already ingested (same file and model config)" if res.deduplicated else \
+            f"{res.chunks_prefilled} chunks in {res.seconds:.1f} s, {res.frames_per_s:.1f} frames/s, " \
+            f"{res.tokens_per_s:.0f} tokens/s" + (f", resumed at chunk {res.resumed_from}" if res.resumed_from else "")
+        print(f"{args.file}: {res.status}, {how}", file=sys.stderr)
+        for src, r in (res.text or {}).items():
+            if r.get("ran"):
+                print(f"  text {src}: {r.get('segments', 0)} segments in {r.get('seconds', 0):.1f} s"
+                      + (f" ({r['note']})" if r.get("note") else ""), file=sys.stderr)
+    print(res.video_id)
+    return 0
+
+
+def stage_bars():
+    """Progress of the text channel's stages (ocr, asr, ...): one tqdm bar per stage."""
+    bars = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = progress_bar(f"text {stage}")
+        bars[stage](done, total)
+
+    return update
+
+
+def main_transcript(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="videokv transcript",
+                                 description="Print a video's time-aligned text (OCR, speech, subtitles).")
+    ap.add_argument("video_id")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rt = runtime(None)
+    rec = rt.store.get_video(args.video_id)
+    got = rt.store.get_transcript(rec.video_id)
+    if args.json:
+        print(json.dumps(transcript_view(rec, got), indent=1))
+        return 0
+    if got is None:
+        print(f"video {rec.video_id} was ingested without a text channel", file=sys.stderr)
+        return 0
+    for seg in transcript_view(rec, got)["segments"]:
+        print(f"[{seg['t_start']:8.2f}s - {seg['t_end']:8.2f}s] chunk {seg['chunk']:>4} {seg['source']:<8} {seg['text']}")
+    return 0
+
+
+def transcript_view(rec, stored: dict | None) -> dict:
+    """The API/CLI view of a stored text channel: channels that ran and the time-ordered
+    segments (ingest.text.align.transcript), each with the chunk it starts in."""
+    from videokv.ingest.text import TextSegment
+    from videokv.ingest.text.align import transcript
+    segs = [TextSegment.from_dict(d) for d in (stored or {}).get("segments", [])]
+    return {"id": rec.video_id, "channels": (stored or {}).get("channels", {}),
+            "segments": transcript(segs, [s.t_start for s in rec.plan])}
+
+
+def main_ask(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="videokv ask", description="Ask a question about an ingested video.")
+    ap.add_argument("video_id")
+    ap.add_argument("question")
+    ap.add_argument("--top-k", type=int, default=None, help="chunks re-loaded at L level (default: settings)")
+    ap.add_argument("--mode", choices=MODES, default="bilevel")
+    ap.add_argument("--count-by", choices=("oracle", "lm"), default=None,
+                    help='who answers "how many times" questions: the span counter (oracle; the default where '
+                         'calibrated) or the LLM')
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
+    args = ap.parse_args(argv)
+    rt = runtime(args.model)
+    stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
+    ans = rt.queries.ask(args.video_id, args.question, top_k=args.top_k, mode=args.mode,
+                         max_new_tokens=args.max_new_tokens, on_token=stream, count_by=args.count_by)
+    if args.json:
+        print(json.dumps(ans.to_dict(), indent=1))
+        return 0
+    print()
+    for e in ans.evidence:
+        print(f"  evidence: chunk {e.chunk} [{e.t_start:.1f}s-{e.t_end:.1f}s] score={e.score:.3f} level={e.level}")
+    t = ans.timings
+    print(f"  ttft {t['ttft_ms']:.0f} ms, total {t['ttft_ms'] + t['decode_ms']:.0f} ms, "
+          f"{ans.kv_bytes_loaded / 1e6:.1f} MB KV in context ({ans.context_tokens} tokens), "
+          f"{ans.kv_bytes_read / 1e6:.1f} MB read, video prefill runs: {ans.video_prefill_runs}")
+    return 0

@@ -1,0 +1,40 @@
+"""The long-running services, wired from settings (the composition root for servers).
+
+    uvicorn --factory videokv.services:api_app          (videokv serve)
+    celery -A videokv.services worker -Q ingest,query    (videokv worker)
+
+`api_app()` builds the FastAPI app; the module attribute `app` is the Celery app, made on
+first access (so importing this module for the API factory builds no Celery app).
+"""
+
+from __future__ import annotations
+
+from videokv.runtime import Runtime, load_settings
+
+
+def api_app(settings=None):
+    """The REST API over a Runtime built from `settings` (default: the environment)."""
+    from videokv.api.app import create_app
+    settings = settings or load_settings()
+    return create_app(settings, Runtime(settings))
+
+
+def celery_app(settings=None):
+    """The Celery app; its task processes build their Runtime from the same settings."""
+    from videokv.workers.app import configure, make_app
+    settings = settings or load_settings()
+    configure(lambda: Runtime(settings))
+    return make_app(settings)
+
+
+_celery = None
+
+
+def __getattr__(name: str):
+    # `celery -A videokv.services` looks up the module attribute `app`.
+    global _celery
+    if name == "app":
+        if _celery is None:
+            _celery = celery_app()
+        return _celery
+    raise AttributeError(name)
