@@ -1,40 +1,181 @@
-"""Request bodies (validated: a bad body is a 422 problem, never a 500)."""
+"""Request and response bodies. Requests are validated (a bad body is a 422 problem, never a
+500); every endpoint declares its response model, so /openapi.json documents every body.
+
+The question limit is a setting (VIDEOKV_MAX_QUESTION_CHARS), so the request models are made
+per app with that limit in their schema (`request_models`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from functools import lru_cache
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from videokv.query.engine import COUNT_BY, MODES
 
 Mode = Literal[MODES]
-Question = Field(min_length=1, max_length=4000, description="the question (at most VIDEOKV_MAX_QUESTION_CHARS)")
+CountBy = Literal[COUNT_BY]
+COUNT_BY_HELP = ('who answers "how many times" questions: the span counter over the oracle\'s frame scores '
+                 '("oracle", the default where calibrated) or the LLM ("lm")')
 
 
-class QueryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    question: str = Question
-    top_k: int | None = Field(None, ge=1, le=256, description="chunks re-loaded at L level (default: settings)")
-    mode: Mode = "bilevel"
-    count_by: Literal[COUNT_BY] | None = Field(
-        None, description='who answers "how many times" questions: the span counter over the oracle\'s frame '
-                          'scores ("oracle", the default where calibrated) or the LLM ("lm")')
-    max_new_tokens: int = Field(48, ge=1, le=1024)
-    stream: bool = Field(False, description="stream tokens as server-sent events")
+# ---------------------------------------------------------------- requests
+class RequestModels(NamedTuple):
+    QueryRequest: type[BaseModel]
+    SearchRequest: type[BaseModel]
+    JobRequest: type[BaseModel]
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: str = Question
-    video_ids: list[str] | None = Field(None, max_length=1000)
-    top_k: int = Field(10, ge=1, le=1000)
+@lru_cache(maxsize=8)
+def request_models(max_question_chars: int = 4000) -> RequestModels:
+    """The request bodies with questions of at most `max_question_chars` characters."""
+    def question_field(what: str = "the question"):
+        return Field(min_length=1, max_length=max_question_chars,
+                     description=f"{what} (at most {max_question_chars} characters: VIDEOKV_MAX_QUESTION_CHARS)")
+
+    class QueryRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        question: str = question_field()
+        top_k: int | None = Field(None, ge=1, le=256, description="chunks re-loaded at L level (default: settings)")
+        mode: Mode = "bilevel"
+        count_by: CountBy | None = Field(None, description=COUNT_BY_HELP)
+        max_new_tokens: int = Field(48, ge=1, le=1024)
+        stream: bool = Field(False, description="stream tokens as server-sent events")
+
+    class SearchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        query: str = question_field("the search text")
+        video_ids: list[str] | None = Field(None, max_length=1000)
+        top_k: int = Field(10, ge=1, le=1000)
+
+    class JobRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        video_ids: list[str] = Field(min_length=1, max_length=1000)
+        questions: list[str] = Field(min_length=1, max_length=1000)
+        top_k: int | None = Field(None, ge=1, le=256)
+        mode: Mode = "bilevel"
+        count_by: CountBy | None = Field(None, description=COUNT_BY_HELP)
+        max_new_tokens: int = Field(48, ge=1, le=1024)
+
+    return RequestModels(QueryRequest, SearchRequest, JobRequest)
 
 
-class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    video_ids: list[str] = Field(min_length=1, max_length=1000)
-    questions: list[str] = Field(min_length=1, max_length=1000)
-    top_k: int | None = Field(None, ge=1, le=256)
-    mode: Mode = "bilevel"
-    max_new_tokens: int = Field(48, ge=1, le=1024)
+# ---------------------------------------------------------------- responses
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(description="each dependency: 'ok ...' or 'error: ...'")
+
+
+class Video(BaseModel):
+    id: str
+    status: Literal["QUEUED", "INGESTING", "READY", "FAILED"]
+    filename: str
+    duration: float
+    fps: float
+    container: str
+    codec: str
+    chunks_total: int
+    chunks_done: int
+    progress: float = Field(description="0..1")
+    error: str = Field(description="why it FAILED ('' otherwise)")
+    note: str = Field(description="e.g. why an ingest is being retried")
+    created: float
+    updated: float
+    status_url: str
+    events_url: str
+    text_channels: dict[str, Any] = Field(description="per text channel (ocr, asr, subtitle): what ran")
+    transcript_url: str
+
+
+class UploadedVideo(Video):
+    deduplicated: bool = Field(description="the same file was already uploaded by this tenant (same id)")
+
+
+class VideoList(BaseModel):
+    videos: list[Video]
+
+
+class TranscriptSegment(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    t_start: float
+    t_end: float
+    text: str
+    source: str
+    chunk: int | None = None
+
+
+class Transcript(BaseModel):
+    id: str
+    channels: dict[str, Any]
+    segments: list[TranscriptSegment]
+
+
+class Evidence(BaseModel):
+    chunk: int
+    t_start: float
+    t_end: float
+    score: float
+    level: str = Field(description="L, H, or 'count' (a span the counter counted)")
+
+
+class Answer(BaseModel):
+    answer: str
+    evidence: list[Evidence]
+    timings: dict[str, float] = Field(description="retrieve_ms, load_ms, prefill_ms, decode_ms, ttft_ms")
+    kv_bytes_loaded: int
+    kv_bytes_read: int
+    context_tokens: int
+    video_prefill_runs: int
+    mode: str
+    video_id: str
+    question: str
+    extra: dict[str, Any]
+
+
+class SearchHit(BaseModel):
+    video_id: str
+    filename: str
+    chunk: int
+    t_start: float | None
+    t_end: float | None
+    score: float
+
+
+class SearchResults(BaseModel):
+    query: str
+    results: list[SearchHit]
+
+
+class Job(BaseModel):
+    id: str
+    video_ids: list[str]
+    questions: list[str]
+    top_k: int | None
+    mode: str
+    count_by: str | None = None
+    max_new_tokens: int
+    status: str = Field(description="QUEUED, WAITING, RUNNING, DONE or FAILED")
+    done: int
+    total: int
+    errors: int
+    error: str
+    created: float
+    updated: float
+    status_url: str
+    results_url: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (`application/problem+json`)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str | None = Field(None, description="a stable snake_case name of the condition")

@@ -111,7 +111,7 @@ def bytes_breakdown(rt, video_id: str, question: str, top_k: int) -> dict:
     h_text "keep"), visual tokens at H, and visual tokens at L of the oracle's top-k and of
     the always-loaded first/last chunks."""
     from videokv.engine.chunkkv import TokenKind
-    from videokv.query.pager import text_chunks_of
+    from videokv.query.hotset import text_chunks_of
 
     store = rt.store
     rec = store.get_video(video_id)

@@ -1,13 +1,37 @@
-"""`ChunkKV`: the unit the whole service stores, pages and decodes."""
+"""The units the whole service stores, pages and decodes: `ChunkKV` (a chunk's pre-RoPE K,V at
+one level), its plan entry `ChunkSpan`, and what prefill takes and gives per chunk."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import IntEnum
 
 import torch
 
 LEVELS = ("full", "L", "H")
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """One chunk of a video's plan: sampled frames [frame_start, frame_end) and seconds
+    [t_start, t_end) (the first frame's timestamp to the next chunk's first timestamp)."""
+
+    index: int
+    frame_start: int
+    frame_end: int
+    t_start: float
+    t_end: float
+
+    @property
+    def num_frames(self) -> int:
+        return self.frame_end - self.frame_start
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChunkSpan":
+        return cls(int(d["index"]), int(d["frame_start"]), int(d["frame_end"]), float(d["t_start"]), float(d["t_end"]))
 
 
 class TokenKind(IntEnum):
@@ -88,3 +112,31 @@ class ChunkKV:
         return replace(self, keys=self.keys.to(device=device, dtype=dtype),
                        values=self.values.to(device=device, dtype=dtype),
                        kinds=self.kinds.to(device=device))
+
+
+@dataclass
+class ChunkInput:
+    """One chunk to prefill. visual: [frames * tokens_per_frame, hidden] vision-token embeddings."""
+
+    index: int
+    visual: torch.Tensor
+    frame_start: int = 0
+    frame_end: int = 0
+    t_start: float = 0.0
+    t_end: float = 0.0
+    text: str = ""     # the chunk's text channel line (`text_line`), "" when none
+
+
+@dataclass
+class PrefilledChunk:
+    """A chunk's KVs at each level. `full` is kept only when asked for (tests, window 'full')."""
+
+    L: ChunkKV
+    H: ChunkKV
+    full: ChunkKV | None = None
+
+    def level(self, name: str) -> ChunkKV:
+        got = {"L": self.L, "H": self.H, "full": self.full}[name]
+        if got is None:
+            raise ValueError(f"chunk {self.L.index}: level {name!r} was not kept")
+        return got

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from videokv.engine.backend import HFCausalBackend
 from videokv.engine.chunkkv import ChunkKV, TokenKind
 from videokv.engine.config import CompressionConfig
 
@@ -122,6 +123,29 @@ class Stride(ScorePolicy):
     def score(self, keys, values, attention):
         pos = torch.arange(keys.shape[2], device=keys.device)
         return -(pos % self.ratio).float().expand(*keys.shape[:2], -1)
+
+
+def attention_received(backend: HFCausalBackend, queries: torch.Tensor, keys_pre: torch.Tensor,
+                       local: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention each chunk token receives from the chunk's own tokens (causal), summed over
+    queries and over the query heads sharing a KV head.
+
+    queries: [L, Hq, T, D] pre-RoPE; keys_pre: [L, Hkv, T, D] as stored -> [L, Hkv, T].
+    local: the chunk's in-chunk positions ([T] or [3, T]; default 0..T-1). Both are rotated
+    to the chunk's own frame (base 0): only relative positions matter here."""
+    L, Hq, T, D = queries.shape
+    Hkv = keys_pre.shape[1]
+    local = torch.arange(T) if local is None else local
+    k_pos = backend.store_positions(local, 0)   # stored keys still lack this much rotation
+    out = torch.empty(L, Hkv, T, device=queries.device)
+    causal = torch.ones(T, T, dtype=torch.bool, device=queries.device).tril()
+    for layer in range(L):  # one layer at a time keeps the [Hq, T, T] scores small
+        q = backend.rotary.rotate(queries[layer].float(), local)
+        k = backend.rotary.rotate(keys_pre[layer].float(), k_pos).repeat_interleave(Hq // Hkv, dim=0)
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+        p = s.masked_fill(~causal, float("-inf")).softmax(-1)          # [Hq, T(query), T(key)]
+        out[layer] = p.sum(1).view(Hkv, Hq // Hkv, T).sum(1)
+    return out
 
 
 POLICIES: dict[str, type[Policy]] = {

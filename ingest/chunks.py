@@ -9,36 +9,18 @@ rate source or a max-frames cap gives correct spans.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Chunk:
-    index: int
-    frame_start: int  # first sampled frame (index into the sampled sequence)
-    frame_end: int  # exclusive
-    t_start: float  # seconds
-    t_end: float  # seconds, exclusive
-
-    @property
-    def num_frames(self) -> int:
-        return self.frame_end - self.frame_start
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Chunk":
-        return cls(int(d["index"]), int(d["frame_start"]), int(d["frame_end"]), float(d["t_start"]), float(d["t_end"]))
+from videokv.engine.chunkkv import ChunkSpan
 
 
 @dataclass(frozen=True)
 class ChunkPlan:
     chunk_frames: int
     duration: float
-    chunks: tuple[Chunk, ...]
+    chunks: tuple[ChunkSpan, ...]
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -46,14 +28,14 @@ class ChunkPlan:
     def __iter__(self):
         return iter(self.chunks)
 
-    def __getitem__(self, i: int) -> Chunk:
+    def __getitem__(self, i: int) -> ChunkSpan:
         return self.chunks[i]
 
     @property
     def num_frames(self) -> int:
         return self.chunks[-1].frame_end if self.chunks else 0
 
-    def chunk_at(self, t: float) -> Chunk:
+    def chunk_at(self, t: float) -> ChunkSpan:
         """The chunk whose span contains time t (clamped to the first/last chunk)."""
         starts = [c.t_start for c in self.chunks]
         i = int(np.searchsorted(starts, t, side="right")) - 1
@@ -65,7 +47,7 @@ class ChunkPlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ChunkPlan":
-        return cls(int(d["chunk_frames"]), float(d["duration"]), tuple(Chunk.from_dict(c) for c in d["chunks"]))
+        return cls(int(d["chunk_frames"]), float(d["duration"]), tuple(ChunkSpan.from_dict(c) for c in d["chunks"]))
 
 
 def plan_chunks(
@@ -101,5 +83,5 @@ def plan_chunks(
     for index, start in enumerate(range(0, len(ts), chunk_frames)):
         end = min(start + chunk_frames, len(ts))
         t_end = float(ts[end]) if end < len(ts) else float(last_end)
-        chunks.append(Chunk(index, start, end, float(ts[start]), t_end))
+        chunks.append(ChunkSpan(index, start, end, float(ts[start]), t_end))
     return ChunkPlan(chunk_frames, float(duration), tuple(chunks))

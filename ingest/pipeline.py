@@ -22,7 +22,7 @@ from videokv.engine.backend import HFCausalBackend
 from videokv.engine.config import EngineConfig
 from videokv.oracles.base import RelevanceOracle
 from videokv.engine.prefill import ChunkInput, ChunkPrefiller, PrefilledChunk
-from videokv.kvstore import ChunkSpan, KVStore, Status
+from videokv.kvstore import KVStore, Status
 
 from videokv.ingest import text as T
 from videokv.ingest.chunks import ChunkPlan, plan_chunks
@@ -94,14 +94,14 @@ class IngestPipeline:
             raise NoFrames(path, f"{path.name}: no frames could be sampled from this video")
         rec = self.store.create_video(
             content_hash=digest, fingerprint=self.fingerprint, tenant=tenant,
-            plan=[ChunkSpan(c.index, c.frame_start, c.frame_end, c.t_start, c.t_end) for c in plan],
+            plan=list(plan.chunks),
             filename=filename or path.name, container=info.container, codec=info.codec,
             duration=info.duration, fps=info.fps, sampled_frames=len(sampled))
         vid = rec.video_id
         if rec.chunks_total == 0:
             # Registered before sampling (the API creates the record at upload): add the plan.
             rec = self.store.update_video(
-                vid, plan=[ChunkSpan(c.index, c.frame_start, c.frame_end, c.t_start, c.t_end) for c in plan],
+                vid, plan=list(plan.chunks),
                 sampled_frames=len(sampled), duration=info.duration, fps=info.fps)
         report = None
         try:

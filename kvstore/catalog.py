@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from videokv.engine.chunkkv import ChunkSpan
 from videokv.kvstore import blob as blobfmt
 from videokv.kvstore import keys as K
 from videokv.kvstore.env import LmdbEnv
@@ -29,17 +30,6 @@ class Status(str, Enum):
     INGESTING = "INGESTING"
     READY = "READY"
     FAILED = "FAILED"
-
-
-@dataclass
-class ChunkSpan:
-    """One entry of a chunk plan: frames [frame_start, frame_end), seconds [t_start, t_end)."""
-
-    index: int
-    frame_start: int
-    frame_end: int
-    t_start: float
-    t_end: float
 
 
 @dataclass
@@ -78,7 +68,7 @@ class VideoRecord:
     @classmethod
     def from_json(cls, b) -> "VideoRecord":
         d = json.loads(bytes(b))
-        d["plan"] = [ChunkSpan(**s) for s in d["plan"]]
+        d["plan"] = [ChunkSpan.from_dict(s) for s in d["plan"]]
         d["status"] = Status(d["status"])
         return cls(**d)
 
@@ -107,7 +97,7 @@ class ChunkRecord:
 
 
 def _plan(plan) -> list[ChunkSpan]:
-    out = [p if isinstance(p, ChunkSpan) else ChunkSpan(**p) for p in plan or []]
+    out = [p if isinstance(p, ChunkSpan) else ChunkSpan.from_dict(p) for p in plan or []]
     if [p.index for p in out] != list(range(len(out))):
         raise ValueError("chunk plan indices must be 0..n-1 in order")
     return out

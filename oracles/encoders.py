@@ -162,15 +162,3 @@ class SigLIPOracle(CLIPOracle):
                              return_tensors="pt")
         # as the reference SigLIP: padded to max length, no attention mask (it pools the last position)
         return pooled(self.model.get_text_features(input_ids=enc["input_ids"].to(self.device)))
-
-
-def make_encoder_oracle(kind: str, path: str, device: str = "cpu") -> EncoderOracle:
-    """VIDEOKV_ORACLE=kind:path -> the oracle."""
-    if kind == "clip":
-        return CLIPOracle(path=path, device=device)
-    if kind == "siglip":
-        return SigLIPOracle(path=path, device=device)
-    if kind == "languagebind":
-        from videokv.oracles.languagebind import LanguageBindOracle
-        return LanguageBindOracle(path=path, device=device)
-    raise ValueError(f"unknown encoder oracle {kind!r}; known: clip, siglip, languagebind")

@@ -3,10 +3,9 @@
 Used by `QueryEngine` only when the backend runs on CUDA; the CPU path (`KVPager` +
 `engine.decode.assemble`) is unchanged. Per question:
 
-  1. the video's hot set (prompt prefix + every chunk's H-KV) lives in pinned host memory,
-     one buffer [layers, 2, kv_heads, tokens, head_dim] per video (LRU, bounded bytes), read
-     from LMDB once; its host-to-device copy is issued first, on a side stream, in a few
-     layer groups;
+  1. the video's hot set (prompt prefix + every chunk's H-KV, `hotset.py`) lives in pinned
+     host memory, one buffer [layers, 2, kv_heads, tokens, head_dim] per video; its
+     host-to-device copy is issued first, on a side stream, in a few layer groups;
   2. meanwhile the CPU reads the selected chunks' L-KVs out of LMDB's map into a pinned
      staging buffer that is reused across questions (grown, never shrunk; the next question
      waits for the previous one's copy out of it before writing), and issues their copy;
@@ -24,7 +23,6 @@ bit for bit), which is how it is tested without a GPU.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +31,7 @@ import torch
 from videokv.engine.chunkkv import ChunkKV
 from videokv.engine.decode import AssembledCache
 from videokv.engine.rope import rotate_half
-from videokv.kvstore import KVStore
-
-from videokv.query.pager import check_h_text, h_rows, text_chunks_of
+from .hotset import HotSetCache
 
 
 def gather_rotate(src_k: torch.Tensor, src_v: torch.Tensor, idx: torch.Tensor, cos: torch.Tensor,
@@ -107,20 +103,6 @@ class StagingBuffer:
 
 
 @dataclass
-class _HotSet:
-    """A video's prompt prefix + all H parts in one host buffer kv [layers, 2, kv_heads, T, D];
-    parts: ChunkKV views of it (prefix first); offsets: each part's first token row."""
-
-    kv: torch.Tensor
-    parts: list[ChunkKV]
-    offsets: list[int]
-
-    @property
-    def nbytes(self) -> int:
-        return self.kv.numel() * self.kv.element_size()
-
-
-@dataclass
 class DevicePaged:
     """cache: the assembled cache on the device (keys rotated); bytes_in_context: KV bytes of
     every part in it; bytes_read: bytes read from the store for this question."""
@@ -137,56 +119,21 @@ class DevicePager:
     pin / streams default to on for CUDA and off elsewhere; groups: layer groups the copy is
     split into (each group's rotation starts as soon as its bytes are on the device)."""
 
-    def __init__(self, store: KVStore, fingerprint: str, backend, cache_bytes: int = 1 << 30,
-                 device=None, pin: bool | None = None, groups: int = 4, compile: bool | None = None,
-                 h_text: str = "drop"):
-        self.store, self.fingerprint, self.backend = store, fingerprint, backend
-        self.h_text = check_h_text(h_text)     # as KVPager: H parts without their text rows
+    def __init__(self, hot: HotSetCache, backend, device=None, pin: bool | None = None, groups: int = 4,
+                 compile: bool | None = None):
+        self.hot, self.backend = hot, backend
+        self.store, self.fingerprint = hot.store, hot.fingerprint
         self.device = torch.device(device if device is not None else backend.device)
         self.cuda = self.device.type == "cuda"
         self.pin = self.cuda if pin is None else pin
-        self.cache_bytes = cache_bytes
         self.groups = max(1, groups)
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.staging = StagingBuffer(self.pin)
         self._staging_free = None            # event: the last copy out of the staging buffer is done
         self._fn = FusedGatherRotate() if (self.cuda if compile is None else compile) else gather_rotate
-        self._hot: OrderedDict[str, _HotSet] = OrderedDict()
-        self._hot_bytes = 0
         self._lock = threading.Lock()
 
-    # ------------------------------------------------------------------ hot sets
-    def _hot_set(self, video_id: str, n_chunks: int) -> tuple[_HotSet, int]:
-        hot = self._hot.get(video_id)
-        if hot is not None:
-            self._hot.move_to_end(video_id)
-            return hot, 0
-        fp = self.fingerprint
-        with self.store.reader() as r:
-            wanted = [(-1, "full")] + [(i, "H") for i in range(n_chunks)]
-            views = [r.blob(video_id, i, lvl, fingerprint=fp) for i, lvl in wanted]
-            text_chunks = text_chunks_of(r.video(video_id))
-            rows = [None] + [h_rows(v.kinds, self.h_text, i in text_chunks) for i, v in enumerate(views[1:])]
-            h0 = views[0].header
-            total = sum(v.header.tokens if x is None else len(x) for v, x in zip(views, rows))
-            kv = torch.empty(h0.layers, 2, h0.kv_heads, total, h0.head_dim, dtype=h0.dtype, pin_memory=self.pin)
-            parts, offsets, off = [], [], 0
-            for (i, lvl), v, x in zip(wanted, views, rows):
-                src, kinds = (v.kv, v.kinds) if x is None else (v.kv.index_select(3, x), v.kinds[x])
-                dst = kv[:, :, :, off:off + src.shape[3]]
-                dst.copy_(src)
-                parts.append(self._part(r, video_id, i, lvl, dst, kinds.clone()))
-                offsets.append(off)
-                off += src.shape[3]
-        hot = _HotSet(kv, parts, offsets)
-        if hot.nbytes <= self.cache_bytes:
-            self._hot[video_id] = hot
-            self._hot_bytes += hot.nbytes
-            while self._hot_bytes > self.cache_bytes:
-                _, old = self._hot.popitem(last=False)
-                self._hot_bytes -= old.nbytes
-        return hot, hot.nbytes
-
+    # ------------------------------------------------------------------ parts
     def _part(self, r, video_id: str, index: int, level: str, kv: torch.Tensor, kinds: torch.Tensor) -> ChunkKV:
         meta = r.chunk_record(video_id, index)
         return ChunkKV(kv[:, 0], kv[:, 1], kinds, index=index, frame_start=meta.frame_start,
@@ -194,10 +141,7 @@ class DevicePager:
                        fingerprint=r.video(video_id).fingerprint)
 
     def evict(self, video_id: str) -> None:
-        with self._lock:
-            old = self._hot.pop(video_id, None)
-            if old is not None:
-                self._hot_bytes -= old.nbytes
+        self.hot.evict(video_id)
 
     # ------------------------------------------------------------------ paging
     def _groups(self, layers: int) -> list[tuple[int, int]]:
@@ -232,7 +176,7 @@ class DevicePager:
     def _load(self, video_id: str, n_chunks: int, levels: dict[int, str]) -> DevicePaged:
         be, dev = self.backend, self.device
         dtype = be.dtype
-        hot, read = self._hot_set(video_id, n_chunks)
+        hot, read = self.hot.get(video_id, n_chunks)
         layers = hot.kv.shape[0]
         groups = self._groups(layers)
         cur = torch.cuda.current_stream(dev) if self.cuda else None

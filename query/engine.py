@@ -16,11 +16,12 @@ from videokv.engine.config import EngineConfig
 from videokv.engine.decode import GenerationConfig, assemble, generate
 from videokv.oracles.base import RelevanceOracle
 from videokv.errors import VideoKVError
-from videokv.kvstore import KVStore, Status
+from videokv.kvstore import Hit, KVStore, Status
 
 from videokv.query.counting import SpanCounter, asks_count
+from videokv.query.hotset import HotSetCache
 from videokv.query.pager import KVPager
-from videokv.oracles.fusion import fuse, top
+from videokv.query.retrieval import Channel, search
 
 MODES = ("bilevel", "dense", "sparse")
 COUNT_BY = ("oracle", "lm")
@@ -74,32 +75,54 @@ class QueryEngine:
         # Used for videos ingested with a text channel (their record names the oracle).
         self.text_oracle, self.text_weight = text_oracle, text_weight
         self.fingerprint = config.fingerprint()
-        self.pager = KVPager(store, self.fingerprint, cache_bytes, h_text)
         # On CUDA, questions are paged and assembled by the GPU fast path (pinned staging,
-        # copies overlapped with a fused rotation); elsewhere by KVPager + assemble.
+        # copies overlapped with a fused rotation); elsewhere by KVPager + assemble. Both page
+        # from one hot-set cache (pinned on CUDA).
+        cuda = getattr(backend.device, "type", "cpu") == "cuda"
+        self.hot = HotSetCache(store, self.fingerprint, cache_bytes, h_text, pin=cuda)
+        self.pager = KVPager(self.hot)
         self.fast = None
-        if getattr(backend.device, "type", "cpu") == "cuda":
+        if cuda:
             from videokv.query.device_pager import DevicePager
-            self.fast = DevicePager(store, self.fingerprint, backend, cache_bytes, h_text=h_text)
+            self.fast = DevicePager(self.hot, backend)
         self.top_k = top_k
         self.always_first_last = always_first_last
         self.counter = counter
 
-    def retrieve(self, video_id: str, question: str, top_k: int, rec=None) -> list:
-        """The top_k chunks (objects with .chunk and .score), best first: the visual oracle's,
-        or hybrid with the text oracle (query/retrieval.py) when the video has text.
-        rec: the video's record, if the caller has it already."""
-        qv = self.oracle.question_vector(question).numpy()
-        rec = rec or self.store.get_video(video_id)
+    def forget(self, video_id: str) -> None:
+        """Drop what is cached for a video (its hot set): it was deleted."""
+        self.hot.evict(video_id)
+
+    def channels(self, question: str, with_text: bool) -> list[Channel]:
+        """The retrieval channels for a question: the visual oracle, and the text oracle when
+        the videos searched have a text channel."""
+        out = [Channel(self.oracle.identity, self.oracle.question_vector(question).numpy())]
+        if with_text and self.text_oracle is not None:
+            out.append(Channel(self.text_oracle.identity, self.text_oracle.question_vector(question).numpy(),
+                               self.text_weight, floor=0.0))
+        return out
+
+    def has_text(self, rec) -> bool:
+        """The video was indexed by this engine's text oracle (ingested with a text channel)."""
         text_id = (rec.extra or {}).get("text_oracle")
-        if not text_id or self.text_oracle is None or text_id != self.text_oracle.identity:
-            return self.store.search(self.oracle.identity, qv, top_k, video_ids=[video_id])
-        n = rec.chunks_total
-        visual = {h.chunk: h.score for h in self.store.search(self.oracle.identity, qv, n, video_ids=[video_id])}
-        tq = self.text_oracle.question_vector(question).numpy()
-        text = dict.fromkeys(range(n), 0.0)    # a chunk without text matches no words
-        text.update({h.chunk: h.score for h in self.store.search(text_id, tq, n, video_ids=[video_id])})
-        return top(fuse([visual, text], [1.0, self.text_weight]), top_k)
+        return bool(text_id) and self.text_oracle is not None and text_id == self.text_oracle.identity
+
+    def retrieve(self, video_id: str, question: str, top_k: int, rec=None) -> list[Hit]:
+        """The top_k chunks of one video, best first (query/retrieval.py). rec: the video's
+        record, if the caller has it already."""
+        rec = rec or self.store.get_video(video_id)
+        return search(self.store, self.channels(question, self.has_text(rec)), top_k, rec.chunks_total,
+                      video_ids=[video_id])
+
+    def search(self, query: str, top_k: int, *, tenant: str, video_ids: list[str] | None = None) -> list[Hit]:
+        """The top_k chunks across the tenant's READY videos (or `video_ids` of its videos), best
+        first; hybrid when any video in scope has a text channel (each oracle's scores
+        standardised over its 4 x top_k best candidates)."""
+        recs = ([self.store.get_video(v) for v in video_ids] if video_ids is not None
+                else self.store.list_videos(tenant))
+        with_text = any(self.has_text(r) for r in recs)
+        return search(self.store, self.channels(query, with_text), top_k, min(1000, 4 * top_k),
+                      video_ids=video_ids, tenant=tenant)
 
     def ask(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
             max_new_tokens: int = 48, gen: GenerationConfig | None = None,

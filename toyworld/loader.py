@@ -13,7 +13,8 @@ from videokv.hashing import sha256_file
 from videokv.models import lora
 from videokv.models.checkpoints import ModelIntegrityError, ModelNotFoundError
 
-WEIGHTS_DIR = "weights"
+from . import WEIGHTS_DIR
+
 
 
 class ToyWorldConfigError(VideoKVError, ValueError):
@@ -22,7 +23,7 @@ class ToyWorldConfigError(VideoKVError, ValueError):
 
 def toyworld_dir() -> Path:
     """The shipped weights folder (tower, adapter, manifest, model card)."""
-    return Path(__file__).resolve().parent / WEIGHTS_DIR
+    return WEIGHTS_DIR
 
 
 def read_manifest(folder: Path | None = None) -> dict:

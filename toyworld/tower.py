@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from videokv.engine.vision import VisionTower
 
+from . import WEIGHTS_DIR
 from . import captions as cap
 
 ARCH = "toyworld-cnn-v2"
@@ -45,10 +46,13 @@ _I_DIGITS = [_IDX[d] for d in cap.DIGITS]
 
 
 def default_weights() -> Path:
-    """The shipped tower (inside the package, see loader.toyworld_dir); made by
-    `python -m videokv.toyworld.training.tower --seed 0 --steps 4500`."""
-    from .loader import toyworld_dir
-    return toyworld_dir() / "tower.safetensors"
+    """The shipped tower; made by `python -m videokv.toyworld.training.tower --seed 0 --steps 4500`."""
+    return WEIGHTS_DIR / "tower.safetensors"
+
+
+def to_tensor(frames) -> torch.Tensor:
+    """uint8 frames [N, H, W, 3] (numpy) -> float [N, 3, H, W] in [0, 1], as ingest feeds towers."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def caption_piece_embeddings(tokenizer, embedding) -> torch.Tensor:

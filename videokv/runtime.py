@@ -100,7 +100,7 @@ class Runtime:
         from videokv.oracles.keyquery import KeyQueryOracle
         kind, path = self.settings.oracle_spec
         if path:
-            from videokv.oracles.encoders import make_encoder_oracle
+            from videokv.oracles import make_encoder_oracle
             return make_encoder_oracle(kind, path, self.device)
         want = self.settings.oracle
         toy = self._toyworld_tower()

@@ -36,10 +36,10 @@ def results_path(job_id: str, home) -> Path:
 
 
 def create_job(tenant: str, video_ids: list[str], questions: list[str], *, top_k: int | None = None,
-               mode: str = "bilevel", max_new_tokens: int = 48, home) -> dict:
+               mode: str = "bilevel", count_by: str | None = None, max_new_tokens: int = 48, home) -> dict:
     now = time.time()
     job = {"id": secrets.token_hex(8), "tenant": tenant, "video_ids": list(video_ids), "questions": list(questions),
-           "top_k": top_k, "mode": mode, "max_new_tokens": max_new_tokens, "status": "QUEUED",
+           "top_k": top_k, "mode": mode, "count_by": count_by, "max_new_tokens": max_new_tokens, "status": "QUEUED",
            "done": 0, "total": len(video_ids) * len(questions), "errors": 0, "error": "",
            "created": now, "updated": now}
     save_job(job, home)
@@ -58,6 +58,12 @@ def load_job(job_id: str, home) -> dict:
         return json.loads(_record_path(job_id, home).read_text())
     except FileNotFoundError:
         raise JobNotFound(f"no job {job_id!r}") from None
+
+
+def delete_job(job_id: str, home) -> None:
+    """Remove a job's record and results (a job that could not be queued)."""
+    _record_path(job_id, home).unlink(missing_ok=True)
+    results_path(job_id, home).unlink(missing_ok=True)
 
 
 def update_job(job_id: str, home, **fields) -> dict:

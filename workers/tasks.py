@@ -111,7 +111,7 @@ def run_job(self, job_id: str) -> dict:
             if (vid, qi) in done:
                 continue
             try:
-                ans = rt.queries.ask(vid, q, top_k=job["top_k"], mode=job["mode"],
+                ans = rt.queries.ask(vid, q, top_k=job["top_k"], mode=job["mode"], count_by=job.get("count_by"),
                                      max_new_tokens=job["max_new_tokens"])
                 d = ans.to_dict()
                 row = _row(vid, qi, q, **{k: d[k] for k in ("answer", "evidence", "timings", "kv_bytes_loaded",

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 from videokv.engine.prefill import text_line
 
-from videokv.ingest.text import SOURCES, TextSegment
+from .segments import SOURCES, TextSegment
 
 # How a source's items are joined inside its quotes: screen lines are separate things;
 # speech and subtitle cues continue each other.
@@ -197,3 +197,11 @@ def transcript(segments: Sequence[TextSegment], chunk_starts: Sequence[float] | 
             d["chunk"] = max(0, bisect_right(chunk_starts, s.t_start) - 1)
         out.append(d)
     return out
+
+
+def transcript_view(rec, stored: dict | None) -> dict:
+    """The API/CLI view of a stored text channel: channels that ran and the time-ordered
+    segments (`transcript`), each with the chunk it starts in."""
+    segs = [TextSegment.from_dict(d) for d in (stored or {}).get("segments", [])]
+    return {"id": rec.video_id, "channels": (stored or {}).get("channels", {}),
+            "segments": transcript(segs, [s.t_start for s in rec.plan])}

@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from videokv.ingest.text import TextSegment, ToolMissing
+from .segments import TextSegment, ToolMissing
 
 PROGRAM = "pocketsphinx_continuous"
 PACKAGES = "pocketsphinx pocketsphinx-en-us"

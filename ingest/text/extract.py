@@ -19,10 +19,10 @@ import av
 
 from videokv.ingest.video import VideoInfo, iter_frames, sample_targets
 
-from videokv.ingest.text import TextOptions, TextSegment
-from videokv.ingest.text import asr as asr_mod
-from videokv.ingest.text import ocr as ocr_mod
-from videokv.ingest.text import subtitles as subs_mod
+from . import asr as asr_mod
+from . import ocr as ocr_mod
+from . import subtitles as subs_mod
+from .segments import TextOptions, TextSegment
 
 Progress = Callable[[str, int, int], None]
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from videokv.ingest.text import TextSegment, ToolMissing
+from .segments import TextSegment, ToolMissing
 
 PROGRAM = "tesseract"
 PACKAGES = "tesseract-ocr tesseract-ocr-eng"

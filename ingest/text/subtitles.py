@@ -16,7 +16,7 @@ from pathlib import Path
 
 import av
 
-from videokv.ingest.text import BadSubtitles, TextSegment
+from .segments import BadSubtitles, TextSegment
 
 MAX_BYTES = 20 * 1024 * 1024  # far beyond any real subtitle file; refuses binary uploads early
 _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2})[,.](\d{1,3})"

@@ -9,7 +9,8 @@ import torch
 
 from videokv.engine.chunkkv import ChunkKV, TokenKind
 from videokv.models.checkpoints import ModelNotFoundError, UnsupportedModelError
-from videokv.oracles.encoders import CLIPOracle, SigLIPOracle, make_encoder_oracle, to_uint8_images
+from videokv.oracles import make_encoder_oracle
+from videokv.oracles.encoders import CLIPOracle, SigLIPOracle, to_uint8_images
 from videokv.runtime import Runtime
 from videokv.settings import Settings
 

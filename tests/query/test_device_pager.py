@@ -8,11 +8,13 @@ import torch
 from videokv.engine.chunkkv import TokenKind
 from videokv.engine.config import CompressionConfig, EngineConfig, PrefillConfig
 from videokv.engine.decode import assemble
+from videokv.engine.prefill_device import DevicePrefill
 from videokv.engine.prefill import ChunkPrefiller
 from videokv.models.selftest import random_chunks
 from videokv.models.tiny import tiny_backend
 from videokv.ingest.pipeline import frames_to_tensor
 from videokv.query.device_pager import DevicePager, StagingBuffer, gather_rotate
+from videokv.query.hotset import HotSetCache
 from videokv.query.pager import KVPager
 
 
@@ -27,7 +29,8 @@ def test_device_pager_matches_cpu_path_and_reuses_staging(ingested):
     q = rt.queries
     assert q.fast is None                                   # CPU: the engine keeps the CPU path
     n = rt.store.get_video(res.video_id).chunks_total
-    dp = DevicePager(rt.store, q.fingerprint, rt.backend, device="cpu", pin=False, groups=3)
+    q.hot.evict(res.video_id)
+    dp = DevicePager(q.hot, rt.backend, device="cpu", pin=False, groups=3)     # the engine's hot-set cache
     assert not dp.pin and dp.copy_stream is None
     layouts = [{i: "H" for i in range(n)}, {i: ("L" if i in (0, 2, n - 1) else "H") for i in range(n)},
                {i: "L" for i in range(n)}, {i: ("L" if i in (1, n - 1) else "H") for i in range(n)}]
@@ -43,15 +46,16 @@ def test_device_pager_matches_cpu_path_and_reuses_staging(ingested):
             2 * c.keys[:, :, c.kinds == TokenKind.VISUAL].nbytes
             for c in (rt.store.read_chunk(res.video_id, i, "H") for i in range(n)))
         assert got.bytes_read == (hot_bytes if j == 0 else 0) + (l_bytes if n_l else 0)
+        assert paged.bytes_read == (l_bytes if n_l else 0)        # one cache: the CPU pager found it hot
         ptrs.append(dp.staging.data_ptr())
     # grown by the first L question and by the all-L one; the smaller one after it reused it
     assert ptrs[0] == 0 and dp.staging.grows == 2 and ptrs[2] == ptrs[3] != 0 and dp.staging.reuses == 1
     dp.evict(res.video_id)
-    assert dp._hot_bytes == 0 and dp.load(res.video_id, n, layouts[0]).bytes_read > 0
+    assert res.video_id not in q.hot and dp.load(res.video_id, n, layouts[0]).bytes_read > 0
     # with the H parts' text rows kept, both paths agree too
-    keep = DevicePager(rt.store, q.fingerprint, rt.backend, device="cpu", pin=False, h_text="keep")
-    got = keep.load(res.video_id, n, layouts[1])
-    paged = KVPager(rt.store, q.fingerprint, h_text="keep").load(res.video_id, n, layouts[1])
+    kept = HotSetCache(rt.store, q.fingerprint, h_text="keep")
+    got = DevicePager(kept, rt.backend, device="cpu", pin=False).load(res.video_id, n, layouts[1])
+    paged = KVPager(kept).load(res.video_id, n, layouts[1])
     _same_cache(got.cache, assemble(rt.backend, paged.parts))
     assert got.bytes_in_context == paged.bytes_in_context > q.pager.load(res.video_id, n, layouts[1]).bytes_in_context
 
@@ -130,7 +134,7 @@ def test_window0_chunks_packed_into_one_forward_match_one_by_one(tokenizer):
         cfg = EngineConfig(l_kv=CompressionConfig(policy, 2), h_kv=CompressionConfig(policy, 8),
                            prefill=PrefillConfig(window=0))
         pre = ChunkPrefiller(be, cfg)
-        assert pre._packable()
+        assert DevicePrefill(pre).packable()
         prefix = pre.prefix()
         chunks = random_chunks(be, 5, tokens=24)
         chunks[-1].visual = chunks[-1].visual[:10]                     # a shorter last chunk
@@ -140,7 +144,7 @@ def test_window0_chunks_packed_into_one_forward_match_one_by_one(tokenizer):
         calls = []
         fwd = be.forward
         be.forward = lambda *a, **k: calls.append(k.get("mask") is not None) or fwd(*a, **k)
-        pre.PACK_TOKENS = 90                                           # -> forwards of 2 + 2 + 1 chunks
+        pre.pack_tokens = 90                                           # -> forwards of 2 + 2 + 1 chunks
         try:
             packed = list(pre.run(prefix, iter(chunks), device_path=True))
         finally:

@@ -160,7 +160,7 @@ def test_window_training_writes_chunks_as_the_run_time_prefill_does(tokenizer):
     # chunks without their stamp rows): the same keys and values, in the same order.
     from videokv.engine.decode import assemble as run_time_assemble
     from videokv.toyworld.training.lm import assemble
-    from videokv.query.pager import h_rows
+    from videokv.query.hotset import h_rows
 
     levels = {0: "L", 1: "H", 2: "L", 3: "H", 4: "L"}
     with torch.no_grad():

@@ -9,10 +9,7 @@ file (merged into the embedded SmolLM2) and prints JSON."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 
 import numpy as np
 import torch

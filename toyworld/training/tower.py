@@ -41,7 +41,9 @@ from PIL import Image
 from videokv.toyworld import render as tw
 
 from videokv.toyworld import captions as cap
-from videokv.toyworld.tower import ToyWorldTower
+from videokv.toyworld.tower import ToyWorldTower, to_tensor  # noqa: F401 (tests use tt.to_tensor)
+from videokv.toyworld.training.texts import N_IDS, identity_index, identity_prototypes, text_bank, text_embeddings  # noqa: F401
+from videokv.toyworld.training.tower_eval import evaluate
 
 INPUT_SIZE = (128, 96)
 BATCH = 64
@@ -49,115 +51,6 @@ REUSE = 20                # each pooled frame is seen ~REUSE times (augmented di
 TAU = 0.05                # contrastive temperature
 CONTRAST_WEIGHT = 0.5
 HEAD_WEIGHTS = {"kind": 1.0, "color": 1.0, "shape": 1.5, "digit": 2.0}   # digits are the hardest
-N_IDS = len(cap.COLORS) * len(cap.DIGITS) + len(cap.COLORS) * len(cap.SHAPES)   # 80 cards + 40 shapes
-
-# ---------------------------------------------------------------- object identities
-
-
-def identity_index(kind: int, color: int, shape: int, digit: int) -> int:
-    """cards 0..79 (color*10 + digit), shapes 80..119 (80 + color*5 + shape); -1 for none."""
-    if kind == 1:
-        return color * 10 + digit
-    if kind == 2:
-        return 80 + color * 5 + shape
-    return -1
-
-
-def identity_labels(i: int) -> tuple[int, int, int, int]:
-    if i < 80:
-        return 1, i // 10, -1, i % 10
-    return 2, (i - 80) // 5, (i - 80) % 5, -1
-
-
-def _object_name(i: int) -> str:
-    k, c, s, _ = identity_labels(i)
-    return f"{cap.COLORS[c]} card" if k == 1 else f"{cap.COLORS[c]} {cap.SHAPES[s]}"
-
-
-# ---------------------------------------------------------------- texts (MiniLM side)
-
-CARD_QUESTIONS = (
-    "What digit was shown on the {c} card?", "Which number did the {c} card show?",
-    "What number was on the {c} card?", "Which digit appeared on the {c} card?",
-    "What was the digit on the {c} card?", "Tell me the number shown on the {c} card.",
-    "When did the {c} card appear?", "At what time was the {c} card shown?",
-    "When was the {c} card visible?", "At what time did the {c} card show up?",
-    "How many times did a {c} card appear?", "a {c} card", "the {c} card",
-)
-CARD_CAPTIONS = ("a {c} card showing {d}", "the {c} card with the number {d}", "a {c} card with a {d} on it")
-SHAPE_QUESTIONS = (
-    "What color was the {s}?", "Which color did the {s} have?", "What was the color of the {s}?",
-    "What colour was the {s}?", "Which colour was the {s}?",
-)
-PAIR_TEXTS = (
-    "How many times did a {c} {s} appear?", "How often did the {c} {s} appear?",
-    "How many times was a {c} {s} shown?", "Count the appearances of the {c} {s}.",
-    "When did the {c} {s} appear?", "a {c} {s}", "the {c} {s}",
-)
-ORDERING = ("Which appeared first, the {a} or the {b}?", "Which came first: the {a} or the {b}?",
-            "Did the {a} or the {b} appear first?")
-N_ORDERING = 1500
-# Held-out wordings (never trained on), for the retrieval check.
-HELDOUT_CARD = "Which digit did the {c} card display?"
-HELDOUT_SHAPE = "Can you tell me the color of the {s}?"
-
-
-def text_bank() -> tuple[list[str], np.ndarray]:
-    """(texts, positives [T, N_IDS] bool). Fixed: does not depend on the training seed."""
-    texts, pos = [], []
-
-    def add(text, ids):
-        row = np.zeros(N_IDS, bool)
-        row[list(ids)] = True
-        texts.append(text)
-        pos.append(row)
-
-    for ci, c in enumerate(cap.COLORS):
-        cards = [ci * 10 + d for d in range(10)]
-        for t in CARD_QUESTIONS:
-            add(t.format(c=c), cards)
-        for d in range(10):
-            for t in CARD_CAPTIONS:
-                add(t.format(c=c, d=d), [ci * 10 + d])
-    for si, s in enumerate(cap.SHAPES):
-        for t in SHAPE_QUESTIONS:
-            add(t.format(s=s), [80 + ci * 5 + si for ci in range(len(cap.COLORS))])
-        for ci, c in enumerate(cap.COLORS):
-            for t in PAIR_TEXTS:
-                add(t.format(c=c, s=s), [80 + ci * 5 + si])
-    # Ordering questions: objects are named "{color} card" or "{color} {shape}".
-    objects = [[ci * 10 + d for d in range(10)] for ci in range(len(cap.COLORS))] + [[i] for i in range(80, N_IDS)]
-    names = [_object_name(o[0]) for o in objects]
-    rng = np.random.default_rng(12345)
-    for _ in range(N_ORDERING):
-        a, b = rng.choice(len(objects), 2, replace=False)
-        t = ORDERING[int(rng.integers(len(ORDERING)))]
-        add(t.format(a=names[a], b=names[b]), objects[a] + objects[b])
-    return texts, np.stack(pos)
-
-
-_TEXT_CACHE: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
-
-
-def text_embeddings(minilm) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """(texts, MiniLM embeddings [T, 384], positives [T, N_IDS] bool), computed once per process."""
-    if minilm.identity not in _TEXT_CACHE:
-        texts, pos = text_bank()
-        _TEXT_CACHE[minilm.identity] = (texts, minilm.encode(texts), torch.from_numpy(pos))
-    return _TEXT_CACHE[minilm.identity]
-
-
-def identity_prototypes(device="cpu") -> dict[str, torch.Tensor]:
-    """Head 'probabilities' of a perfectly classified frame of each identity: [N_IDS, classes]."""
-    labels = np.array([identity_labels(i) for i in range(N_IDS)])
-    out = {}
-    for j, (head, n) in enumerate((("kind", 3), ("color", 8), ("shape", 5), ("digit", 10))):
-        idx = torch.as_tensor(labels[:, j]).clamp_min(0)
-        oh = F.one_hot(idx, n).float()
-        oh[torch.as_tensor(labels[:, j]) < 0] = 0.0
-        out[head] = oh.to(device)
-    return out
-
 
 # ---------------------------------------------------------------- rendering
 
@@ -260,10 +153,6 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     nsig = (torch.rand(B, generator=g) < 0.5).float() * u(0.0, 0.03)
     x = x + torch.randn(x.shape, generator=g) * nsig[:, None, None, None]
     return x.clamp(0, 1)
-
-
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 # ---------------------------------------------------------------- losses
@@ -408,8 +297,6 @@ def train_tower(seed: int = 0, steps: int = 4500, out_dir: str | Path = "runs/to
                    "weights_sha256": sha, "identity": tower.identity, "minilm": minilm.identity,
                    "texts": len(texts[0]), "final_train_loss": losses, "seconds": seconds}
         if eval_frames:
-            from videokv.toyworld.training.tower_eval import evaluate
-
             t0 = time.perf_counter()
             erng = np.random.default_rng([seed, 7919])
             ev_frames, ev_y = render_pool(erng, eval_frames, sizes=EVAL_SIZES, progress=progress, phase="render-eval")

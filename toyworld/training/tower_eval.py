@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from videokv.toyworld import captions as cap
-from videokv.toyworld.tower import ToyWorldTower, chunk_retrieval_vector, question_retrieval_vector
-from videokv.toyworld.training.tower import HELDOUT_CARD, HELDOUT_SHAPE, N_IDS, identity_index, to_tensor
+from videokv.toyworld.tower import ToyWorldTower, chunk_retrieval_vector, question_retrieval_vector, to_tensor
+from videokv.toyworld.training.texts import HELDOUT_CARD, HELDOUT_SHAPE, N_IDS, identity_index
 
 
 def _predict(tower: ToyWorldTower, frames: np.ndarray, batch: int = 256):

@@ -99,6 +99,8 @@ def main_transcript(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     rt = runtime(None)
+    from videokv.ingest.text.align import transcript_view
+
     rec = rt.store.get_video(args.video_id)
     got = rt.store.get_transcript(rec.video_id)
     if args.json:
@@ -110,16 +112,6 @@ def main_transcript(argv: list[str]) -> int:
     for seg in transcript_view(rec, got)["segments"]:
         print(f"[{seg['t_start']:8.2f}s - {seg['t_end']:8.2f}s] chunk {seg['chunk']:>4} {seg['source']:<8} {seg['text']}")
     return 0
-
-
-def transcript_view(rec, stored: dict | None) -> dict:
-    """The API/CLI view of a stored text channel: channels that ran and the time-ordered
-    segments (ingest.text.align.transcript), each with the chunk it starts in."""
-    from videokv.ingest.text import TextSegment
-    from videokv.ingest.text.align import transcript
-    segs = [TextSegment.from_dict(d) for d in (stored or {}).get("segments", [])]
-    return {"id": rec.video_id, "channels": (stored or {}).get("channels", {}),
-            "segments": transcript(segs, [s.t_start for s in rec.plan])}
 
 
 def main_ask(argv: list[str]) -> int:

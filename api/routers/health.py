@@ -1,0 +1,40 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from ..schemas import Health, Ready
+
+
+def router(svc, models) -> APIRouter:
+    r = APIRouter(tags=["health"])
+    settings = svc.settings
+
+    @r.get("/healthz", response_model=Health)
+    def healthz():
+        return {"status": "ok"}
+
+    @r.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
+    def readyz():
+        checks = {}
+        try:
+            import redis
+            redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2).ping()
+            checks["redis"] = "ok"
+        except Exception as e:
+            checks["redis"] = f"error: {type(e).__name__}: {e}"
+        try:
+            svc.rt.store.list_videos("default")
+            checks["lmdb"] = "ok"
+        except Exception as e:
+            checks["lmdb"] = f"error: {type(e).__name__}: {e}"
+        try:
+            checks["model"] = f"ok ({svc.rt.config.fingerprint()})"
+        except Exception as e:
+            checks["model"] = f"error: {type(e).__name__}: {e}"
+        ok = all(v.startswith("ok") for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    return r

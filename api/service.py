@@ -1,0 +1,177 @@
+"""The API's state and the work behind its endpoints: tenant checks, upload registration,
+questions, views. Routers (api/routers/) are thin: they validate, call this, and shape the
+response."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from fastapi import Request
+
+from videokv.kvstore import Status, VideoNotFoundError, VideoRecord
+
+from .auth import KeyRing
+from .problems import Problem
+from .upload import Received
+
+TERMINAL = (Status.READY, Status.FAILED)
+_BOOL = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+class Service:
+    """Per-app state: settings, the runtime (model + store, loaded lazily), key ring, Celery."""
+
+    def __init__(self, settings, runtime):
+        self.settings = settings
+        self.rt = runtime
+        self.keys = KeyRing(settings.home)
+        self.uploads = Path(settings.home) / "uploads"
+        self.ask_lock = threading.Lock()
+        self.register_lock = threading.Lock()
+        self._celery = None
+
+    @property
+    def celery(self):
+        if self._celery is None:
+            from videokv.workers.app import make_app
+            self._celery = make_app(self.settings)
+        return self._celery
+
+    def send(self, name: str, *args) -> None:
+        self.celery.send_task(name, args=list(args), retry=True,
+                              retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+
+    # ---------------------------------------------------------------- auth
+    def tenant(self, request: Request) -> str:
+        """The caller's tenant (from its API key); "default" with VIDEOKV_AUTH=open."""
+        if self.settings.auth == "open":
+            return "default"
+        return self.keys.tenant(request.headers.get("authorization"))
+
+    def check_question(self, q: str, field: str = "question") -> None:
+        if len(q) > self.settings.max_question_chars:
+            raise Problem(422, f"{field} is {len(q)} characters; the limit is {self.settings.max_question_chars}",
+                          code="invalid_request")
+        if not q.strip():
+            raise Problem(422, f"{field} is empty", code="invalid_request")
+
+    # ---------------------------------------------------------------- videos
+    def owned(self, video_id: str, tenant: str) -> VideoRecord:
+        try:
+            rec = self.rt.store.get_video(video_id)
+        except VideoNotFoundError:
+            rec = None
+        if rec is None or rec.tenant != tenant:
+            raise Problem(404, f"no video {video_id!r}", code="video_not_found")
+        return rec
+
+    def text_options(self, up: Received):
+        """The upload's text channel switches (form fields ocr/asr/subtitles, optional
+        subtitles_file part) over the settings' defaults; a bad value is a 422."""
+        from videokv.ingest.text import BadSubtitles, check_tools
+        from videokv.ingest.text.subtitles import parse_file
+        flags = {}
+        for name, raw in (up.fields or {}).items():
+            v = raw.strip().lower()
+            if v not in _BOOL:
+                raise Problem(422, f"form field {name!r} must be true or false, got {raw!r}", code="invalid_request")
+            flags[name] = _BOOL[v]
+        if up.subtitles is not None:
+            try:
+                parse_file(str(up.subtitles))
+            except BadSubtitles as e:
+                raise Problem(422, f"subtitles_file: {e}", code="bad_subtitles") from None
+        opts = self.rt.text_defaults.overridden(ocr=flags.get("ocr"), asr=flags.get("asr"),
+                                                subtitles=flags.get("subtitles"),
+                                                subtitle_file=str(up.subtitles) if up.subtitles is not None else None)
+        check_tools(opts)
+        return opts
+
+    def register(self, up: Received, tenant: str) -> tuple[VideoRecord, bool]:
+        """Probe (a bad file raises its VideoError: nothing stored or queued), then create the
+        record, or return this tenant's video over the same bytes, text channels and model config."""
+        from videokv.ingest.text import content_key
+        from videokv.ingest.text.subtitles import has_subtitle_stream
+        from videokv.ingest.video import probe
+        try:
+            info = probe(up.path)
+            opts = self.text_options(up)
+            embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(up.path)
+            key = content_key(up.sha256, opts, embedded)
+        except Exception:
+            up.discard()
+            raise
+        fp = self.rt.config.fingerprint()
+        with self.register_lock:
+            rec = self.rt.store.create_video(
+                content_hash=key, fingerprint=fp, tenant=tenant, plan=[], filename=up.filename,
+                container=info.container, codec=info.codec, duration=info.duration, fps=info.fps)
+            old_path = (rec.extra or {}).get("path")
+            if old_path and Path(old_path).exists():
+                up.discard()
+                if rec.status is not Status.FAILED:
+                    return rec, True
+                self.rt.store.set_status(rec.video_id, Status.QUEUED, reason="re-uploaded: retrying")
+            else:
+                dest = self.uploads / rec.video_id / up.filename
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(up.path, dest)
+                text = {"ocr": opts.ocr, "asr": opts.asr, "subtitles": opts.subtitles}
+                if up.subtitles is not None:
+                    sub = dest.parent / f"subtitles{Path(opts.subtitle_file).suffix}"
+                    os.replace(up.subtitles, sub)
+                    text["subtitle_file"] = str(sub)
+                up.discard()
+                rec = self.rt.store.update_video(rec.video_id, extra={**(rec.extra or {}), "path": str(dest),
+                                                                     "size": up.size, "text_options": text})
+        try:
+            self.send("videokv.ingest_video", rec.video_id)
+        except Exception as e:
+            if not old_path:
+                self.delete(rec)
+            raise Problem(503, f"the task queue is unavailable ({type(e).__name__}); try again",
+                          code="queue_unavailable") from None
+        return self.rt.store.get_video(rec.video_id), bool(old_path)
+
+    def delete(self, rec: VideoRecord) -> None:
+        self.rt.store.delete_video(rec.video_id)
+        shutil.rmtree(self.uploads / rec.video_id, ignore_errors=True)
+        if "queries" in vars(self.rt):           # only if a query engine was built here
+            self.rt.queries.forget(rec.video_id)
+
+    # ---------------------------------------------------------------- questions
+    def ask(self, video_id: str, body, on_token=None) -> dict:
+        with self.ask_lock:
+            ans = self.rt.queries.ask(video_id, body.question, top_k=body.top_k, mode=body.mode,
+                                      max_new_tokens=body.max_new_tokens, on_token=on_token,
+                                      count_by=body.count_by)
+        return ans.to_dict()
+
+
+# -------------------------------------------------------------------- views
+def video_view(rec: VideoRecord) -> dict:
+    total = rec.chunks_total
+    progress = 1.0 if rec.status is Status.READY else (rec.chunks_done / total if total else 0.0)
+    url = f"/v1/videos/{rec.video_id}"
+    return {"id": rec.video_id, "status": rec.status.value, "filename": rec.filename,
+            "duration": round(rec.duration, 3), "fps": round(rec.fps, 3), "container": rec.container,
+            "codec": rec.codec, "chunks_total": total, "chunks_done": rec.chunks_done,
+            "progress": round(progress, 4), "error": rec.reason if rec.status is Status.FAILED else "",
+            "note": rec.reason if rec.status is not Status.FAILED else "",
+            "created": rec.created, "updated": rec.updated, "status_url": url, "events_url": url + "/events",
+            "text_channels": (rec.extra or {}).get("text", {}), "transcript_url": url + "/transcript"}
+
+
+def job_view(job: dict) -> dict:
+    out = {k: v for k, v in job.items() if k != "tenant"}
+    out["status_url"] = f"/v1/jobs/{job['id']}"
+    out["results_url"] = f"/v1/jobs/{job['id']}/results"
+    return out
+
+
+def sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
