@@ -21,7 +21,7 @@ import numpy as np
 from videokv.engine.chunkkv import ChunkSpan
 from videokv.kvstore import blob as blobfmt
 from videokv.kvstore import keys as K
-from videokv.kvstore.env import LmdbEnv
+from videokv.kvstore.backend import StorageBackend
 from videokv.kvstore.errors import ChunkNotFoundError, FingerprintMismatchError, NotReadyError, VideoNotFoundError
 
 
@@ -124,68 +124,49 @@ def _vec(v) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- txn helpers
-def load_video(txn, env: LmdbEnv, video_id: str) -> VideoRecord:
-    raw = txn.get(video_id.encode(), db=env.dbs["catalog"])
+def load_video(txn, video_id: str) -> VideoRecord:
+    raw = txn.get("catalog", video_id.encode())
     if raw is None:
         raise VideoNotFoundError(f"no video {video_id!r}")
     return VideoRecord.from_json(raw)
 
 
-def load_chunk(txn, env: LmdbEnv, rec: VideoRecord, index: int) -> ChunkRecord:
-    raw = txn.get(K.chunk_key(rec.content_key, index), db=env.dbs["chunks"])
+def load_chunk(txn, rec: VideoRecord, index: int) -> ChunkRecord:
+    raw = txn.get("chunks", K.chunk_key(rec.content_key, index))
     if raw is None:
         raise ChunkNotFoundError(f"video {rec.video_id} has no committed chunk {index}")
     return ChunkRecord.from_json(raw)
 
 
-def tenant_videos(txn, env: LmdbEnv, tenant: str) -> list[VideoRecord]:
+def tenant_videos(txn, tenant: str) -> list[VideoRecord]:
     """Every video record the tenant owns (any status), via the tenants index."""
     prefix = K.tenant_key(tenant, "")
-    cur = txn.cursor(db=env.dbs["tenants"])
-    ids = []
-    if cur.set_range(prefix):
-        for key in cur.iternext(values=False):
-            key = bytes(key)
-            if not key.startswith(prefix):
-                break
-            ids.append(key[len(prefix):].decode())
-    return [load_video(txn, env, vid) for vid in ids]
+    ids = [key[len(prefix):].decode() for key, _ in txn.scan("tenants", prefix=prefix, keys_only=True)]
+    return [load_video(txn, vid) for vid in ids]
 
 
-def content_seq(txn, env: LmdbEnv, ck: str) -> int | None:
-    raw = txn.get(ck.encode(), db=env.dbs["contents"])
+def content_seq(txn, ck: str) -> int | None:
+    raw = txn.get("contents", ck.encode())
     return None if raw is None else json.loads(bytes(raw))["seq"]
 
 
-def _counter(txn, env: LmdbEnv, name: bytes) -> int:
+def _counter(txn, name: bytes) -> int:
     """Increment and return a meta counter (inside the caller's write txn)."""
-    raw = txn.get(name, db=env.dbs["meta"])
+    raw = txn.get("meta", name)
     n = (K.from_u64(raw) if raw is not None else 0) + 1
-    txn.put(name, K.u64(n), db=env.dbs["meta"])
+    txn.put("meta", name, K.u64(n))
     return n
 
 
-def _log(txn, env: LmdbEnv, entry: dict) -> None:
+def _log(txn, entry: dict) -> None:
     """Append to the embedding change log (FAISS indexes replay it; see index.py)."""
-    txn.put(K.u64(_counter(txn, env, b"log_seq")), json.dumps(entry).encode(), db=env.dbs["emblog"])
-
-
-def _delete_prefix(txn, db, prefix: bytes) -> int:
-    n = 0
-    cur = txn.cursor(db=db)
-    if cur.set_range(prefix):
-        while cur.key()[:len(prefix)] == prefix:
-            n += 1
-            if not cur.delete():
-                break
-    return n
+    txn.put("emblog", K.u64(_counter(txn, b"log_seq")), json.dumps(entry).encode())
 
 
 # ----------------------------------------------------------------------- the catalog
 class Catalog:
-    def __init__(self, env: LmdbEnv):
+    def __init__(self, env: StorageBackend):
         self.env = env
-        self.db = env.dbs
 
     def create_video(self, *, content_hash: str, fingerprint: str, tenant: str = "default",
                      plan: Iterable = (), **fields) -> VideoRecord:
@@ -197,19 +178,19 @@ class Catalog:
                           tenant=tenant, plan=_plan(plan), created=now, updated=now, **fields)
 
         def fn(txn):
-            raw = txn.get(ck.encode(), db=self.db["contents"])
+            raw = txn.get("contents", ck.encode())
             content = json.loads(bytes(raw)) if raw is not None else None
             if content is not None:
                 for vid, owner in content["videos"].items():
                     if owner == tenant:
-                        return load_video(txn, self.env, vid)  # dedup: same tenant, same bytes
+                        return load_video(txn, vid)  # dedup: same tenant, same bytes
             else:
-                content = {"seq": _counter(txn, self.env, b"content_seq"), "videos": {}}
-                txn.put(K.u64(content["seq"]), ck.encode(), db=self.db["seqs"])
+                content = {"seq": _counter(txn, b"content_seq"), "videos": {}}
+                txn.put("seqs", K.u64(content["seq"]), ck.encode())
             content["videos"][rec.video_id] = tenant
-            txn.put(ck.encode(), json.dumps(content).encode(), db=self.db["contents"])
-            txn.put(rec.video_id.encode(), rec.to_json(), db=self.db["catalog"])
-            txn.put(K.tenant_key(tenant, rec.video_id), b"", db=self.db["tenants"])
+            txn.put("contents", ck.encode(), json.dumps(content).encode())
+            txn.put("catalog", rec.video_id.encode(), rec.to_json())
+            txn.put("tenants", K.tenant_key(tenant, rec.video_id), b"")
             return rec
 
         return self.env.write(fn)
@@ -218,30 +199,30 @@ class Catalog:
         """A video over these bytes made with this fingerprint (this tenant's, if given)."""
         ck = K.content_key(fingerprint, content_hash)
         with self.env.read() as txn:
-            raw = txn.get(ck.encode(), db=self.db["contents"])
+            raw = txn.get("contents", ck.encode())
             if raw is None:
                 return None
             for vid, owner in json.loads(bytes(raw))["videos"].items():
                 if tenant is None or owner == tenant:
-                    return load_video(txn, self.env, vid)
+                    return load_video(txn, vid)
         return None
 
     def get_video(self, video_id: str) -> VideoRecord:
         with self.env.read() as txn:
-            return load_video(txn, self.env, video_id)
+            return load_video(txn, video_id)
 
     def list_videos(self, tenant: str | None = None) -> list[VideoRecord]:
         with self.env.read() as txn:
             if tenant is None:
-                return [VideoRecord.from_json(v) for _, v in txn.cursor(db=self.db["catalog"])]
-            return tenant_videos(txn, self.env, tenant)
+                return [VideoRecord.from_json(v) for _, v in txn.scan("catalog")]
+            return tenant_videos(txn, tenant)
 
     def _update(self, video_id: str, change) -> VideoRecord:
         def fn(txn):
-            rec = load_video(txn, self.env, video_id)
+            rec = load_video(txn, video_id)
             change(txn, rec)
             rec.updated = time.time()
-            txn.put(video_id.encode(), rec.to_json(), db=self.db["catalog"])
+            txn.put("catalog", video_id.encode(), rec.to_json())
             return rec
         return self.env.write(fn)
 
@@ -294,7 +275,7 @@ class Catalog:
         now = time.time()
 
         def fn(txn):
-            rec = load_video(txn, self.env, video_id)
+            rec = load_video(txn, video_id)
             for c in levels:
                 if c.fingerprint != rec.fingerprint:
                     raise FingerprintMismatchError(
@@ -303,30 +284,30 @@ class Catalog:
             if idx >= rec.chunks_total:
                 raise ValueError(f"chunk {idx} is outside video {video_id}'s plan of {rec.chunks_total} chunks")
             ck = rec.content_key
-            if txn.get(K.chunk_key(ck, idx), db=self.db["chunks"]) is not None:
+            if txn.get("chunks", K.chunk_key(ck, idx)) is not None:
                 return False
-            seq = content_seq(txn, self.env, ck)
+            seq = content_seq(txn, ck)
             for c, buf in encoded:
-                txn.put(K.blob_key(ck, idx, c.level), buf, db=self.db["blobs"])
+                txn.put("blobs", K.blob_key(ck, idx, c.level), buf)
             okeys = []
             for oid, v in embs.items():
                 okey = K.oracle_key(oid, v.size)
                 ek = K.emb_key(ck, idx, okey)
-                txn.put(ek, v.tobytes(), db=self.db["embeddings"])
-                _log(txn, self.env, {"op": "add", "o": okey, "s": seq, "c": idx, "k": ek.decode()})
+                txn.put("embeddings", ek, v.tobytes())
+                _log(txn, {"op": "add", "o": okey, "s": seq, "c": idx, "k": ek.decode()})
                 okeys.append(okey)
             for oid, m in frames.items():       # [frames, dim] float16, row-major
-                txn.put(K.frames_key(ck, idx, K.oracle_key(oid, m.shape[1])), m.tobytes(), db=self.db["embeddings"])
+                txn.put("embeddings", K.frames_key(ck, idx, K.oracle_key(oid, m.shape[1])), m.tobytes())
             crec = ChunkRecord(idx, first.frame_start, first.frame_end, first.t_start, first.t_end,
                                str(first.dtype).removeprefix("torch."), {c.level: c.tokens for c in levels},
                                {c.level: c.nbytes for c in levels}, okeys, now)
-            txn.put(K.chunk_key(ck, idx), crec.to_json(), db=self.db["chunks"])
+            txn.put("chunks", K.chunk_key(ck, idx), crec.to_json())
             if idx >= 0:
                 rec.chunks_done += 1
             if rec.status is Status.QUEUED:
                 rec.status = Status.INGESTING
             rec.updated = now
-            txn.put(video_id.encode(), rec.to_json(), db=self.db["catalog"])
+            txn.put("catalog", video_id.encode(), rec.to_json())
             return True
 
         return self.env.write(fn)
@@ -339,32 +320,32 @@ class Catalog:
         raw = json.dumps(transcript, separators=(",", ":")).encode()
 
         def fn(txn):
-            rec = load_video(txn, self.env, video_id)
-            txn.put(K.transcript_key(rec.content_key), raw, db=self.db["blobs"])
+            rec = load_video(txn, video_id)
+            txn.put("blobs", K.transcript_key(rec.content_key), raw)
             rec.extra = {**(rec.extra or {}), "text": transcript.get("channels", {})}
             rec.updated = time.time()
-            txn.put(video_id.encode(), rec.to_json(), db=self.db["catalog"])
+            txn.put("catalog", video_id.encode(), rec.to_json())
 
         self.env.write(fn)
 
     def get_transcript(self, video_id: str) -> dict | None:
         """The stored text channel of the video's content, or None when none was extracted."""
         with self.env.read() as txn:
-            rec = load_video(txn, self.env, video_id)
-            raw = txn.get(K.transcript_key(rec.content_key), db=self.db["blobs"])
+            rec = load_video(txn, video_id)
+            raw = txn.get("blobs", K.transcript_key(rec.content_key))
             return None if raw is None else json.loads(bytes(raw))
 
     def missing_chunks(self, video_id: str) -> list[int]:
         """Plan indices with no committed chunk, ascending (resume from the first)."""
         with self.env.read() as txn:
-            rec = load_video(txn, self.env, video_id)
+            rec = load_video(txn, video_id)
             return [s.index for s in rec.plan
-                    if txn.get(K.chunk_key(rec.content_key, s.index), db=self.db["chunks"]) is None]
+                    if txn.get("chunks", K.chunk_key(rec.content_key, s.index)) is None]
 
     def has_prefix(self, video_id: str) -> bool:
         with self.env.read() as txn:
-            rec = load_video(txn, self.env, video_id)
-            return txn.get(K.chunk_key(rec.content_key, -1), db=self.db["chunks"]) is not None
+            rec = load_video(txn, video_id)
+            return txn.get("chunks", K.chunk_key(rec.content_key, -1)) is not None
 
     def mark_ready(self, video_id: str, oracles: Iterable[str] = (), require_prefix: bool = True) -> VideoRecord:
         """READY, only if every planned chunk (and the prefix) is committed with index
@@ -372,12 +353,12 @@ class Catalog:
         oracles = list(oracles)
 
         def fn(txn):
-            rec = load_video(txn, self.env, video_id)
+            rec = load_video(txn, video_id)
             missing, unindexed = [], []
-            if require_prefix and txn.get(K.chunk_key(rec.content_key, -1), db=self.db["chunks"]) is None:
+            if require_prefix and txn.get("chunks", K.chunk_key(rec.content_key, -1)) is None:
                 missing.append(-1)
             for s in rec.plan:
-                raw = txn.get(K.chunk_key(rec.content_key, s.index), db=self.db["chunks"])
+                raw = txn.get("chunks", K.chunk_key(rec.content_key, s.index))
                 if raw is None:
                     missing.append(s.index)
                     continue
@@ -387,7 +368,7 @@ class Catalog:
             if missing or unindexed:
                 raise NotReadyError(video_id, missing, unindexed)
             rec.status, rec.reason, rec.chunks_done, rec.updated = Status.READY, "", rec.chunks_total, time.time()
-            txn.put(video_id.encode(), rec.to_json(), db=self.db["catalog"])
+            txn.put("catalog", video_id.encode(), rec.to_json())
             return rec
 
         return self.env.write(fn)
@@ -397,27 +378,27 @@ class Catalog:
         record and embedding of that content, and log the index deletion. Freed LMDB pages
         are reused by later writes."""
         def fn(txn):
-            raw = txn.get(video_id.encode(), db=self.db["catalog"])
+            raw = txn.get("catalog", video_id.encode())
             if raw is None:
                 return False
             rec = VideoRecord.from_json(raw)
             ck = rec.content_key
-            txn.delete(video_id.encode(), db=self.db["catalog"])
-            txn.delete(K.tenant_key(rec.tenant, video_id), db=self.db["tenants"])
-            craw = txn.get(ck.encode(), db=self.db["contents"])
+            txn.delete("catalog", video_id.encode())
+            txn.delete("tenants", K.tenant_key(rec.tenant, video_id))
+            craw = txn.get("contents", ck.encode())
             if craw is None:
                 return True
             content = json.loads(bytes(craw))
             content["videos"].pop(video_id, None)
             if content["videos"]:
-                txn.put(ck.encode(), json.dumps(content).encode(), db=self.db["contents"])
+                txn.put("contents", ck.encode(), json.dumps(content).encode())
                 return True
             prefix = (ck + "/").encode()
             for name in ("blobs", "chunks", "embeddings"):
-                _delete_prefix(txn, self.db[name], prefix)
-            txn.delete(ck.encode(), db=self.db["contents"])
-            txn.delete(K.u64(content["seq"]), db=self.db["seqs"])
-            _log(txn, self.env, {"op": "del", "s": content["seq"]})
+                txn.delete_prefix(name, prefix)
+            txn.delete("contents", ck.encode())
+            txn.delete("seqs", K.u64(content["seq"]))
+            _log(txn, {"op": "del", "s": content["seq"]})
             return True
 
         return self.env.write(fn)

@@ -25,23 +25,62 @@ from typing import Callable, Iterator, TypeVar
 
 import lmdb
 
+from videokv.kvstore.backend import TABLES
 from videokv.kvstore.errors import KVStoreError
 
 T = TypeVar("T")
 
-# Named databases. catalog: video_id -> VideoRecord json; tenants: tenant\0video_id -> b"";
-# contents: fingerprint/content_hash -> ContentRecord json (dedup, refcount, content_seq);
-# seqs: content_seq (u64 BE) -> fingerprint/content_hash; chunks: fp/hash/idx -> ChunkRecord
-# json; blobs: fp/hash/idx/level -> blob; embeddings: fp/hash/idx/oracle -> float32[dim];
-# emblog: log_seq (u64 BE) -> json change record (drives FAISS catch-up); meta: counters.
-DB_NAMES = ("catalog", "tenants", "contents", "seqs", "chunks", "blobs", "embeddings", "emblog", "meta")
+# One LMDB named database per table of the storage interface (backend.py says what each holds).
+DB_NAMES = TABLES
+
+
+class LmdbTxn:
+    """`backend.ReadTxn` / `WriteTxn` over one LMDB transaction and the named databases."""
+
+    __slots__ = ("txn", "dbs")
+
+    def __init__(self, txn, dbs: dict):
+        self.txn, self.dbs = txn, dbs
+
+    def get(self, table: str, key: bytes):
+        return self.txn.get(key, db=self.dbs[table])
+
+    def count(self, table: str) -> int:
+        return self.txn.stat(self.dbs[table])["entries"]
+
+    def put(self, table: str, key: bytes, value) -> None:
+        self.txn.put(key, value, db=self.dbs[table])
+
+    def delete(self, table: str, key: bytes) -> bool:
+        return self.txn.delete(key, db=self.dbs[table])
+
+    def scan(self, table: str, start: bytes = b"", prefix: bytes | None = None, keys_only: bool = False):
+        cur = self.txn.cursor(db=self.dbs[table])
+        first = max(start, prefix or b"")
+        if not (cur.set_range(first) if first else cur.first()):
+            return
+        for key, value in cur.iternext(values=True):
+            key = bytes(key)
+            if prefix is not None and not key.startswith(prefix):
+                return
+            yield key, (None if keys_only else value)
+
+    def delete_prefix(self, table: str, prefix: bytes) -> int:
+        n = 0
+        cur = self.txn.cursor(db=self.dbs[table])
+        if cur.set_range(prefix):
+            while cur.key()[:len(prefix)] == prefix:
+                n += 1
+                if not cur.delete():
+                    break
+        return n
 
 DEFAULT_MAP_SIZE = 256 << 20
 _GROW_STEP_MAX = 8 << 30  # double until 8 GiB, then grow 8 GiB at a time
 
 
 class LmdbEnv:
-    """One process's handle on the store's LMDB environment.
+    """One process's handle on the store's LMDB environment: the `backend.StorageBackend`.
 
     path: directory holding data.mdb / lock.mdb.
     map_size: initial map size in bytes (the map grows by itself; an existing larger map
@@ -67,7 +106,7 @@ class LmdbEnv:
         self.grow_count = 0        # how many times this process grew the map (tests, stats)
         # Opening (creating) the named DBs is a write like any other: another process may
         # already have grown the map past `map_size` (MapResizedError) or filled it.
-        self.dbs: dict[str, object] = self.write(
+        self.dbs: dict[str, object] = self._write_raw(
             lambda txn: {n: self.env.open_db(n.encode(), txn=txn, create=True) for n in DB_NAMES})
 
     # ---------------------------------------------------------------- info
@@ -81,12 +120,15 @@ class LmdbEnv:
                                "in the child process instead (Celery: in worker_process_init)")
 
     # ---------------------------------------------------------------- writes
-    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def write(self, fn: Callable[[LmdbTxn], T]) -> T:
         """Run `fn(txn)` in one write transaction and commit it; return its result.
 
         `fn` may be run more than once (after a map growth), so it must have no side
         effects outside the transaction. Exceptions from `fn` abort the transaction.
         """
+        return self._write_raw(lambda txn: fn(LmdbTxn(txn, self.dbs)))
+
+    def _write_raw(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         self._check_pid()
         with self._write_lock:
             if getattr(self._local, "depth", 0):
@@ -137,7 +179,7 @@ class LmdbEnv:
 
     # ---------------------------------------------------------------- reads
     @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
+    def read(self) -> Iterator[LmdbTxn]:
         """A read-only MVCC snapshot whose `get()` returns memoryviews into the map.
 
         The memoryviews (and tensors made from them) are valid only inside this block.
@@ -160,7 +202,7 @@ class LmdbEnv:
                 raise
             break
         try:
-            yield txn
+            yield LmdbTxn(txn, self.dbs)
         finally:
             txn.abort()
             self._release_reader()

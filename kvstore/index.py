@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 
 from videokv.kvstore import keys as K
-from videokv.kvstore.env import LmdbEnv
+from videokv.kvstore.backend import StorageBackend
 
 ID_BITS = 20
 MAX_CHUNKS = 1 << ID_BITS
@@ -47,23 +47,23 @@ def split_id(fid: int) -> tuple[int, int]:
     return fid >> ID_BITS, fid & (MAX_CHUNKS - 1)
 
 
-def log_head(txn, env: LmdbEnv) -> int:
-    raw = txn.get(b"log_seq", db=env.dbs["meta"])
+def log_head(txn) -> int:
+    raw = txn.get("meta", b"log_seq")
     return 0 if raw is None else K.from_u64(raw)
 
 
-def env_uuid(env: LmdbEnv) -> str:
+def env_uuid(env: StorageBackend) -> str:
     """A random id stored once per LMDB environment (ties snapshots to their store)."""
     with env.read() as txn:
-        raw = txn.get(b"env_uuid", db=env.dbs["meta"])
+        raw = txn.get("meta", b"env_uuid")
         if raw is not None:
             return bytes(raw).decode()
 
     def fn(txn):
-        raw = txn.get(b"env_uuid", db=env.dbs["meta"])
+        raw = txn.get("meta", b"env_uuid")
         if raw is None:
             raw = os.urandom(8).hex().encode()
-            txn.put(b"env_uuid", raw, db=env.dbs["meta"])
+            txn.put("meta", b"env_uuid", raw)
         return bytes(raw).decode()
     return env.write(fn)
 
@@ -102,16 +102,13 @@ class ChunkIndex:
         if self.by_seq.pop(seq, None):
             self.index.remove_ids(faiss.IDSelectorRange(seq << ID_BITS, (seq + 1) << ID_BITS))
 
-    def catch_up(self, txn, env: LmdbEnv) -> int:
+    def catch_up(self, txn) -> int:
         """Apply log entries after `applied_seq` from the snapshot `txn`; return how many."""
         with self.lock:
-            cur = txn.cursor(db=env.dbs["emblog"])
-            if not cur.set_range(K.u64(self.applied_seq + 1)):
-                return 0
             fids: list[int] = []
             vecs: list[np.ndarray] = []
             n = 0
-            for k, v in cur.iternext():
+            for k, v in txn.scan("emblog", start=K.u64(self.applied_seq + 1)):
                 seq = K.from_u64(k)
                 e = json.loads(bytes(v))
                 if e["op"] == "del":
@@ -119,7 +116,7 @@ class ChunkIndex:
                     fids, vecs = [], []
                     self._remove_content(e["s"])
                 elif e["o"] == self.okey:
-                    raw = txn.get(e["k"].encode(), db=env.dbs["embeddings"])
+                    raw = txn.get("embeddings", e["k"].encode())
                     if raw is not None:  # None: deleted later in the log, skip
                         fids.append(faiss_id(e["s"], e["c"]))
                         vecs.append(np.frombuffer(raw, dtype=np.float32).copy())
@@ -128,7 +125,7 @@ class ChunkIndex:
             self._add(fids, vecs)
             return n
 
-    def rebuild(self, txn, env: LmdbEnv) -> None:
+    def rebuild(self, txn) -> None:
         """Drop everything and re-read all this oracle's embeddings from the snapshot `txn`."""
         with self.lock:
             self.index.reset()
@@ -136,19 +133,18 @@ class ChunkIndex:
             suffix = ("/" + self.okey).encode()
             seqs: dict[bytes, int | None] = {}
             fids, vecs = [], []
-            for k, v in txn.cursor(db=env.dbs["embeddings"]):
-                k = bytes(k)
+            for k, v in txn.scan("embeddings"):
                 if not k.endswith(suffix):
                     continue
                 ck, idx = k[:-len(suffix)].rsplit(b"/", 1)
                 if ck not in seqs:
-                    raw = txn.get(ck, db=env.dbs["contents"])
+                    raw = txn.get("contents", ck)
                     seqs[ck] = None if raw is None else json.loads(bytes(raw))["seq"]
                 if seqs[ck] is not None:
                     fids.append(faiss_id(seqs[ck], int(idx)))
                     vecs.append(np.frombuffer(v, dtype=np.float32).copy())
             self._add(fids, vecs)
-            self.applied_seq = log_head(txn, env)
+            self.applied_seq = log_head(txn)
 
     # ------------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, allowed_seqs: set[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -19,25 +19,24 @@ from videokv.engine.chunkkv import ChunkKV
 from videokv.kvstore import blob as blobfmt
 from videokv.kvstore import keys as K
 from videokv.kvstore.catalog import ChunkRecord, VideoRecord, load_chunk, load_video
-from videokv.kvstore.env import LmdbEnv
 from videokv.kvstore.errors import ChunkNotFoundError, FingerprintMismatchError
 
 
 class ReadSession:
     """Reads inside one LMDB read transaction (use through `KVStore.reader()`)."""
 
-    def __init__(self, env: LmdbEnv, txn):
-        self.env, self.txn = env, txn
+    def __init__(self, txn):
+        self.txn = txn
         self._videos: dict[str, VideoRecord] = {}
 
     def video(self, video_id: str) -> VideoRecord:
         rec = self._videos.get(video_id)
         if rec is None:
-            rec = self._videos[video_id] = load_video(self.txn, self.env, video_id)
+            rec = self._videos[video_id] = load_video(self.txn, video_id)
         return rec
 
     def chunk_record(self, video_id: str, index: int) -> ChunkRecord:
-        return load_chunk(self.txn, self.env, self.video(video_id), index)
+        return load_chunk(self.txn, self.video(video_id), index)
 
     def _check_fp(self, rec: VideoRecord, fingerprint: str | None) -> None:
         if fingerprint is not None and fingerprint != rec.fingerprint:
@@ -47,7 +46,7 @@ class ReadSession:
     def raw(self, video_id: str, index: int, level: str):
         """The blob's memoryview into the map (no decoding, no checksum)."""
         rec = self.video(video_id)
-        mv = self.txn.get(K.blob_key(rec.content_key, index, level), db=self.env.dbs["blobs"])
+        mv = self.txn.get("blobs", K.blob_key(rec.content_key, index, level))
         if mv is None:
             raise ChunkNotFoundError(f"video {video_id} has no committed chunk {index} at level {level!r}")
         return mv

@@ -27,7 +27,7 @@ def _spawn(home, video_id, video_no, *extra):
 
 def _count(store, db: str) -> int:
     with store.env.read() as txn:
-        return txn.stat(store.env.dbs[db])["entries"]
+        return txn.count(db)
 
 
 def test_four_processes_four_videos_concurrently(tmp_path):
