@@ -20,12 +20,20 @@ def test_rotate_unrotate_round_trip(tokenizer, arch, rope):
 
 
 def test_rotate_matches_the_models_own_cache(tokenizer):
-    """Keys the model caches at positions p, un-rotated, then rotated by p again, are identical."""
+    """Our rotation of a pre-RoPE key equals what the model itself caches: the keys of layer 0
+    are computed here from the input (k_proj of the normed input, before any rotation) and
+    rotated by `Rotary.rotate`; the model's own forward caches the same values (yarn: its
+    attention scaling included)."""
     be = tiny_backend(tokenizer, "qwen2", "yarn")
     x = torch.randn(7, be.hidden_size)
     cache = be.make_cache()
     be.forward(torch.randn(5, be.hidden_size), cache, logits=False)
     out = be.forward(x, cache, logits=False)
+    layer = be.decoder.layers[0]
+    with torch.no_grad():
+        pre = layer.self_attn.k_proj(layer.input_layernorm(x))                     # [7, kv_heads * D]
+    pre = pre.view(7, be.num_kv_heads, be.head_dim).transpose(0, 1)                # [kv_heads, 7, D]
     pos = torch.arange(5, 12)
-    pre = be.rotary.unrotate(out.keys, pos)
-    assert torch.allclose(be.rotary.rotate(pre, pos), out.keys, atol=1e-5)
+    assert torch.allclose(be.rotary.rotate(pre, pos), out.keys[0], atol=1e-5)
+    assert not torch.allclose(pre, out.keys[0], atol=1e-3)                        # it did rotate them
+    assert torch.allclose(be.rotary.unrotate(out.keys[0], pos), pre, atol=1e-5)

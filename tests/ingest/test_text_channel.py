@@ -22,10 +22,19 @@ from videokv.ingest.text.align import chunk_texts, transcript
 from videokv.ingest.text.extract import extract_segments
 from videokv.ingest.video import iter_frames, probe
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(p) is None for p in ("tesseract", "pocketsphinx_continuous", "espeak-ng", "ffmpeg")),
-    reason="needs tesseract, pocketsphinx, espeak-ng and ffmpeg (apt-get install tesseract-ocr tesseract-ocr-eng "
-           "pocketsphinx pocketsphinx-en-us espeak-ng ffmpeg)")
+
+
+def needs(*programs: str):
+    """Skip (with the packages to install) where one of these programs is missing; the parsers
+    and alignment rules run everywhere."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (apt-get install tesseract-ocr "
+                              "tesseract-ocr-eng pocketsphinx pocketsphinx-en-us espeak-ng ffmpeg)")
+
+
+OCR = needs("tesseract")
+ASR = needs("pocketsphinx_continuous")
+ALL_TOOLS = needs("tesseract", "pocketsphinx_continuous", "espeak-ng")
 
 FPS, CHUNK = 1.0, 16   # the pipeline's defaults: 1 frame/s, 16 frames per chunk
 BANNERS = [(20.0, 28.0, "GOAL MARTINEZ"), (50.0, 60.0, "HALF TIME"), (70.0, 78.0, "YELLOW CARD NUMBER 7")]
@@ -63,6 +72,7 @@ def game(tmp_path_factory):
 # ---------------------------------------------------------------- OCR
 
 
+@ALL_TOOLS
 def test_banners_land_in_their_chunks_only(game):
     path, truth, info, segments, report = game
     lines = chunk_texts(segments, chunk_spans(info), 400, words_count)
@@ -74,6 +84,7 @@ def test_banners_land_in_their_chunks_only(game):
     assert len(ocr_banners) == 1 and abs(ocr_banners[0].t_start - 20) <= 1 and abs(ocr_banners[0].t_end - 28) <= 1
 
 
+@ALL_TOOLS
 def test_scoreboard_and_clock_are_read(game):
     path, truth, info, segments, report = game
     screen = [s for s in segments if s.source == "ocr"]
@@ -90,6 +101,7 @@ def test_scoreboard_and_clock_are_read(game):
     assert all(0.6 <= s.conf <= 1 for s in screen)
 
 
+@ALL_TOOLS
 def test_ocr_reads_changed_regions_not_whole_frames(game):
     path, truth, info, segments, report = game
     stats = report["ocr"]["stats"]
@@ -100,6 +112,7 @@ def test_ocr_reads_changed_regions_not_whole_frames(game):
     assert stats["tesseract_runs"] <= 4, stats
 
 
+@OCR
 def test_static_screen_is_read_once(tmp_path):
     path = tmp_path / "static.mp4"
     ts.make_text_video(path, 1.0, banners=[(30.0, 40.0, "BREAKING NEWS")], clock=False, scoreboard=True,
@@ -140,6 +153,7 @@ def _recall(truth_speech, asr_segments):
     return hit, total, per
 
 
+@ALL_TOOLS
 def test_speech_word_recall_and_times(game):
     path, truth, info, segments, report = game
     speech = [s for s in segments if s.source == "asr"]
@@ -162,6 +176,7 @@ def test_speech_word_recall_and_times(game):
     assert len(stray) <= 2, stray
 
 
+@ALL_TOOLS
 def test_speech_goes_to_the_chunk_it_was_said_in(game):
     path, truth, info, segments, report = game
     lines = chunk_texts([s for s in segments if s.source == "asr"], chunk_spans(info), 400, words_count)
@@ -174,6 +189,7 @@ def test_speech_goes_to_the_chunk_it_was_said_in(game):
         assert heard and said & set(heard.group(1).split()), (s["text"], lines[k0])
 
 
+@ASR
 def test_no_audio_track(tmp_path):
     path = tmp_path / "silent.mp4"
     ts.make_text_video(path, 0.2, size=(128, 72), scoreboard=False, clock=False)
@@ -257,6 +273,7 @@ def test_bad_subtitle_file_names_the_file(quiet, tmp_path):
         extract_segments(quiet, probe(quiet), TextOptions(subtitle_file=str(bad)), FPS, 100)
 
 
+@needs("ffmpeg")
 def test_embedded_subtitle_stream(quiet, tmp_path):
     srt = ts.write_srt(tmp_path / "cues.srt", CUES)
     muxed = tmp_path / "with_subs.mp4"

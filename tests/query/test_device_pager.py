@@ -106,7 +106,7 @@ def test_device_prefill_yields_what_host_prefill_does(tokenizer):
             assert torch.equal(a.L.keys, b.L.keys) and torch.equal(a.H.values, b.H.values)
 
 
-def test_batched_vision_inputs_match_per_chunk(ingested, toy_video):
+def test_batched_vision_inputs_match_per_chunk(ingested, toy_video, monkeypatch):
     from videokv.ingest.chunks import plan_chunks
     from videokv.ingest.video import probe, sample_frames
 
@@ -116,7 +116,7 @@ def test_batched_vision_inputs_match_per_chunk(ingested, toy_video):
     info = probe(toy_video[0])
     s = sample_frames(toy_video[0], 1.0, 4096, size=rt.backend.vision.input_size, info=info)
     plan = plan_chunks(s.timestamps, info.duration, 16, 1.0)
-    pipe.VISION_BATCH_FRAMES = 40                          # groups of 3 chunks (48 frames), then the rest
+    monkeypatch.setattr(pipe, "VISION_BATCH_FRAMES", 40)  # groups of 3 chunks (48 frames), then the rest
     calls = rt.backend.vision_calls
     pending: dict = {}
     got = list(pipe._batched_inputs(plan.chunks, s.frames, pending))

@@ -5,11 +5,16 @@ answer contains it. Real Tesseract, real model, real LMDB/FAISS."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from videokv.ingest.text import TextOptions, ToolMissing
 
 from tests.conftest import make_runtime
+
+pytestmark = pytest.mark.skipif(shutil.which("tesseract") is None,
+                                reason="needs tesseract (apt-get install tesseract-ocr tesseract-ocr-eng)")
 
 BANNER = (420.0, 432.0, "GOAL: MARTINEZ")   # minute 7, inside chunk 26 (416-432 s at 16 s/chunk)
 

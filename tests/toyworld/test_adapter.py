@@ -14,7 +14,7 @@ from videokv.toyworld.captions import FrameLabel, caption_ids, piece_ids
 from videokv.toyworld.training.eval_lm import answer_ok
 from videokv.toyworld.training.lm_data import busy_video, counting_video, questions, random_video, sample_questions
 from videokv.models.tiny import tiny_backend
-from videokv.toyworld.training.lm import LMTrainConfig, train
+from videokv.toyworld.training.lm import LMTrainConfig, held_out_loss, train
 
 
 def test_merged_weights_equal_the_adapted_model(tokenizer):
@@ -117,17 +117,22 @@ def test_caption_layout_repeats_slots(tokenizer):
         caption_ids(FrameLabel(), ids, 6)
 
 
-def test_training_is_deterministic_and_learns_something(tokenizer):
-    cfg = LMTrainConfig(seed=5, steps=3, max_chunks=2, questions_per_video=2, rank=2, warmup=1)
-    states = []
+def test_training_is_deterministic_and_learns_to_answer(tokenizer):
+    """Two runs give the same adapter, and training lowers the answer loss on videos it never
+    saw (held-out seed): 12 steps on a tiny random model take it from ~11.4 to ~10."""
+    cfg = LMTrainConfig(seed=5, steps=12, max_chunks=2, questions_per_video=2, rank=2, warmup=1, lr=1e-2)
+    states, losses = [], []
     for _ in range(2):
         be = tiny_backend(tokenizer, seed=0)
+        before = held_out_loss(be.model, tokenizer, cfg, seed=1234)
         metrics = train(be.model, tokenizer, cfg)
         assert np.isfinite(metrics["final_loss"])
+        losses.append((before, held_out_loss(be.model, tokenizer, cfg, seed=1234)))
         states.append(lora.adapter_state(be.model))
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    assert any(states[0][k].abs().sum() > 0 for k in states[0] if k.endswith("lora_B"))   # B moved off zero
+    before, after = losses[0]
+    assert after < before - 0.8, losses
 
 
 def test_shipped_weights_are_verified(tmp_path, embedded_backend):

@@ -297,6 +297,26 @@ def step_data(lm: CaptionLM, cfg: LMTrainConfig, rng: np.random.Generator):
     return video, tv.lines, text[:k] + toy[:q - k]
 
 
+@torch.no_grad()
+def held_out_loss(model, tokenizer, cfg: LMTrainConfig, seed: int, videos: int = 4) -> float:
+    """Mean answer loss over `videos` training-like videos drawn with `seed` (never a training
+    seed), every question on all-L layouts: how well the model (with or without an adapter
+    attached) answers from the KV a query loads."""
+    lm = CaptionLM(model, tokenizer, cfg)
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    losses = []
+    for _ in range(videos):
+        video, lines, qas = step_data(lm, cfg, rng)
+        prefix, chunks, shared = prefill_video(lm, video, set(), lines)
+        for qa in qas:
+            cache, N = assemble(lm, prefix, chunks, layout(video.n_chunks, qa.chunks, cfg.top_k, rng, False), shared)
+            losses.append(float(answer_loss(lm, cache, N, qa.question, qa.answer)))
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
 def load_adapter(model, state: dict[str, torch.Tensor]) -> None:
     """Copy A/B factors (lora.adapter_state names) into the attached adapters."""
     got = dict(model.named_parameters())
