@@ -21,6 +21,7 @@ accuracy as a flat line) + markdown next to --out.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -186,18 +187,46 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv bench counting", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=_ints, default=[256, 1024], help="haystack sizes in sampled frames")
-    ap.add_argument("--depths", type=floats, default=[0.1, 0.3, 0.5, 0.7, 0.9])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--depths", type=floats, default=[0.1, 0.3, 0.5, 0.7, 0.9], help="where the needles sit (0..1)")
+    ap.add_argument("--repeats", type=int, default=2, help="haystacks per length and depth")
     ap.add_argument("--seed", type=int, default=1, help="haystack seed (the needle bench uses 0)")
-    ap.add_argument("--thresholds", type=floats, default=_grid(0.2, 0.6, 0.025))
-    ap.add_argument("--frame-thresholds", type=floats, default=_grid(0.3, 0.55, 0.025))
+    ap.add_argument("--thresholds", type=floats, default=_grid(0.2, 0.6, 0.025), help="per-chunk thresholds swept")
+    ap.add_argument("--frame-thresholds", type=floats, default=_grid(0.3, 0.55, 0.025),
+                    help="per-frame thresholds swept")
     ap.add_argument("--no-lm", dest="lm", action="store_false", help="skip the LLM's answers")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--home", type=Path, default=None, help="KV store home (default: VIDEOKV_HOME)")
-    ap.add_argument("--workdir", type=Path, default=Path("runs/counting"))
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_counting.json"))
+    ap.add_argument("--workdir", type=Path, default=Path("runs/counting"), help="rendered haystacks (kept for reuse)")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_counting.json"), help="JSON (PNG, markdown beside it)")
+    ap.add_argument("--install", action="store_true",
+                    help="write the best thresholds into the toy world's weights manifest (the calibration "
+                         "travels with the weights it was measured on)")
     args = ap.parse_args(argv)
     args.t0 = time.perf_counter()
     result = run(args)
     write_outputs(result, args.out, None, plot, markdown, side_by_side)
+    if args.install:
+        print(f"installed the count calibration into {install_calibration(result)}")
     return 0
+
+
+def install_calibration(result: dict, folder: Path | None = None) -> Path:
+    """The best per-chunk and per-frame thresholds of a run, into the weights' manifest, with
+    the tower they were measured on (toyworld.loader.count_calibration reads them)."""
+    from videokv.hashing import sha256_file
+    from videokv.toyworld.loader import read_manifest, toyworld_dir
+
+    folder = folder or toyworld_dir()
+    at, cfg = result["at"], result["config"]
+    manifest = read_manifest(folder)
+    manifest["count_calibration"] = {
+        "chunk": at["per chunk, best"]["threshold"],
+        "frame": at["per frame, best"]["threshold"] if "per frame, best" in at else None,
+        "measured_on": {"tower.safetensors": sha256_file(folder / "tower.safetensors")},
+        "how": (f"videokv bench counting --seed {cfg['seed']} (lengths {cfg['lengths']}, depths {cfg['depths']}, "
+                f"{result['n']['all']} questions): per chunk right {at['per chunk, best']['all']}"
+                + (f", per frame right {at['per frame, best']['all']}" if "per frame, best" in at else "")),
+    }
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return path

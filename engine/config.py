@@ -53,6 +53,7 @@ class EngineConfig:
     tokens_per_frame: int = 16
     chunk_frames: int = 16
     sample_fps: float = 1.0
+    max_frames: int = 4096        # sampling cap: a longer video is sampled more sparsely
     system_prompt: str = "You are a helpful assistant that answers questions about a video."
     l_kv: CompressionConfig = field(default_factory=lambda: CompressionConfig("avgpool", 2))
     h_kv: CompressionConfig = field(default_factory=lambda: CompressionConfig("avgpool", 16))

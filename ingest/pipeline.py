@@ -57,13 +57,12 @@ class IngestPipeline:
     """Ingests files into `store` with one backend/config and the given oracles."""
 
     def __init__(self, backend: HFCausalBackend, store: KVStore, config: EngineConfig,
-                 oracles: Sequence[RelevanceOracle] = (), max_frames: int = 4096,
+                 oracles: Sequence[RelevanceOracle] = (),
                  text_oracle: RelevanceOracle | None = None, text_defaults: T.TextOptions | None = None):
         self.backend, self.store, self.config = backend, store, config
         self.fingerprint = config.fingerprint()
         self.prefiller = ChunkPrefiller(backend, config, self.fingerprint)
         self.oracles = list(oracles)
-        self.max_frames = max_frames
         self.text_oracle = text_oracle
         self.text_defaults = text_defaults or T.TextOptions()
 
@@ -88,7 +87,7 @@ class IngestPipeline:
                                 True, existing.sampled_frames, time.perf_counter() - t0, 0.0, 0.0,
                                 (existing.extra or {}).get("text"))
         vision = self.backend.vision
-        sampled = sample_frames(path, self.config.sample_fps, self.max_frames, size=vision.input_size, info=info)
+        sampled = sample_frames(path, self.config.sample_fps, self.config.max_frames, size=vision.input_size, info=info)
         plan = plan_chunks(sampled.timestamps, info.duration, self.config.chunk_frames, self.config.sample_fps)
         if len(plan) == 0:                                    # ... or here: nothing stored yet
             raise NoFrames(path, f"{path.name}: no frames could be sampled from this video")
@@ -136,7 +135,7 @@ class IngestPipeline:
         stored = self.store.get_transcript(vid)
         if stored is None:
             from videokv.ingest.text.extract import extract_segments
-            segs, report = extract_segments(path, info, opts, self.config.sample_fps, self.max_frames, stage_progress)
+            segs, report = extract_segments(path, info, opts, self.config.sample_fps, self.config.max_frames, stage_progress)
             stored = {"segments": [s.to_dict() for s in segs], "channels": report}
             self.store.put_transcript(vid, stored)
         segs = [T.TextSegment.from_dict(d) for d in stored["segments"]]

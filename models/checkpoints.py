@@ -52,6 +52,24 @@ def checkpoint_id(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def tokenizer_identity(tokenizer, chat_template: str | None = None) -> str:
+    """12 hex chars naming what text becomes as tokens: the tokenizer's full serialisation
+    (vocabulary, merges, normaliser, special tokens) and the chat template the prompts are
+    laid out with. Part of the weights identity, so KVs made through another tokenizer or
+    template are never reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:                                       # a slow tokenizer: its vocabulary in id order
+        h.update("\n".join(sorted(f"{i} {t}" for t, i in tokenizer.get_vocab().items())).encode())
+    template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
+    h.update(b"\0template\0" + str(template or "").encode())
+    return h.hexdigest()[:12]
+
+
 def require_checkpoint(path: str | Path, setting: str, what: str = "checkpoint folder") -> Path:
     """The folder at `path`, which must hold a config.json; else ModelNotFoundError naming
     `setting` (e.g. "VIDEOKV_MODEL") and what to pass instead."""

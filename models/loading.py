@@ -21,7 +21,7 @@ from videokv.engine.vision import VisionTower
 from videokv.hashing import sha256_file
 
 from .checkpoints import (ModelIntegrityError, ModelNotFoundError, UnsupportedModelError, checkpoint_id,
-                          quiet_progress, require_checkpoint)
+                          quiet_progress, require_checkpoint, tokenizer_identity)
 from .embedded import EMBEDDED, convert_embedded
 from .patch import PatchTower
 from .qwen_vl import QWEN_VL_TYPES, load_qwen_vl
@@ -86,7 +86,8 @@ def checkpoint_type(folder: Path, setting: str = "VIDEOKV_MODEL") -> str:
 
 
 def load_folder(path: Path, dtype: str = "float32", device: str = "cpu", verify: bool = True):
-    """(model, tokenizer, weights_id) from a converted or HF-style folder.
+    """(model, tokenizer, weights_id) from a converted or HF-style folder (weights_id: the
+    weights' hash; `load_backend` adds the tokenizer's identity).
 
     Fast path: build the model on the meta device and assign the safetensors tensors
     (memory-mapped), instead of initialising random weights first."""
@@ -149,6 +150,9 @@ def load_backend(spec: ModelSpec, attach_vision: AttachVision | None = None,
             return backend
     t0 = time.perf_counter()
     model, tok, weights_id = load_folder(folder, spec.dtype, device, verify=verify)
+    # The identity names the tokenizer and chat template too: they decide the tokens a
+    # prompt and a timestamp become, and so the stored KVs.
+    weights_id = f"{weights_id}-tok{tokenizer_identity(tok)}"
     if attach_vision is not None:
         vision, added_id = attach_vision(model, tok, spec)
         weights_id = f"{weights_id}+{added_id}"

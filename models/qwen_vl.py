@@ -32,6 +32,8 @@ from videokv.engine.chunkkv import ChunkKV, TokenKind
 from videokv.engine.rope import MRotary
 from videokv.engine.vision import VisionTower
 
+from .checkpoints import tokenizer_identity
+
 # model_type in config.json -> (transformers class, backend name)
 QWEN_VL_TYPES = {
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "qwen2-vl"),
@@ -317,5 +319,6 @@ def load_qwen_vl(folder: Path, model_type: str, weights_id: str, dtype: torch.dt
              f"t{patcher.temporal_patch_size}m{patcher.merge_size}-"
              + "-".join(f"{v:.4f}" for v in patcher.mean + patcher.std))
     vision = QwenVisionTower(model.model.visual, patcher, ident)
-    return QwenVLBackend(model, tok, vision, weights_id=weights_id, sample_fps=sample_fps,
-                         chat_template=read_chat_template(folder, tok))
+    template = read_chat_template(folder, tok)
+    return QwenVLBackend(model, tok, vision, weights_id=f"{weights_id}-tok{tokenizer_identity(tok, template)}",
+                         sample_fps=sample_fps, chat_template=template)

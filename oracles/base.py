@@ -19,6 +19,9 @@ class RelevanceOracle:
     """Base. `identity` names everything the vectors depend on (stored with them)."""
 
     name: str = "base"
+    # The span counter's thresholds on this oracle's scores ({"chunk": t, "frame": t}),
+    # measured on its weights and kept with them; None: not calibrated (query/counting.py).
+    count_thresholds: dict | None = None
     # True when chunk_vector needs the chunk's frames (the pipeline passes them).
     needs_frames: ClassVar[bool] = False
 

@@ -22,16 +22,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Thresholds calibrated per oracle identity (the vectors' cosine scale is the oracle's own):
-# chosen by `videokv bench counting` on its seed-1 haystacks, never the needle bench's.
-# The embedded oracle's, on 100 questions over 20 haystacks of 256 and 1024 frames (truth 0:
-# 20, 1: 60, 2-3: 20), where the LLM's bilevel answers were right 60% (it says "1 time"):
-# per chunk 0.325, the best of 0.2-0.6 (right 74%); per frame 0.45 (right 97%; the matching
-# frames score ~0.55, a look-alike's ~0.3).
-CALIBRATED: dict[str, dict[str, float]] = {
-    "dualenc-toyworld-cnn-v2-e524a11ba9b9eba7-t8-c2-minilm-l6-v2-53aa51172d14-n0.5": {"chunk": 0.325, "frame": 0.45},
-}
-
 _ASKS_COUNT = re.compile(r"\bhow\s+(?:many\s+times|often)\b", re.IGNORECASE)
 _SUBJECT = re.compile(r"\bhow\s+(?:many\s+times|often)\s+(?:did|does|do|was|were|has|have|is|are)\s+"
                       r"(?:(?:a|an|the)\s+)?(.+?)\s+(?:appear|show\s+up|occur|come\s+up|been\s+shown|"
@@ -87,9 +77,11 @@ class SpanCounter:
         return f"{what} appeared {n} time{'s' if n != 1 else ''} ({where})."
 
 
-def counter_for(oracle_id: str, threshold: float | None = None) -> SpanCounter | None:
-    """The span counter for an oracle: `threshold` if given, else the calibrated one; None
-    when the oracle has none (its counting questions then go to the LLM)."""
-    cal = CALIBRATED.get(oracle_id, {})
+def counter_for(oracle, threshold: float | None = None) -> SpanCounter | None:
+    """The span counter for an oracle: `threshold` (per chunk) if given, else the thresholds
+    calibrated for it, which travel with its weights (`oracle.count_thresholds`: {"chunk",
+    "frame"}; the toy world's are in its manifest, written by `videokv bench counting
+    --install`); None when it has neither (its counting questions then go to the LLM)."""
+    cal = getattr(oracle, "count_thresholds", None) or {}
     t = threshold if threshold is not None else cal.get("chunk")
     return None if t is None else SpanCounter(float(t), cal.get("frame"))

@@ -6,6 +6,7 @@ tower is loaded, both checked against manifest.json's sha256 first. Shipped in
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from videokv.errors import VideoKVError
@@ -14,6 +15,8 @@ from videokv.models import lora
 from videokv.models.checkpoints import ModelIntegrityError, ModelNotFoundError
 
 from . import WEIGHTS_DIR
+
+log = logging.getLogger("videokv.toyworld")
 
 
 
@@ -66,3 +69,19 @@ def attach_toyworld(model, tokenizer, spec) -> tuple:
     from videokv.models.loading import resolve_device
     return load_toyworld(model, tokenizer, spec.tokens_per_frame, resolve_device(spec.device))
 
+
+
+def count_calibration(tower_sha256: str, folder: Path | None = None) -> dict | None:
+    """The span counter's thresholds for the dual-encoder oracle, from the weights' manifest
+    ({"chunk", "frame"}), or None when none were measured. Thresholds measured on other tower
+    weights (a retrain that kept the manifest's block) are still used, with a warning that
+    says how to measure them again."""
+    cal = read_manifest(folder).get("count_calibration")
+    if not cal:
+        return None
+    measured = cal.get("measured_on", {}).get("tower.safetensors")
+    if measured and measured != tower_sha256:
+        log.warning("the span counter's thresholds were measured on tower %s, this tower is %s: run "
+                    "`videokv bench counting --install` to measure them on these weights", measured[:12],
+                    tower_sha256[:12])
+    return {k: float(cal[k]) for k in ("chunk", "frame") if cal.get(k) is not None}

@@ -122,9 +122,13 @@ class ToyWorldTower(VisionTower):
     # ------------------------------------------------------------------ identity, io
 
     @property
+    def weights_sha256(self) -> str:
+        """sha256 of the weights file it was loaded from or saved to (else of its state)."""
+        return self._weights_sha or self._state_sha()
+
+    @property
     def identity(self) -> str:
-        sha = self._weights_sha or self._state_sha()
-        return f"{ARCH}-{sha[:16]}-t{self.tokens_per_frame}-c{cap.LAYOUT}"
+        return f"{ARCH}-{self.weights_sha256[:16]}-t{self.tokens_per_frame}-c{cap.LAYOUT}"
 
     def _state_sha(self) -> str:
         h = hashlib.sha256()

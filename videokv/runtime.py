@@ -74,7 +74,7 @@ class Runtime:
         # A model's own vision tower (Qwen-VL) decides its tokens per frame, not the setting.
         tpf = getattr(be.vision, "tokens_per_frame", s.tokens_per_frame)
         return EngineConfig(weights_id=be.weights_id, backend=be.name, dtype=s.dtype, tokens_per_frame=tpf,
-                            chunk_frames=s.chunk_frames, sample_fps=s.sample_fps,
+                            chunk_frames=s.chunk_frames, sample_fps=s.sample_fps, max_frames=s.max_frames,
                             l_kv=CompressionConfig(s.l_policy, s.l_ratio), h_kv=CompressionConfig(s.h_policy, s.h_ratio),
                             prefill=PrefillConfig(s.window, s.window_level, s.prev_level),
                             vision_id=be.vision.identity if be.vision else "")
@@ -110,8 +110,9 @@ class Runtime:
             if toy is None:
                 raise SettingsError("VIDEOKV_ORACLE=dualenc needs the toy-world tower (VIDEOKV_VISION=toyworld "
                                     "with the embedded model)")
+            from videokv.toyworld.loader import count_calibration
             from videokv.toyworld.oracle import DualEncoderOracle
-            return DualEncoderOracle(tower=toy)
+            return DualEncoderOracle(tower=toy, count_thresholds=count_calibration(toy.weights_sha256))
         prefix = ChunkPrefiller(self.backend, self.config).prefix()
         return KeyQueryOracle(backend=self.backend, prefix=prefix)
 
@@ -139,7 +140,7 @@ class Runtime:
     @cached_property
     def pipeline(self):
         from videokv.ingest.pipeline import IngestPipeline
-        return IngestPipeline(self.backend, self.store, self.config, [self.oracle], self.settings.max_frames,
+        return IngestPipeline(self.backend, self.store, self.config, [self.oracle],
                               text_oracle=self.text_oracle, text_defaults=self.text_defaults)
 
     # ------------------------------------------------------------------ query
@@ -148,7 +149,7 @@ class Runtime:
         """The span counter for "how many times" questions (query/counting.py), or None."""
         from videokv.query.counting import counter_for
         s = self.settings
-        return counter_for(self.oracle.identity, s.count_threshold) if s.count_by == "oracle" else None
+        return counter_for(self.oracle, s.count_threshold) if s.count_by == "oracle" else None
 
     @cached_property
     def queries(self):

@@ -76,9 +76,9 @@ class Settings(BaseSettings):
     h_text: Literal["drop", "keep"] = "drop"
     # "How many times" questions: "oracle" = the span counter over the visual oracle's
     # per-frame (else per-chunk) scores (query/counting.py says why), "lm" = decoded like any
-    # other question. The counter needs thresholds calibrated for the oracle (query/counting.py
-    # CALIBRATED); count_threshold sets the per-chunk one for an oracle without them. Other
-    # oracles fall back to "lm".
+    # other question. The counter needs thresholds calibrated for the oracle, kept with its
+    # weights (the toy world's manifest); count_threshold sets the per-chunk one for an oracle
+    # without them. Other oracles fall back to "lm".
     count_by: Literal["oracle", "lm"] = "oracle"
     count_threshold: float | None = None
 

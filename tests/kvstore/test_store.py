@@ -297,5 +297,5 @@ def test_map_growth_waits_for_open_read_sessions_in_other_threads(tmp_path):
         store.put_chunk(vid, [h.make_chunk(0, i, "L", tokens=4096)], {h.ORACLE: h.embedding(0, i)})
     t.join()
     assert checked == [True] and store.env.grow_count > grows
-    with store.reader() as r, pytest.raises(Exception, match="read session"):
+    with store.reader(), pytest.raises(Exception, match="read session"):
         store.put_chunk(vid, [h.make_chunk(0, 0, "H")], None)   # writing inside one's own snapshot

@@ -99,3 +99,42 @@ def test_bad_configs_are_refused():
         CompressionConfig("avgpool", 0)
     with pytest.raises(ValueError, match="prefill level must be 'H', 'L' or 'full', got 'X'"):
         PrefillConfig(window_level="X")
+
+
+def test_the_weights_identity_names_the_tokenizer_and_chat_template(tmp_path, tokenizer):
+    """Same weights, another chat template: another weights id, so another fingerprint, and
+    KVs made through one template are never read through the other."""
+    from safetensors.torch import save_file
+    from videokv.models.checkpoints import tokenizer_identity
+    from videokv.models.tiny import tiny_backend
+
+    be = tiny_backend(tokenizer)
+    ids = []
+    for template in ("{{ messages[0]['content'] }}", "{{ messages[-1]['content'] }}"):
+        folder = tmp_path / str(len(ids))
+        be.model.config.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": template}))
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+        state = {k: v.contiguous() for k, v in be.model.state_dict().items() if k != "lm_head.weight"}
+        save_file(state, folder / "model.safetensors")
+        ids.append(load_backend(ModelSpec(model=str(folder), device="cpu")).weights_id)
+    assert ids[0] != ids[1] and ids[0].split("-tok")[0] == ids[1].split("-tok")[0]
+    assert tokenizer_identity(tokenizer) == tokenizer_identity(tokenizer)
+    assert tokenizer_identity(tokenizer, "x") != tokenizer_identity(tokenizer, "y")
+
+
+def test_a_video_made_under_another_fingerprint_asks_for_a_re_ingest(ingested):
+    """Old stores (made before a change of anything in the fingerprint: sampling, tokenizer,
+    ...) are refused with a clear sentence, never read."""
+    import dataclasses as dc
+
+    from videokv.query.engine import QueryEngine, QueryError
+
+    rt, res = ingested
+    other = dc.replace(rt.config, max_frames=rt.config.max_frames // 2)
+    assert other.fingerprint() != rt.config.fingerprint()
+    engine = QueryEngine(rt.backend, rt.store, other, rt.oracle)
+    with pytest.raises(QueryError, match="re-ingest it with the current settings"):
+        engine.ask(res.video_id, "What digit was shown on the red card?")

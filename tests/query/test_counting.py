@@ -10,7 +10,7 @@ from PIL import Image
 from videokv.bench import counting as cb
 from videokv.bench import needle as nb
 from videokv.toyworld.grading import counts_in, evidence_hits, is_correct
-from videokv.query.counting import CALIBRATED, SpanCounter, asks_count, counter_for, subject_of
+from videokv.query.counting import SpanCounter, asks_count, counter_for, subject_of
 from videokv.query.engine import QueryEngine, QueryError
 
 from tests.conftest import make_runtime
@@ -47,14 +47,40 @@ def test_only_how_many_times_questions_go_to_the_counter():
 
 
 def test_counter_for_takes_the_given_threshold_else_the_calibrated_one():
-    assert counter_for("some-other-oracle") is None
-    assert counter_for("some-other-oracle", 0.3).threshold == 0.3
-    assert counter_for("some-other-oracle", 0.3).frame_threshold is None
-    assert CALIBRATED, "the embedded oracle's thresholds are calibrated"
-    oid, cal = next(iter(CALIBRATED.items()))
-    c = counter_for(oid)
-    assert (c.threshold, c.frame_threshold) == (cal["chunk"], cal["frame"])
-    assert counter_for(oid, 0.9).threshold == 0.9
+    from types import SimpleNamespace
+    uncalibrated = SimpleNamespace(identity="some-other-oracle")
+    assert counter_for(uncalibrated) is None
+    assert counter_for(uncalibrated, 0.3).threshold == 0.3
+    assert counter_for(uncalibrated, 0.3).frame_threshold is None
+    calibrated = SimpleNamespace(count_thresholds={"chunk": 0.325, "frame": 0.45})
+    c = counter_for(calibrated)
+    assert (c.threshold, c.frame_threshold) == (0.325, 0.45)
+    assert counter_for(calibrated, 0.9).threshold == 0.9
+
+
+def test_the_calibration_travels_with_the_weights(tmp_path, caplog):
+    """The toy world's thresholds are read from its weights' manifest, whatever the oracle's
+    identity (a retrain changes it); measured on other tower weights, they still count, with a
+    warning that says how to measure them again."""
+    import json
+    import shutil
+
+    from videokv.hashing import sha256_file
+    from videokv.toyworld.loader import count_calibration, toyworld_dir
+
+    shipped = sha256_file(toyworld_dir() / "tower.safetensors")
+    with caplog.at_level("WARNING"):
+        assert count_calibration(shipped) == {"chunk": 0.325, "frame": 0.45}
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        assert count_calibration("0" * 64) == {"chunk": 0.325, "frame": 0.45}
+    assert "bench counting --install" in caplog.text
+    folder = tmp_path / "weights"
+    shutil.copytree(toyworld_dir(), folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["count_calibration"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert count_calibration(shipped, folder) is None
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +98,7 @@ def test_counting_questions_are_counted_by_the_oracle_and_cite_every_appearance(
     rt, vid, truth = haystack
     [qa] = [q for q in truth["questions"] if q["type"] == "counting"]
     assert qa["answer"] == "3"
-    assert rt.queries.counter is not None and rt.queries.oracle.identity in CALIBRATED
+    assert rt.queries.counter is not None and rt.queries.oracle.count_thresholds == {"chunk": 0.325, "frame": 0.45}
     fv = rt.store.frame_vectors(vid, rt.queries.oracle.identity, rt.queries.oracle.dim)
     assert sorted(fv) == list(range(16)) and all(m.shape == (16, rt.queries.oracle.dim) for m in fv.values())
     ans = rt.queries.ask(vid, qa["question"])
@@ -151,3 +177,14 @@ def test_bench_counting_tiny_run(tmp_path, capsys):
         assert im.format == "PNG" and im.size == (900, 460)
     assert "Per frame, by threshold" in out.with_suffix(".md").read_text()
     assert "span counter per frame, shipped threshold 0.45" in capsys.readouterr().out
+    # --install's writing: the run's best thresholds, into a copy of the weights' manifest
+    import shutil
+
+    from videokv.hashing import sha256_file
+    from videokv.toyworld.loader import count_calibration, toyworld_dir
+    folder = tmp_path / "weights"
+    shutil.copytree(toyworld_dir(), folder)
+    cb.install_calibration(res, folder)
+    tower = sha256_file(folder / "tower.safetensors")
+    got = count_calibration(tower, folder)
+    assert got == {"chunk": res["at"]["per chunk, best"]["threshold"], "frame": res["at"]["per frame, best"]["threshold"]}

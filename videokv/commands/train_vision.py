@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from videokv.models.loading import load_folder
     from videokv.runtime import load_settings
     from videokv.toyworld.captions import LAYOUT
-    from videokv.toyworld.loader import toyworld_dir
+    from videokv.toyworld.loader import read_manifest, toyworld_dir
     from videokv.toyworld.training.lm import LMTrainConfig, train
     from videokv.toyworld.training.tower import train_tower
 
@@ -177,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.install:
         dest = toyworld_dir()
         dest.mkdir(parents=True, exist_ok=True)
+        calibration = read_manifest(dest).get("count_calibration") if (dest / "manifest.json").is_file() else None
+        if calibration:   # kept, with the tower it was measured on: a warning at load says to re-measure
+            manifest["count_calibration"] = calibration
+            (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         for name in ("tower.safetensors", "adapter.safetensors", "manifest.json", "metrics.json"):
             shutil.copy2(out / name, dest / name)
         print(f"installed into {dest}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def main_eval_adapter(argv: list[str] | None = None) -> int:
