@@ -9,8 +9,11 @@ ENV PYTHONUNBUFFERED=1 \
     VIDEOKV_HOME=/data \
     VIDEOKV_REDIS_URL=redis://redis:6379/0
 
+# ffmpeg: decoding; DejaVu: the toy world's digit cards; Tesseract and PocketSphinx: the text
+# channel's OCR and speech (off by default per ingest; refused with a clear error when missing).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ffmpeg fonts-dejavu-core \
+        tesseract-ocr tesseract-ocr-eng pocketsphinx pocketsphinx-en-us \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
@@ -21,6 +24,9 @@ RUN pip install torch==2.13.0 --index-url "$TORCH_INDEX" \
 
 COPY videokv ./videokv
 COPY engine ./engine
+COPY models ./models
+COPY oracles ./oracles
+COPY toyworld ./toyworld
 COPY ingest ./ingest
 COPY kvstore ./kvstore
 COPY query ./query

@@ -20,6 +20,7 @@ PREFIX = "vkv_"
 
 
 class AuthError(VideoKVError):
+    code = "unauthorized"
     http_status = 401
 
 

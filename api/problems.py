@@ -43,7 +43,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(VideoKVError)
     async def _vkv(request: Request, e: VideoKVError):
         status = int(getattr(e, "http_status", 400))
-        code = getattr(e, "code", None) or type(e).__name__
+        code = e.code
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status >= 500:
             log.exception("server error", exc_info=e)

@@ -469,17 +469,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-full", action="store_true", help="skip full-attention prefill")
     ap.add_argument("--no-track", action="store_true", help="CPU: skip the memory-tracking passes")
     ap.add_argument("--no-mfu", action="store_true", help="CUDA: skip the 7B-shaped MFU measurement")
-    ap.add_argument("--mfu-chunks", type=int, default=12)
-    ap.add_argument("--mfu-visual-tokens", type=int, default=1152)
+    ap.add_argument("--mfu-chunks", type=int, default=12, help="chunks in the MFU measurement (CUDA only)")
+    ap.add_argument("--mfu-visual-tokens", type=int, default=1152, help="visual tokens per chunk in the MFU measurement")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak (default: from its name)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="toy-world video seed")
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                     help="model dtype (default: VIDEOKV_DTYPE; bfloat16 on CUDA)")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--home", type=Path, default=None, help="KV store home (default: a temp dir, removed)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_videos"), help="rendered videos (kept for reuse)")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_ingest.json"))
-    ap.add_argument("--png", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_ingest.json"), help="JSON result (markdown beside it)")
+    ap.add_argument("--png", type=Path, default=None, help="plot (default: --out with .png)")
     a = ap.parse_args(argv)
     if a.minutes is None:
         import torch

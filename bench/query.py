@@ -566,7 +566,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--reprefill-once-above", type=float, default=60.0,
                     help="time re-prefill once for videos longer than this many minutes (default 60)")
     ap.add_argument("--no-full", action="store_true", help="skip full-attention re-prefill")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="longest answer, in tokens")
     ap.add_argument("--top-k", type=int, default=None, help="default: VIDEOKV_TOP_K (3)")
     ap.add_argument("--seed", type=int, default=0, help="toy-world seed")
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
@@ -574,7 +574,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--home", type=Path, default=None, help="KV store home (default: VIDEOKV_HOME)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_videos"), help="rendered videos (kept for reuse)")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_query.json"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_query.json"), help="JSON result (PNG and markdown beside it)")
     ap.add_argument("--png", type=Path, default=None, help="plot (default: --out with .png)")
     a = ap.parse_args(argv)
     if a.minutes is None:

@@ -86,11 +86,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--queries", type=int, default=20, help="concurrent questions (default 20)")
     ap.add_argument("--uploads", type=int, default=3, help="concurrent uploads of distinct videos (default 3)")
     ap.add_argument("--minutes", type=float, default=0.25, help="length of each toy video (default 0.25)")
-    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=8, help="longest answer, in tokens")
     ap.add_argument("--timeout", type=float, default=210, help="overall bound in seconds (default 210)")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir, removed)")
     ap.add_argument("--json", action="store_true", help="print the JSON result")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_service.json"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_service.json"), help="JSON result")
     args = ap.parse_args(argv)
     import httpx
 

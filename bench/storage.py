@@ -212,7 +212,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--latency-reps", type=int, default=50, help="fetches of the 30-min H-KV set")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir, removed)")
     ap.add_argument("--json", action="store_true", help="print one JSON object and write it to --out")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_storage.json"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_storage.json"), help="JSON result")
     a = ap.parse_args(argv)
     workdir = a.dir or Path(tempfile.mkdtemp(prefix="videokv-bench-storage-"))
     workdir.mkdir(parents=True, exist_ok=True)

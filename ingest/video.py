@@ -66,7 +66,7 @@ class VideoError(VideoKVError):
 
 
 class VideoNotFound(VideoError):
-    code = "not_found"
+    code = "file_not_found"
 
 
 class EmptyFile(VideoError):

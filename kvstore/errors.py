@@ -8,6 +8,8 @@ from videokv.errors import VideoKVError
 class KVStoreError(VideoKVError):
     """Base class for every kvstore error."""
 
+    code = "store_error"
+
     http_status = 500  # a store fault is ours, unless a subclass says otherwise
 
 
@@ -17,6 +19,8 @@ class CorruptBlobError(KVStoreError):
     Never decode such bytes: they would be fed to the model as garbage.
     """
 
+    code = "corrupt_kv"
+
     def __init__(self, reason: str, *, video_id: str = "?", index: int | str = "?", level: str = "?", key: str = ""):
         self.reason, self.video_id, self.index, self.level, self.key = reason, video_id, index, level, key
         where = f"video {video_id} chunk {index} level {level}"
@@ -24,6 +28,7 @@ class CorruptBlobError(KVStoreError):
 
 
 class VideoNotFoundError(KVStoreError, KeyError):
+    code = "video_not_found"
     http_status = 404
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -31,6 +36,7 @@ class VideoNotFoundError(KVStoreError, KeyError):
 
 
 class ChunkNotFoundError(KVStoreError, KeyError):
+    code = "chunk_not_found"
     http_status = 404
 
     def __str__(self) -> str:
@@ -40,11 +46,15 @@ class ChunkNotFoundError(KVStoreError, KeyError):
 class FingerprintMismatchError(KVStoreError):
     """A caller asked for blobs made by another model/config than the video's."""
 
+    code = "reingest_required"
+
     http_status = 409
 
 
 class NotReadyError(KVStoreError):
     """`mark_ready` refused: some chunks (or their index entries) are not committed."""
+
+    code = "chunks_missing"
 
     def __init__(self, video_id: str, missing: list[int], missing_embeddings: list[int]):
         self.video_id, self.missing, self.missing_embeddings = video_id, missing, missing_embeddings

@@ -12,13 +12,19 @@ from videokv.errors import VideoKVError
 class ModelNotFoundError(VideoKVError, FileNotFoundError):
     """A model path that does not exist or is not a usable checkpoint (names the setting)."""
 
+    code = "model_not_found"
+
 
 class ModelIntegrityError(VideoKVError, RuntimeError):
     """A converted model folder whose weights no longer match their recorded hash."""
 
+    code = "model_corrupt"
+
 
 class UnsupportedModelError(VideoKVError, ValueError):
     """A checkpoint of an architecture videokv has no backend for (lists the supported ones)."""
+
+    code = "unsupported_model"
 
 
 # Above this many bytes of weights, `checkpoint_id` samples instead of hashing everything.

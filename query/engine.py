@@ -30,8 +30,18 @@ COUNT_BY = ("oracle", "lm")
 class QueryError(VideoKVError):
     """A question that cannot be answered as asked (bad mode, video not ready, ...)."""
 
+    code = "invalid_request"
+
 
 class VideoNotReady(QueryError):
+    code = "video_not_ready"
+    http_status = 409
+
+
+class ReingestRequired(QueryError):
+    """The video's KVs were made with another model or config (fingerprint): never read them."""
+
+    code = "reingest_required"
     http_status = 409
 
 
@@ -150,7 +160,7 @@ class QueryEngine:
             raise VideoNotReady(f"video {video_id} is {rec.status.value}"
                                 + (f" ({rec.reason})" if rec.reason else "") + ": it can be asked once READY")
         if rec.fingerprint != self.fingerprint:
-            raise QueryError(f"video {video_id} was ingested with model/config fingerprint {rec.fingerprint}, "
+            raise ReingestRequired(f"video {video_id} was ingested with model/config fingerprint {rec.fingerprint}, "
                              f"but this engine is {self.fingerprint}: re-ingest it with the current settings")
         n = rec.chunks_total
         if (count_by or "oracle") == "oracle" and self.counter is not None and chunks is None \

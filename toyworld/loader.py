@@ -23,6 +23,8 @@ log = logging.getLogger("videokv.toyworld")
 class ToyWorldConfigError(VideoKVError, ValueError):
     """Settings the shipped toy-world weights cannot run with (names the setting to change)."""
 
+    code = "bad_setting"
+
 
 def toyworld_dir() -> Path:
     """The shipped weights folder (tower, adapter, manifest, model card)."""
@@ -35,6 +37,14 @@ def read_manifest(folder: Path | None = None) -> dict:
         raise ModelNotFoundError(f"the toy-world weights are missing ({manifest_path}); reinstall videokv, "
                                  "or set VIDEOKV_VISION=patch for the untrained tower")
     return json.loads(manifest_path.read_text())
+
+
+def check_tokens_per_frame(tokens_per_frame: int, folder: Path | None = None) -> None:
+    """The shipped weights were trained for one number of visual tokens per frame."""
+    tpf = read_manifest(folder).get("tokens_per_frame", tokens_per_frame)
+    if tokens_per_frame != tpf:
+        raise ToyWorldConfigError(f"the toy-world model was trained with VIDEOKV_TOKENS_PER_FRAME={tpf}, got "
+                                  f"{tokens_per_frame}: set VIDEOKV_TOKENS_PER_FRAME={tpf}, or VIDEOKV_VISION=patch")
 
 
 def load_toyworld(model, tokenizer, tokens_per_frame: int, device: str = "cpu", folder: Path | None = None):
@@ -53,10 +63,7 @@ def load_toyworld(model, tokenizer, tokens_per_frame: int, device: str = "cpu", 
             raise ModelIntegrityError(f"{folder / name} does not match the sha256 in {folder / 'manifest.json'} "
                                       f"({got[:12]} != {manifest['files'][name][:12]}); reinstall videokv "
                                       "or retrain with `videokv train-vision`")
-    tpf = manifest.get("tokens_per_frame", tokens_per_frame)
-    if tokens_per_frame != tpf:
-        raise ToyWorldConfigError(f"the toy-world model was trained with VIDEOKV_TOKENS_PER_FRAME={tpf}, got "
-                                  f"{tokens_per_frame}: set VIDEOKV_TOKENS_PER_FRAME={tpf}, or VIDEOKV_VISION=patch")
+    check_tokens_per_frame(tokens_per_frame, folder)
     state = load_file(folder / "adapter.safetensors")
     lora.merge(model, state, float(manifest["adapter"]["alpha"]))
     embeds = caption_piece_embeddings(tokenizer, model.get_input_embeddings())

@@ -20,6 +20,8 @@ from videokv.settings import Settings, get_settings
 class SettingsError(VideoKVError):
     """A VIDEOKV_* value that does not validate: one sentence naming the variable."""
 
+    code = "bad_setting"
+
     exit_code = 2
 
 
@@ -40,7 +42,10 @@ def settings_error_text(e: ValidationError) -> str:
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         name = f"VIDEOKV_{field.upper()}" if field else "a VIDEOKV_ setting"
         got = err.get("input")
-        parts.append(f"{name}={got!r}: {msg}" if field and not isinstance(got, dict) else f"{name}: {msg}")
+        if msg.startswith(name) or not field or isinstance(got, dict):
+            parts.append(msg if msg.startswith(name) else f"{name}: {msg}")
+        else:
+            parts.append(f"{name}={got!r}: {msg}")
     return "bad setting: " + "; ".join(parts)
 
 
@@ -62,7 +67,8 @@ class Runtime:
         from videokv.models.loading import load_backend
         attach = None
         if self.settings.model == EMBEDDED and self.settings.vision == "toyworld":
-            from videokv.toyworld.loader import attach_toyworld
+            from videokv.toyworld.loader import attach_toyworld, check_tokens_per_frame
+            check_tokens_per_frame(self.settings.tokens_per_frame)    # before minutes of loading
             attach = attach_toyworld
         return load_backend(self.model_spec, attach_vision=attach)
 

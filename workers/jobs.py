@@ -16,6 +16,7 @@ from videokv.errors import VideoKVError
 
 
 class JobNotFound(VideoKVError):
+    code = "job_not_found"
     http_status = 404
 
 

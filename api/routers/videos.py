@@ -99,7 +99,7 @@ def router(svc, models) -> APIRouter:
         rec = svc.owned(video_id, u)
         path = (rec.extra or {}).get("path")
         if not path or not Path(path).exists():
-            raise Problem(404, f"video {video_id} has no stored file to preview", code="no_file")
+            raise Problem(404, f"video {video_id} has no stored file to preview", code="original_missing")
         if rec.duration and t > rec.duration:
             raise Problem(422, f"t={t} is past the end of the video ({rec.duration:.2f} s)", code="invalid_request")
         return Response(jpeg_at(path, t, max_side), media_type="image/jpeg")

@@ -21,7 +21,7 @@ def assert_error(path, code):
 
 
 def test_missing_file(tmp_path):
-    assert_error(tmp_path / "nope.mp4", "not_found")
+    assert_error(tmp_path / "nope.mp4", "file_not_found")
 
 
 def test_zero_length_file(tmp_path):
@@ -133,4 +133,4 @@ def test_unsupported_codec(make_video, tmp_path):
 
 def test_codes_are_stable():
     assert set(video.ERROR_CODES) >= {"not_a_video", "truncated", "empty_file", "no_frames", "audio_only",
-                                      "bad_resolution", "unsupported_codec", "not_found", "corrupt"}
+                                      "bad_resolution", "unsupported_codec", "file_not_found", "corrupt"}

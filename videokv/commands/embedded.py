@@ -42,8 +42,8 @@ MODEL_HELP = ("local checkpoint folder (default: VIDEOKV_MODEL); its config.json
 def main_ingest(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv ingest", description="Ingest a video into the KV store; "
                                  "prints the video id alone on the last line.")
-    ap.add_argument("file")
-    ap.add_argument("--tenant", default="default")
+    ap.add_argument("file", help="the video file (mp4, mkv, webm, ...)")
+    ap.add_argument("--tenant", default="default", help="whose video it is (default: default)")
     ap.add_argument("--json", action="store_true", help="print the ingest result as JSON before the id")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
@@ -95,8 +95,8 @@ def stage_bars():
 def main_transcript(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv transcript",
                                  description="Print a video's time-aligned text (OCR, speech, subtitles).")
-    ap.add_argument("video_id")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("video_id", help="the id `videokv ingest` printed")
+    ap.add_argument("--json", action="store_true", help="print the channels and segments as JSON")
     args = ap.parse_args(argv)
     rt = runtime(None)
     from videokv.ingest.text.align import transcript_view
@@ -116,15 +116,16 @@ def main_transcript(argv: list[str]) -> int:
 
 def main_ask(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv ask", description="Ask a question about an ingested video.")
-    ap.add_argument("video_id")
-    ap.add_argument("question")
+    ap.add_argument("video_id", help="the id `videokv ingest` printed")
+    ap.add_argument("question", help="the question, in quotes")
     ap.add_argument("--top-k", type=int, default=None, help="chunks re-loaded at L level (default: settings)")
-    ap.add_argument("--mode", choices=MODES, default="bilevel")
+    ap.add_argument("--mode", choices=MODES, default="bilevel",
+                    help="KV levels: bilevel (top-k at L, the rest at H), dense (all L) or sparse (all H)")
     ap.add_argument("--count-by", choices=("oracle", "lm"), default=None,
                     help='who answers "how many times" questions: the span counter (oracle; the default where '
                          'calibrated) or the LLM')
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens")
+    ap.add_argument("--json", action="store_true", help="print the answer, evidence and timings as JSON")
     ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
     args = ap.parse_args(argv)
     rt = runtime(args.model)

@@ -9,9 +9,9 @@ import sys
 def main_serve(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv serve", description="Serve the REST API (auth: VIDEOKV_AUTH, "
                                  "default `keys`; create keys with `videokv keys create --tenant T`).")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    ap.add_argument("--port", type=int, default=8000, help="port to listen on")
+    ap.add_argument("--log-level", default="info", help="uvicorn log level (debug, info, warning, ...)")
     args = ap.parse_args(argv)
     import uvicorn
 
@@ -32,11 +32,11 @@ def main_keys(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv keys", description="Manage API keys (stored hashed in HOME/api_keys.json).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("create", help="create a key for a tenant; prints the key (once) as the last line")
-    c.add_argument("--tenant", required=True)
+    c.add_argument("--tenant", required=True, help="the tenant the key acts for")
     c.add_argument("--name", default="", help="a label for the key")
     sub.add_parser("list", help="list keys (hash prefixes and tenants)")
     r = sub.add_parser("revoke", help="revoke keys by hash prefix (>= 8 hex chars, from `list`)")
-    r.add_argument("prefix")
+    r.add_argument("prefix", help="the key hash prefix `videokv keys list` shows")
     args = ap.parse_args(argv)
     from videokv.api.auth import KeyRing
     from videokv.runtime import load_settings

@@ -32,9 +32,9 @@ BUSY_SHARE = 0.0         # share of text-refine videos that are busy scenes (lm_
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="videokv train-vision", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tower-steps", type=int, default=4500)
-    ap.add_argument("--lm-steps", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (same seed and threads, same weights)")
+    ap.add_argument("--tower-steps", type=int, default=4500, help="vision tower training steps")
+    ap.add_argument("--lm-steps", type=int, default=400, help="LLM adapter steps (caption stage)")
     ap.add_argument("--lm-text-steps", type=int, default=TEXT_STEPS, help="text refine steps after stage 1 (the shipped adapter: 300)")
     ap.add_argument("--lm-text-share", type=float, default=TEXT_SHARE,
                     help=f"share of text-refine videos with a text channel (default {TEXT_SHARE})")
