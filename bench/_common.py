@@ -18,6 +18,18 @@ SIZE = (320, 240)
 VIDEO_LAYOUT = 1
 
 
+def bench_settings(threads: int = 0, home=None, **overrides):
+    """The settings a bench runs with: the environment's, `home` (its --home) over VIDEOKV_HOME,
+    then `overrides`; and torch's threads (its --threads; 0: torch's default)."""
+    import torch
+
+    from videokv.runtime import load_settings
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load_settings(**({} if home is None else {"home": home}), **overrides)
+
+
 def log(t0: float, tag: str, msg: str) -> None:
     s = time.perf_counter() - t0
     print(f"[{tag} {int(s // 60):02d}:{int(s % 60):02d}] {msg}", flush=True)

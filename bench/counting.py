@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from videokv.bench._common import floats, line_chart, log, write_outputs
+from videokv.bench._common import bench_settings, floats, line_chart, log, write_outputs
 from videokv.bench.needle import SIZE, TENANT, _ints, haystack_seed, make_haystack
 
 
@@ -56,17 +56,12 @@ def questions_for(truth: dict, rng: np.random.Generator) -> list[dict]:
 
 
 def run(args) -> dict:
-    import torch
-
-    from videokv.toyworld.grading import is_correct
     from videokv.query.counting import SpanCounter
     from videokv.runtime import Runtime
-    from videokv.runtime import load_settings
+    from videokv.toyworld.grading import is_correct
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    settings = load_settings(**({} if args.home is None else {"home": args.home}))
+    settings = bench_settings(args.threads, args.home)
     rt = Runtime(settings)
     q = rt.queries
     fps = float(settings.sample_fps)

@@ -39,7 +39,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from videokv.bench._common import floats, log, machine, max_rss_mb, toy_video, write_json, write_outputs
+from videokv.bench._common import bench_settings, floats, log, machine, max_rss_mb, toy_video, write_json, write_outputs
 
 TAG = "ingest"
 TENANT = "bench-ingest"
@@ -250,12 +250,9 @@ def run(args) -> dict:
     from videokv.ingest.chunks import plan_chunks
     from videokv.ingest.video import probe, sample_frames
     from videokv.runtime import Runtime
-    from videokv.runtime import load_settings
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    base = load_settings()
+    base = bench_settings(args.threads)
     cuda = torch.cuda.is_available() and base.device in ("auto", "cuda")
     fps = float(base.sample_fps)
     home = args.home or Path(tempfile.mkdtemp(prefix="videokv-bench-ingest-"))

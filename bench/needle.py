@@ -557,13 +557,11 @@ def _progress(t0: float, label: str):
 def run(args) -> dict:
     import torch
 
+    from videokv.bench._common import bench_settings
     from videokv.runtime import Runtime
-    from videokv.runtime import load_settings
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    settings = load_settings(**({} if args.home is None else {"home": args.home}))
+    settings = bench_settings(args.threads, args.home)
     rt = Runtime(settings)
     fps = float(settings.sample_fps)
     if not 1 <= fps <= 60:

@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from videokv.bench._common import floats, log, machine, max_rss_mb, pick_question, toy_video, write_json, write_outputs
+from videokv.bench._common import bench_settings, floats, log, machine, max_rss_mb, pick_question, toy_video, write_json, write_outputs
 from videokv.query.engine import MODES
 
 TENANT = "bench-query"
@@ -211,7 +211,7 @@ def reprefill(rt, path: Path, question: str, method: str, max_new_tokens: int, a
     sync()
     t0 = time.perf_counter()
     info = probe(path)
-    sampled = sample_frames(path, cfg.sample_fps, rt.pipeline.max_frames, size=be.vision.input_size, info=info)
+    sampled = sample_frames(path, cfg.sample_fps, rt.config.max_frames, size=be.vision.input_size, info=info)
     plan = plan_chunks(sampled.timestamps, info.duration, cfg.chunk_frames, cfg.sample_fps)
     t_decode = time.perf_counter()
 
@@ -297,12 +297,9 @@ def run(args) -> dict:
     import torch
 
     from videokv.runtime import Runtime
-    from videokv.runtime import load_settings
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    base = load_settings(**({} if args.home is None else {"home": args.home}))
+    base = bench_settings(args.threads, args.home)
     cuda = torch.cuda.is_available() and base.device in ("auto", "cuda")
     fps = float(base.sample_fps)
     need = int(round(max(args.minutes) * 60 * fps))

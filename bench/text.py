@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from videokv.bench._common import log, machine, max_rss_mb, write_json, write_outputs
+from videokv.bench._common import bench_settings, log, machine, max_rss_mb, write_json, write_outputs
 
 TAG = "text"
 TENANT = "bench-text"
@@ -235,17 +235,15 @@ def run(args, rt=None) -> dict:
     import torch
 
     from videokv.runtime import Runtime
-    from videokv.runtime import load_settings
 
-    if args.threads:
-        torch.set_num_threads(args.threads)      # (ingest/text/ocr.py runs Tesseract single-threaded itself)
+    base = bench_settings(args.threads)     # (ingest/text/ocr.py runs Tesseract single-threaded itself)
     t0 = time.perf_counter()
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     home = args.home or Path(tempfile.mkdtemp(prefix="home-", dir=workdir))
     again_home = Path(tempfile.mkdtemp(prefix="again-", dir=workdir))
     if rt is None:
-        base = load_settings()   # the model cache stays where it is: a fresh home must not re-convert it
+        # the model cache stays where it is: a fresh home must not re-convert it
         rt = Runtime(base.model_copy(update={"home": home, "model_cache": base.models_dir}))
     be, s = rt.backend, rt.settings
     top_k = args.top_k or s.top_k
