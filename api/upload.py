@@ -14,8 +14,7 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from videokv.api.problems import Problem
-
+from .problems import Problem
 
 # Small form fields accepted next to the file (the text channel switches), and the
 # optional subtitle file part.

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from videokv.bench._common import bench_settings, floats, line_chart, log, write_outputs
-from videokv.bench.needle import SIZE, TENANT, _ints, haystack_seed, make_haystack
+from ._common import bench_settings, floats, line_chart, log, write_outputs
+from .needle import SIZE, TENANT, _ints, haystack_seed, make_haystack
 
 
 def _grid(lo: float, hi: float, step: float) -> list[float]:

@@ -39,7 +39,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from videokv.bench._common import bench_settings, floats, log, machine, max_rss_mb, toy_video, write_json, write_outputs
+from ._common import bench_settings, floats, log, machine, max_rss_mb, toy_video, write_json, write_outputs
 
 TAG = "ingest"
 TENANT = "bench-ingest"
@@ -74,7 +74,7 @@ def _peak(be, track: bool):
     tensors when `track`. Returns (cm, read()) where read() gives peak bytes or None."""
     import torch
 
-    from videokv.bench.memtrack import PeakTensorMemory
+    from .memtrack import PeakTensorMemory
 
     if be.device.type == "cuda":
         torch.cuda.synchronize(be.device)
@@ -169,7 +169,7 @@ def mfu_7b(tokenizer, device: str = "cuda", chunks: int = 12, warmup: int = 2, v
     from videokv.engine.config import EngineConfig, PrefillConfig
     from videokv.engine.prefill import ChunkInput, ChunkPrefiller
 
-    from videokv.bench._common import QWEN25_7B, llm_prefill_flops, peak_tflops, random_qwen25_7b
+    from ._common import QWEN25_7B, llm_prefill_flops, peak_tflops, random_qwen25_7b
 
     cuda = torch.device(device).type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
@@ -433,7 +433,7 @@ def plot(result: dict, path: Path) -> None:
 
     from videokv.toyworld.render import load_font
 
-    from videokv.bench._common import line_chart
+    from ._common import line_chart
 
     rows = result["lengths"]
     xs = [r["minutes"] for r in rows]

@@ -557,8 +557,9 @@ def _progress(t0: float, label: str):
 def run(args) -> dict:
     import torch
 
-    from videokv.bench._common import bench_settings
     from videokv.runtime import Runtime
+
+    from ._common import bench_settings
 
     t0 = time.perf_counter()
     settings = bench_settings(args.threads, args.home)

@@ -44,8 +44,19 @@ import sys
 import time
 from pathlib import Path
 
-from videokv.bench._common import bench_settings, floats, log, machine, max_rss_mb, pick_question, toy_video, write_json, write_outputs
 from videokv.query.engine import MODES
+
+from ._common import (
+    bench_settings,
+    floats,
+    log,
+    machine,
+    max_rss_mb,
+    pick_question,
+    toy_video,
+    write_json,
+    write_outputs,
+)
 
 TENANT = "bench-query"
 TAG = "query"
@@ -525,7 +536,7 @@ def plot(result: dict, path: Path) -> None:
 
     from videokv.toyworld.render import load_font
 
-    from videokv.bench._common import line_chart
+    from ._common import line_chart
 
     rows = result["lengths"]
     xs = [r["minutes"] for r in rows]

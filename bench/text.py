@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from videokv.bench._common import bench_settings, log, machine, max_rss_mb, write_json, write_outputs
+from ._common import bench_settings, log, machine, max_rss_mb, write_json, write_outputs
 
 TAG = "text"
 TENANT = "bench-text"
@@ -379,7 +379,7 @@ def bars(img, box, groups, series: dict, title: str, ylabel: str, fonts, ymax: f
     """Grouped bars: series {name: [value per group]} (None: no bar)."""
     from PIL import ImageDraw
 
-    from videokv.bench._common import _ticks
+    from ._common import _ticks
     f_title, f, f_small = fonts
     dr = ImageDraw.Draw(img)
     x0, y0, x1, y1 = box

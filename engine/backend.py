@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from videokv.engine.chunkkv import ChunkKV, TokenKind
-from videokv.engine.rope import Rotary
-from videokv.engine.vision import VisionTower
+from .chunkkv import ChunkKV, TokenKind
+from .rope import Rotary
+from .vision import VisionTower
 
 VIDEO_MARK = "\x00VIDEO\x00"
 

@@ -15,9 +15,9 @@ from typing import ClassVar
 
 import torch
 
-from videokv.engine.backend import HFCausalBackend
-from videokv.engine.chunkkv import ChunkKV, TokenKind
-from videokv.engine.config import CompressionConfig
+from .backend import HFCausalBackend
+from .chunkkv import ChunkKV, TokenKind
+from .config import CompressionConfig
 
 
 @dataclass

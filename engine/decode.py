@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from videokv.engine.backend import HFCausalBackend
-from videokv.engine.chunkkv import ChunkKV
-from videokv.engine.prefill import concat_kv
+from .backend import HFCausalBackend
+from .chunkkv import ChunkKV
+from .prefill import concat_kv
 
 
 @dataclass

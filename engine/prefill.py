@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from videokv.engine.backend import HFCausalBackend
-from videokv.engine.chunkkv import ChunkInput, ChunkKV, PrefilledChunk, TokenKind  # noqa: F401 (re-exported)
-from videokv.engine.compress import attention_received, make_policy
-from videokv.engine.config import EngineConfig
+from .backend import HFCausalBackend
+from .chunkkv import ChunkInput, ChunkKV, PrefilledChunk, TokenKind  # noqa: F401 (re-exported)
+from .compress import attention_received, make_policy
+from .config import EngineConfig
 
 
 def timestamp_text(t: float) -> str:

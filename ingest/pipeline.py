@@ -20,14 +20,14 @@ import torch
 
 from videokv.engine.backend import HFCausalBackend
 from videokv.engine.config import EngineConfig
-from videokv.oracles.base import RelevanceOracle
 from videokv.engine.prefill import ChunkInput, ChunkPrefiller, PrefilledChunk
 from videokv.kvstore import KVStore, Status
+from videokv.oracles.base import RelevanceOracle
 
-from videokv.ingest import text as T
-from videokv.ingest.chunks import ChunkPlan, plan_chunks
-from videokv.ingest.text.subtitles import has_subtitle_stream
-from videokv.ingest.video import NoFrames, VideoInfo, content_hash, probe, sample_frames
+from . import text as T
+from .chunks import ChunkPlan, plan_chunks
+from .text.subtitles import has_subtitle_stream
+from .video import NoFrames, VideoInfo, content_hash, probe, sample_frames
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks total)
 StageProgress = Callable[[str, int, int], None]  # (text stage e.g. "ocr", done, total)
@@ -78,7 +78,7 @@ class IngestPipeline:
         embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(path)
         text_on = opts.active(embedded)
         if opts.subtitle_file is not None:
-            from videokv.ingest.text.subtitles import parse_file
+            from .text.subtitles import parse_file
             parse_file(opts.subtitle_file)                    # a bad .srt fails before anything is stored
         digest = T.content_key(content_hash(path), opts, embedded)
         existing = self.store.find_by_content(digest, self.fingerprint, tenant)
@@ -131,10 +131,10 @@ class IngestPipeline:
                     stage_progress: StageProgress | None) -> tuple[list[str], dict]:
         """Each chunk's text line and the channel report. The extracted segments are stored
         before the first chunk, so a resumed ingest reuses them (same lines, same KVs)."""
-        from videokv.ingest.text.align import chunk_texts
+        from .text.align import chunk_texts
         stored = self.store.get_transcript(vid)
         if stored is None:
-            from videokv.ingest.text.extract import extract_segments
+            from .text.extract import extract_segments
             segs, report = extract_segments(path, info, opts, self.config.sample_fps, self.config.max_frames, stage_progress)
             stored = {"segments": [s.to_dict() for s in segs], "channels": report}
             self.store.put_transcript(vid, stored)

@@ -12,12 +12,18 @@
 One `KVStore` per process (they share the process's LMDB handle); never across a fork.
 """
 
-from videokv.kvstore.blob import BlobHeader, BlobView
-from videokv.kvstore.catalog import ChunkRecord, ChunkSpan, Status, VideoRecord
-from videokv.kvstore.errors import (ChunkNotFoundError, CorruptBlobError, FingerprintMismatchError, KVStoreError,
-                                    NotReadyError, VideoNotFoundError)
-from videokv.kvstore.reader import ReadSession
-from videokv.kvstore.store import Hit, KVStore
+from .blob import BlobHeader, BlobView
+from .catalog import ChunkRecord, ChunkSpan, Status, VideoRecord
+from .errors import (
+                                    ChunkNotFoundError,
+                                    CorruptBlobError,
+                                    FingerprintMismatchError,
+                                    KVStoreError,
+                                    NotReadyError,
+                                    VideoNotFoundError,
+)
+from .reader import ReadSession
+from .store import Hit, KVStore
 
 __all__ = ["KVStore", "Hit", "VideoRecord", "ChunkRecord", "ChunkSpan", "Status", "ReadSession",
            "BlobView", "BlobHeader", "KVStoreError", "CorruptBlobError", "VideoNotFoundError",

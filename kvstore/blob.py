@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videokv.kvstore.errors import CorruptBlobError, KVStoreError
+from .errors import CorruptBlobError, KVStoreError
 
 MAGIC = b"VKV1"
 VERSION = 1

@@ -19,10 +19,11 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from videokv.engine.chunkkv import ChunkSpan
-from videokv.kvstore import blob as blobfmt
-from videokv.kvstore import keys as K
-from videokv.kvstore.backend import StorageBackend
-from videokv.kvstore.errors import ChunkNotFoundError, FingerprintMismatchError, NotReadyError, VideoNotFoundError
+
+from . import blob as blobfmt
+from . import keys as K
+from .backend import StorageBackend
+from .errors import ChunkNotFoundError, FingerprintMismatchError, NotReadyError, VideoNotFoundError
 
 
 class Status(str, Enum):

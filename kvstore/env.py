@@ -25,8 +25,8 @@ from typing import Callable, Iterator, TypeVar
 
 import lmdb
 
-from videokv.kvstore.backend import TABLES
-from videokv.kvstore.errors import KVStoreError
+from .backend import TABLES
+from .errors import KVStoreError
 
 T = TypeVar("T")
 

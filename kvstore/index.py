@@ -29,8 +29,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from videokv.kvstore import keys as K
-from videokv.kvstore.backend import StorageBackend
+from . import keys as K
+from .backend import StorageBackend
 
 ID_BITS = 20
 MAX_CHUNKS = 1 << ID_BITS

@@ -16,10 +16,10 @@ import torch
 
 from videokv.engine.chunkkv import ChunkKV
 
-from videokv.kvstore import blob as blobfmt
-from videokv.kvstore import keys as K
-from videokv.kvstore.catalog import ChunkRecord, VideoRecord, load_chunk, load_video
-from videokv.kvstore.errors import ChunkNotFoundError, FingerprintMismatchError
+from . import blob as blobfmt
+from . import keys as K
+from .catalog import ChunkRecord, VideoRecord, load_chunk, load_video
+from .errors import ChunkNotFoundError, FingerprintMismatchError
 
 
 class ReadSession:

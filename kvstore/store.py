@@ -11,12 +11,12 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from videokv.kvstore import keys as K
-from videokv.kvstore.catalog import Catalog, ChunkRecord, Status, VideoRecord, content_seq, load_video, tenant_videos
-from videokv.kvstore.env import DEFAULT_MAP_SIZE, LmdbEnv, open_env
-from videokv.kvstore.errors import ChunkNotFoundError
-from videokv.kvstore.index import ChunkIndex, env_uuid, log_head, split_id
-from videokv.kvstore.reader import ReadSession
+from . import keys as K
+from .catalog import Catalog, ChunkRecord, Status, VideoRecord, content_seq, load_video, tenant_videos
+from .env import DEFAULT_MAP_SIZE, LmdbEnv, open_env
+from .errors import ChunkNotFoundError
+from .index import ChunkIndex, env_uuid, log_head, split_id
+from .reader import ReadSession
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,15 @@ from videokv.engine.backend import HFCausalBackend
 from videokv.engine.vision import VisionTower
 from videokv.hashing import sha256_file
 
-from .checkpoints import (ModelIntegrityError, ModelNotFoundError, UnsupportedModelError, checkpoint_id,
-                          quiet_progress, require_checkpoint, tokenizer_identity)
+from .checkpoints import (
+    ModelIntegrityError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+    checkpoint_id,
+    quiet_progress,
+    require_checkpoint,
+    tokenizer_identity,
+)
 from .embedded import EMBEDDED, convert_embedded
 from .patch import PatchTower
 from .qwen_vl import QWEN_VL_TYPES, load_qwen_vl

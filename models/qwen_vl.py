@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from videokv.engine.backend import VIDEO_MARK, HFCausalBackend
 from videokv.engine.chunkkv import ChunkKV, TokenKind

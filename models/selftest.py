@@ -101,7 +101,7 @@ def vl_reference_inputs(backend, chunks, videos, before: str, suffix: str) -> di
 def exactness_vl(backend, n_chunks: int = 4, frames: int = 4, seed: int = 0,
                  question: str = "What digit was shown on the red card?") -> dict:
     """`exactness` for a QwenVLBackend, from frames (see the module docstring)."""
-    from videokv.models.qwen_vl import mrope_layout
+    from .qwen_vl import mrope_layout
 
     be = backend
     pre = ChunkPrefiller(be, EXACT)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from videokv.models.checkpoints import quiet_progress
-from videokv.models.qwen_vl import CHAT_TEMPLATE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .checkpoints import quiet_progress
+from .qwen_vl import CHAT_TEMPLATE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 KINDS = ("qwen2_vl", "qwen2_5_vl")
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
@@ -58,7 +58,7 @@ def save_tiny_qwen_vl(folder: Path, kind: str, base_tokenizer, seed: int = 0) ->
     import transformers
     from transformers import AutoTokenizer
 
-    from videokv.models.qwen_vl import QWEN_VL_TYPES
+    from .qwen_vl import QWEN_VL_TYPES
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

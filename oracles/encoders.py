@@ -24,9 +24,10 @@ from typing import ClassVar
 
 import torch
 
-from videokv.models.checkpoints import UnsupportedModelError, checkpoint_id, quiet_progress, require_checkpoint
 from videokv.engine.chunkkv import ChunkKV
-from videokv.oracles.base import RelevanceOracle
+from videokv.models.checkpoints import UnsupportedModelError, checkpoint_id, quiet_progress, require_checkpoint
+
+from .base import RelevanceOracle
 
 
 def to_uint8_images(frames: torch.Tensor) -> list:

@@ -39,9 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from videokv.models.checkpoints import ModelIntegrityError
-from videokv.oracles.encoders import EncoderOracle
 from videokv.errors import VideoKVError
+from videokv.models.checkpoints import ModelIntegrityError
+
+from .encoders import EncoderOracle
 
 PIP = "languagebind==0.1.0"
 INSTALL = f"pip install 'videokv[languagebind]' && pip install --no-deps {PIP}"

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from videokv.engine.chunkkv import ChunkKV
-from videokv.oracles.base import RelevanceOracle, unit
+
+from .base import RelevanceOracle, unit
 
 
 @dataclass
@@ -23,7 +24,7 @@ class TextOracle(RelevanceOracle):
     @property
     def encoder(self):
         if self.minilm is None:
-            from videokv.oracles.minilm import MiniLM
+            from .minilm import MiniLM
             self.minilm = MiniLM.load()
         return self.minilm
 

@@ -31,6 +31,7 @@ import torch
 from videokv.engine.chunkkv import ChunkKV
 from videokv.engine.decode import AssembledCache
 from videokv.engine.rope import rotate_half
+
 from .hotset import HotSetCache
 
 

@@ -14,14 +14,14 @@ import numpy as np
 from videokv.engine.backend import HFCausalBackend
 from videokv.engine.config import EngineConfig
 from videokv.engine.decode import GenerationConfig, assemble, generate
-from videokv.oracles.base import RelevanceOracle
 from videokv.errors import VideoKVError
 from videokv.kvstore import Hit, KVStore, Status
+from videokv.oracles.base import RelevanceOracle
 
-from videokv.query.counting import SpanCounter, asks_count
-from videokv.query.hotset import HotSetCache
-from videokv.query.pager import KVPager
-from videokv.query.retrieval import Channel, search
+from .counting import SpanCounter, asks_count
+from .hotset import HotSetCache
+from .pager import KVPager
+from .retrieval import Channel, search
 
 MODES = ("bilevel", "dense", "sparse")
 COUNT_BY = ("oracle", "lm")
@@ -93,7 +93,7 @@ class QueryEngine:
         self.pager = KVPager(self.hot)
         self.fast = None
         if cuda:
-            from videokv.query.device_pager import DevicePager
+            from .device_pager import DevicePager
             self.fast = DevicePager(self.hot, backend)
         self.top_k = top_k
         self.always_first_last = always_first_last

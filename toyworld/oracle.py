@@ -42,7 +42,7 @@ class DualEncoderOracle(RelevanceOracle):
 
     @property
     def identity(self) -> str:
-        from videokv.toyworld.tower import NULL_WEIGHT
+        from .tower import NULL_WEIGHT
         return f"{self.name}-{self.tower.identity}-{self.minilm.identity}-n{NULL_WEIGHT:g}"
 
     @torch.no_grad()
@@ -61,12 +61,12 @@ class DualEncoderOracle(RelevanceOracle):
 
     def chunk_and_frame_vectors(self, chunk: ChunkKV, frames: torch.Tensor | None = None):
         """The chunk vector is the normalised sum of its frames' vectors (toytower.chunk_retrieval_vector)."""
-        from videokv.toyworld.tower import chunk_retrieval_vector
+        from .tower import chunk_retrieval_vector
         if frames is None:
             raise ValueError(f"the {self.name} oracle embeds a chunk from its frames: pass frames=")
         fv = self.frame_vectors(frames)
         return unit(chunk_retrieval_vector(fv[:, :-1])), fv
 
     def _question(self, question: str) -> torch.Tensor:
-        from videokv.toyworld.tower import question_retrieval_vector
+        from .tower import question_retrieval_vector
         return question_retrieval_vector(self.minilm.encode([question])[0])

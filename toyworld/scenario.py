@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from videokv.toyworld import render as tw
+from . import render as tw
 
 MIN_EVENT_S = 1.0
 MAX_EVENT_S = 10.0

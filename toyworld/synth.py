@@ -21,8 +21,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from videokv.toyworld import scenario
-from videokv.toyworld import render as tw
+from . import render as tw
+from . import scenario
 
 DEFAULT_FPS = 4.0
 DEFAULT_SIZE = (320, 240)

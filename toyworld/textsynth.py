@@ -28,7 +28,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from videokv.toyworld.synth import pick_codec
+from .synth import pick_codec
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 # espeak-ng's Klatt-2 variant at 170 wpm: of the voices tried, PocketSphinx recognises it best

@@ -21,8 +21,8 @@ import hashlib
 from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from videokv.engine.vision import VisionTower
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"videokv: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from videokv.errors import VideoKVError
+    from .errors import VideoKVError
 
     module = importlib.import_module(COMMANDS[name][0])
     # Modules serving several commands expose `main_<command>`; others a plain `main`.

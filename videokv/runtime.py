@@ -13,8 +13,8 @@ from functools import cached_property
 
 from pydantic import ValidationError
 
-from videokv.errors import VideoKVError
-from videokv.settings import Settings, get_settings
+from .errors import VideoKVError
+from .settings import Settings, get_settings
 
 
 class SettingsError(VideoKVError):
@@ -56,18 +56,18 @@ class Runtime:
     # ------------------------------------------------------------------ model
     @cached_property
     def model_spec(self):
-        from videokv.models.loading import ModelSpec
+        from .models.loading import ModelSpec
         s = self.settings
         return ModelSpec(model=s.model, models_dir=s.models_dir, dtype=s.dtype, device=s.device,
                          tokens_per_frame=s.tokens_per_frame, frame_wh=s.frame_wh, sample_fps=s.sample_fps)
 
     @cached_property
     def backend(self):
-        from videokv.models.embedded import EMBEDDED
-        from videokv.models.loading import load_backend
+        from .models.embedded import EMBEDDED
+        from .models.loading import load_backend
         attach = None
         if self.settings.model == EMBEDDED and self.settings.vision == "toyworld":
-            from videokv.toyworld.loader import attach_toyworld, check_tokens_per_frame
+            from .toyworld.loader import attach_toyworld, check_tokens_per_frame
             check_tokens_per_frame(self.settings.tokens_per_frame)    # before minutes of loading
             attach = attach_toyworld
         return load_backend(self.model_spec, attach_vision=attach)
@@ -75,7 +75,7 @@ class Runtime:
     @cached_property
     def config(self):
         """The EngineConfig: every knob the stored bytes depend on (its fingerprint keys them)."""
-        from videokv.engine.config import CompressionConfig, EngineConfig, PrefillConfig
+        from .engine.config import CompressionConfig, EngineConfig, PrefillConfig
         s, be = self.settings, self.backend
         # A model's own vision tower (Qwen-VL) decides its tokens per frame, not the setting.
         tpf = getattr(be.vision, "tokens_per_frame", s.tokens_per_frame)
@@ -87,13 +87,13 @@ class Runtime:
 
     @property
     def device(self) -> str:
-        from videokv.models.loading import resolve_device
+        from .models.loading import resolve_device
         return resolve_device(self.settings.device)
 
     # ------------------------------------------------------------------ storage
     @cached_property
     def store(self):
-        from videokv.kvstore import KVStore
+        from .kvstore import KVStore
         return KVStore(self.settings.home)
 
     # ------------------------------------------------------------------ oracles
@@ -102,11 +102,11 @@ class Runtime:
         """VIDEOKV_ORACLE: an encoder checkpoint (clip:PATH, siglip:PATH, languagebind:PATH);
         "auto": the toy world's dual encoder (tower + MiniLM) when its tower is loaded, else the
         model-internal key/query oracle (any model, no extra weights)."""
-        from videokv.engine.prefill import ChunkPrefiller
-        from videokv.oracles.keyquery import KeyQueryOracle
+        from .engine.prefill import ChunkPrefiller
+        from .oracles.keyquery import KeyQueryOracle
         kind, path = self.settings.oracle_spec
         if path:
-            from videokv.oracles import make_encoder_oracle
+            from .oracles import make_encoder_oracle
             return make_encoder_oracle(kind, path, self.device)
         want = self.settings.oracle
         toy = self._toyworld_tower()
@@ -116,36 +116,36 @@ class Runtime:
             if toy is None:
                 raise SettingsError("VIDEOKV_ORACLE=dualenc needs the toy-world tower (VIDEOKV_VISION=toyworld "
                                     "with the embedded model)")
-            from videokv.toyworld.loader import count_calibration
-            from videokv.toyworld.oracle import DualEncoderOracle
+            from .toyworld.loader import count_calibration
+            from .toyworld.oracle import DualEncoderOracle
             return DualEncoderOracle(tower=toy, count_thresholds=count_calibration(toy.weights_sha256))
         prefix = ChunkPrefiller(self.backend, self.config).prefix()
         return KeyQueryOracle(backend=self.backend, prefix=prefix)
 
     def _toyworld_tower(self):
         """The backend's vision tower when it is the toy world's, else None."""
-        from videokv.toyworld.tower import ToyWorldTower
+        from .toyworld.tower import ToyWorldTower
         tower = self.backend.vision
         return tower if isinstance(tower, ToyWorldTower) else None
 
     @cached_property
     def text_oracle(self):
         """MiniLM over chunk text lines (oracles/text.py), loaded on first use."""
-        from videokv.oracles.text import TextOracle
+        from .oracles.text import TextOracle
         return TextOracle()
 
     # ------------------------------------------------------------------ ingest
     @cached_property
     def text_defaults(self):
         """The text channel's default options (VIDEOKV_TEXT_*); per ingest: `.overridden(...)`."""
-        from videokv.ingest.text import TextOptions
+        from .ingest.text import TextOptions
         s = self.settings
         return TextOptions(ocr=s.text_ocr, asr=s.text_asr, subtitles=s.text_subtitles, ocr_min_conf=s.ocr_min_conf,
                            max_tokens=s.text_max_tokens)
 
     @cached_property
     def pipeline(self):
-        from videokv.ingest.pipeline import IngestPipeline
+        from .ingest.pipeline import IngestPipeline
         return IngestPipeline(self.backend, self.store, self.config, [self.oracle],
                               text_oracle=self.text_oracle, text_defaults=self.text_defaults)
 
@@ -153,13 +153,13 @@ class Runtime:
     @cached_property
     def counter(self):
         """The span counter for "how many times" questions (query/counting.py), or None."""
-        from videokv.query.counting import counter_for
+        from .query.counting import counter_for
         s = self.settings
         return counter_for(self.oracle, s.count_threshold) if s.count_by == "oracle" else None
 
     @cached_property
     def queries(self):
-        from videokv.query.engine import QueryEngine
+        from .query.engine import QueryEngine
         s = self.settings
         return QueryEngine(self.backend, self.store, self.config, self.oracle, s.top_k,
                            s.always_first_last, s.h_cache_bytes, text_oracle=self.text_oracle,

@@ -9,19 +9,19 @@ first access (so importing this module for the API factory builds no Celery app)
 
 from __future__ import annotations
 
-from videokv.runtime import Runtime, load_settings
+from .runtime import Runtime, load_settings
 
 
 def api_app(settings=None):
     """The REST API over a Runtime built from `settings` (default: the environment)."""
-    from videokv.api.app import create_app
+    from .api.app import create_app
     settings = settings or load_settings()
     return create_app(settings, Runtime(settings))
 
 
 def celery_app(settings=None):
     """The Celery app; its task processes build their Runtime from the same settings."""
-    from videokv.workers.app import configure, make_app
+    from .workers.app import configure, make_app
     settings = settings or load_settings()
     configure(lambda: Runtime(settings))
     return make_app(settings)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import threading
-
 from collections.abc import Callable
 
 from celery import Celery

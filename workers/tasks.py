@@ -19,8 +19,8 @@ from celery import shared_task
 from videokv.errors import VideoKVError
 from videokv.kvstore import Status, VideoNotFoundError
 
-from videokv.workers import jobs as J
-from videokv.workers.app import runtime
+from . import jobs as J
+from .app import runtime
 
 log = logging.getLogger("videokv.workers")
 

@@ -12,8 +12,16 @@ after the chunk's timestamp as dense TEXT tokens, so it survives both L-KV and H
 
 from __future__ import annotations
 
-from .segments import (SOURCES, SUBTITLE_SUFFIXES, BadSubtitles, TextOptions, TextSegment, ToolMissing,  # noqa: F401
-                       check_subtitle_file, content_key)
+from .segments import (  # noqa: F401
+    SOURCES,
+    SUBTITLE_SUFFIXES,
+    BadSubtitles,
+    TextOptions,
+    TextSegment,
+    ToolMissing,
+    check_subtitle_file,
+    content_key,
+)
 
 
 def check_tools(opts: TextOptions) -> None:

@@ -9,9 +9,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from videokv.bench import text as bt
-
 from tests.conftest import make_runtime
+from videokv.bench import text as bt
 
 pytestmark = pytest.mark.skipif(not all(shutil.which(p) for p in ("tesseract", "pocketsphinx_continuous", "espeak-ng")),
                                 reason="needs tesseract, pocketsphinx and espeak-ng")

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from videokv.bench import needle as nb
+from videokv.query.engine import QueryError
 from videokv.toyworld import scenario
 from videokv.toyworld.grading import is_correct
-from videokv.query.engine import QueryError
 
 SIZE = (160, 120)
 

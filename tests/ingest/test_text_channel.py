@@ -15,13 +15,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from videokv.toyworld import textsynth as ts
-from videokv.ingest.text import BadSubtitles, TextOptions, TextSegment, ToolMissing
-from videokv.ingest.text import asr, ocr, subtitles
+from videokv.ingest.text import BadSubtitles, TextOptions, TextSegment, ToolMissing, asr, ocr, subtitles
 from videokv.ingest.text.align import chunk_texts, transcript
 from videokv.ingest.text.extract import extract_segments
 from videokv.ingest.video import iter_frames, probe
-
+from videokv.toyworld import textsynth as ts
 
 
 def needs(*programs: str):

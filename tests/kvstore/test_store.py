@@ -12,8 +12,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kvstore_helpers as h  # noqa: E402
 
-from videokv.kvstore import (CorruptBlobError, FingerprintMismatchError, KVStore, NotReadyError,  # noqa: E402
-                             Status, VideoNotFoundError)
+from videokv.kvstore import (  # noqa: E402
+    CorruptBlobError,
+    FingerprintMismatchError,
+    KVStore,
+    NotReadyError,
+    Status,
+    VideoNotFoundError,
+)
 from videokv.kvstore import blob as blobfmt  # noqa: E402
 
 

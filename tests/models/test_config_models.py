@@ -4,10 +4,9 @@ import json
 import pytest
 import torch
 
+from tests.conftest import MODEL_CACHE
 from videokv.engine.config import CompressionConfig, EngineConfig, PrefillConfig
 from videokv.models.loading import ModelIntegrityError, ModelNotFoundError, ModelSpec, load_backend, load_folder
-
-from tests.conftest import MODEL_CACHE
 
 
 def variants(cfg):
@@ -75,9 +74,11 @@ def test_embedded_loads_from_meta_equal_to_the_stored_weights():
 
 
 def test_corrupted_converted_weights_are_refused(tmp_path, tokenizer):
-    from safetensors.torch import save_file
-    from videokv.models.tiny import tiny_backend
     import hashlib
+
+    from safetensors.torch import save_file
+
+    from videokv.models.tiny import tiny_backend
 
     be = tiny_backend(tokenizer)
     be.model.config.save_pretrained(tmp_path)
@@ -105,6 +106,7 @@ def test_the_weights_identity_names_the_tokenizer_and_chat_template(tmp_path, to
     """Same weights, another chat template: another weights id, so another fingerprint, and
     KVs made through one template are never read through the other."""
     from safetensors.torch import save_file
+
     from videokv.models.checkpoints import tokenizer_identity
     from videokv.models.tiny import tiny_backend
 

@@ -5,10 +5,9 @@ import sys
 
 import pytest
 
+from tests.conftest import MODEL_CACHE
 from videokv.models.selftest import TOLERANCE, exactness
 from videokv.models.tiny import tiny_backend
-
-from tests.conftest import MODEL_CACHE
 
 
 @pytest.mark.parametrize("arch,rope", [("llama", "default"), ("llama", "llama3"), ("qwen2", "default"), ("qwen2", "yarn")])

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from videokv.engine.rope import MRotary
 from videokv.models.loading import ModelSpec, UnsupportedModelError, load_backend
 from videokv.models.qwen_vl import QwenVLBackend, mrope_layout
-from videokv.engine.rope import MRotary
 from videokv.models.selftest import TOLERANCE, exactness_vl, vl_chunks, vl_reference_inputs
 from videokv.models.tiny_vl import KINDS, tiny_qwen_vl_backend
 
@@ -84,16 +84,14 @@ def test_ingest_and_ask_with_a_qwen_checkpoint_and_refusal_by_another_backend(tm
     stores bi-level KVs with CLIP chunk embeddings (VIDEOKV_ORACLE=clip:PATH); `ask --model
     PATH` retrieves with CLIP and answers from the stored KVs; a Qwen2.5-VL engine refuses that
     video (fingerprint) and cannot read its blobs."""
+    from tests.oracles.tiny_encoders import save_tiny_clip
     from videokv.cli import main
-    from videokv.toyworld.synth import render_video
     from videokv.kvstore.errors import FingerprintMismatchError
+    from videokv.models.tiny_vl import save_tiny_qwen_vl
     from videokv.query.engine import QueryError
     from videokv.runtime import Runtime
     from videokv.settings import get_settings
-
-    from videokv.models.tiny_vl import save_tiny_qwen_vl
-
-    from tests.oracles.tiny_encoders import save_tiny_clip
+    from videokv.toyworld.synth import render_video
 
     save_tiny_clip(tmp_path / "clip")
     q2 = save_tiny_qwen_vl(tmp_path / "q2", "qwen2_vl", tokenizer)

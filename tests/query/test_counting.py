@@ -7,13 +7,13 @@ import json
 import pytest
 from PIL import Image
 
+from tests.conftest import make_runtime
 from videokv.bench import counting as cb
 from videokv.bench import needle as nb
-from videokv.toyworld.grading import counts_in, evidence_hits, is_correct
 from videokv.query.counting import SpanCounter, asks_count, counter_for, subject_of
 from videokv.query.engine import QueryEngine, QueryError
+from videokv.toyworld.grading import counts_in, evidence_hits, is_correct
 
-from tests.conftest import make_runtime
 
 def test_runs_of_chunks_over_the_threshold_count_once_each():
     scores = {0: 0.1, 1: 0.5, 2: 0.45, 3: 0.1, 4: 0.39, 5: 0.6, 6: 0.1, 7: 0.7}

@@ -8,11 +8,11 @@ import torch
 from videokv.engine.chunkkv import TokenKind
 from videokv.engine.config import CompressionConfig, EngineConfig, PrefillConfig
 from videokv.engine.decode import assemble
-from videokv.engine.prefill_device import DevicePrefill
 from videokv.engine.prefill import ChunkPrefiller
+from videokv.engine.prefill_device import DevicePrefill
+from videokv.ingest.pipeline import frames_to_tensor
 from videokv.models.selftest import random_chunks
 from videokv.models.tiny import tiny_backend
-from videokv.ingest.pipeline import frames_to_tensor
 from videokv.query.device_pager import DevicePager, StagingBuffer, gather_rotate
 from videokv.query.hotset import HotSetCache
 from videokv.query.pager import KVPager

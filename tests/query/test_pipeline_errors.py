@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 
-from videokv.ingest.video import VideoError
-
-from tests.ingest.conftest import write_video
 from tests.conftest import make_runtime
+from tests.ingest.conftest import write_video
+from videokv.ingest.video import VideoError
 
 
 def bad_files(tmp):

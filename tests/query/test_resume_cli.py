@@ -7,11 +7,9 @@ import time
 
 import torch
 
-from videokv.toyworld.synth import render_video
+from tests.conftest import MODEL_CACHE, make_runtime
 from videokv.kvstore import KVStore, Status
-
-from tests.conftest import MODEL_CACHE
-from tests.conftest import make_runtime
+from videokv.toyworld.synth import render_video
 
 
 def cli(home, *args, **kw):

@@ -9,9 +9,8 @@ import shutil
 
 import pytest
 
-from videokv.ingest.text import TextOptions, ToolMissing
-
 from tests.conftest import make_runtime
+from videokv.ingest.text import TextOptions, ToolMissing
 
 pytestmark = pytest.mark.skipif(shutil.which("tesseract") is None,
                                 reason="needs tesseract (apt-get install tesseract-ocr tesseract-ocr-eng)")

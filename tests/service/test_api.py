@@ -9,7 +9,6 @@ import os
 import signal
 import time
 
-
 from .conftest import auth, wait_mid_ingest, wait_status
 
 PROBLEM = "application/problem+json"

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from videokv.models import lora
+from videokv.models.tiny import tiny_backend
 from videokv.toyworld.captions import FrameLabel, caption_ids, piece_ids
 from videokv.toyworld.training.eval_lm import answer_ok
-from videokv.toyworld.training.lm_data import busy_video, counting_video, questions, random_video, sample_questions
-from videokv.models.tiny import tiny_backend
 from videokv.toyworld.training.lm import LMTrainConfig, held_out_loss, train
+from videokv.toyworld.training.lm_data import busy_video, counting_video, questions, random_video, sample_questions
 
 
 def test_merged_weights_equal_the_adapted_model(tokenizer):

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from videokv.models import lora
-from videokv.toyworld.captions import FrameLabel, caption_ids, piece_ids
 from videokv.engine.config import EngineConfig
 from videokv.engine.decode import GenerationConfig, assemble, generate
+from videokv.engine.prefill import ChunkInput, ChunkPrefiller, text_line
+from videokv.models import lora
+from videokv.models.tiny import tiny_backend
+from videokv.toyworld.captions import FrameLabel, caption_ids, piece_ids
 from videokv.toyworld.training.eval_lm import answer_ok
+from videokv.toyworld.training.lm import LMTrainConfig, train
 from videokv.toyworld.training.lm_data import QA, random_video
 from videokv.toyworld.training.lm_text_data import text_questions, text_video
-from videokv.engine.prefill import ChunkInput, ChunkPrefiller, text_line
-from videokv.models.tiny import tiny_backend
-from videokv.toyworld.training.lm import LMTrainConfig, train
 
 
 def _draw(seed: int, n_tokens, cap: int = 48):
@@ -131,8 +131,8 @@ def test_window_training_writes_chunks_as_the_run_time_prefill_does(tokenizer):
     # cfg.window 2: a chunk that shows something is prefilled on top of its two
     # predecessors' H-KV, exactly as ChunkPrefiller does at window 2; window 0 does not.
     from videokv.engine.config import PrefillConfig
-    from videokv.toyworld.training.lm_data import CaptionVideo
     from videokv.toyworld.training.lm import CaptionLM, prefill_video
+    from videokv.toyworld.training.lm_data import CaptionVideo
 
     be = tiny_backend(tokenizer, seed=1)
     colors = ["red", "blue", "green", "yellow", "purple"]
@@ -159,8 +159,8 @@ def test_window_training_writes_chunks_as_the_run_time_prefill_does(tokenizer):
     # What a bi-level question then reads, as KVPager pages it (h_text "drop": unselected
     # chunks without their stamp rows): the same keys and values, in the same order.
     from videokv.engine.decode import assemble as run_time_assemble
-    from videokv.toyworld.training.lm import assemble
     from videokv.query.hotset import h_rows
+    from videokv.toyworld.training.lm import assemble
 
     levels = {0: "L", 1: "H", 2: "L", 3: "H", 4: "L"}
     with torch.no_grad():

@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from videokv.toyworld import scenario
 from videokv.commands.synth import main as synth_cli
-from videokv.toyworld import synth
-from videokv.toyworld import render as tw
 from videokv.ingest.video import probe, sample_frames
+from videokv.toyworld import render as tw
+from videokv.toyworld import scenario, synth
 
 SIZE = (160, 120)
 

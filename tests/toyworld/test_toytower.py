@@ -6,14 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from videokv.toyworld import captions as cap
 from videokv.oracles import minilm as minilm_mod
-from videokv.toyworld.training import tower as tt
 from videokv.oracles.keyquery import KeyQueryOracle
-from videokv.toyworld.oracle import DualEncoderOracle
-from videokv.toyworld.tower import (ARCH, default_weights, RETRIEVAL_DIM, ToyWorldTower, caption_piece_embeddings,
-                                     chunk_retrieval_vector)
+from videokv.toyworld import captions as cap
 from videokv.toyworld import render as tw
+from videokv.toyworld.oracle import DualEncoderOracle
+from videokv.toyworld.tower import (
+    ARCH,
+    RETRIEVAL_DIM,
+    ToyWorldTower,
+    caption_piece_embeddings,
+    chunk_retrieval_vector,
+    default_weights,
+)
+from videokv.toyworld.training import tower as tt
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,15 @@ import re
 import numpy as np
 import torch
 
-from videokv.toyworld.grading import counts_in
-
 from videokv.engine.backend import HFCausalBackend
-from videokv.toyworld.captions import caption_ids, piece_ids
 from videokv.engine.config import EngineConfig
 from videokv.engine.decode import GenerationConfig, assemble, generate
-from videokv.toyworld.training.lm_data import QA, busy_video, questions, random_video
-from videokv.toyworld.training.lm_text_data import text_questions, text_video
 from videokv.engine.prefill import ChunkInput, ChunkPrefiller
+from videokv.toyworld.captions import caption_ids, piece_ids
+from videokv.toyworld.grading import counts_in
+
+from .lm_data import QA, busy_video, questions, random_video
+from .lm_text_data import text_questions, text_video
 
 
 def answer_ok(qa: QA, text: str) -> bool:

@@ -31,15 +31,16 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from videokv.models import lora
 from videokv.engine.backend import HFCausalBackend
-from videokv.toyworld.captions import caption_ids, piece_ids
 from videokv.engine.chunkkv import ChunkKV, TokenKind
 from videokv.engine.compress import make_policy
 from videokv.engine.config import CompressionConfig
-from videokv.toyworld.training.lm_data import CaptionVideo, busy_video, counting_video, questions, random_video, sample_questions
-from videokv.toyworld.training.lm_text_data import text_questions, text_video
 from videokv.engine.prefill import chunk_stamp
+from videokv.models import lora
+from videokv.toyworld.captions import caption_ids, piece_ids
+
+from .lm_data import CaptionVideo, busy_video, counting_video, questions, random_video, sample_questions
+from .lm_text_data import text_questions, text_video
 
 
 @dataclass

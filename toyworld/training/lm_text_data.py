@@ -22,8 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from videokv.toyworld.training.lm_data import QA, CaptionVideo
 from videokv.engine.prefill import text_line
+
+from .lm_data import QA, CaptionVideo
 
 ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "br", "dr", "gr", "kr", "tr", "st", "sh")
 VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")

@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from videokv.toyworld import render as tw
-
 from videokv.toyworld import captions as cap
+from videokv.toyworld import render as tw
 from videokv.toyworld.tower import ToyWorldTower, to_tensor  # noqa: F401 (tests use tt.to_tensor)
-from videokv.toyworld.training.texts import N_IDS, identity_index, identity_prototypes, text_bank, text_embeddings  # noqa: F401
-from videokv.toyworld.training.tower_eval import evaluate
+
+from .texts import N_IDS, identity_index, identity_prototypes, text_bank, text_embeddings  # noqa: F401
+from .tower_eval import evaluate
 
 INPUT_SIZE = (128, 96)
 BATCH = 64

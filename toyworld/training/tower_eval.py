@@ -11,7 +11,8 @@ import torch
 
 from videokv.toyworld import captions as cap
 from videokv.toyworld.tower import ToyWorldTower, chunk_retrieval_vector, question_retrieval_vector, to_tensor
-from videokv.toyworld.training.texts import HELDOUT_CARD, HELDOUT_SHAPE, N_IDS, identity_index
+
+from .texts import HELDOUT_CARD, HELDOUT_SHAPE, N_IDS, identity_index
 
 
 def _predict(tower: ToyWorldTower, frames: np.ndarray, batch: int = 256):

@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-text", action="store_true", help="skip the text channel part")
     args = ap.parse_args(argv)
 
+    from videokv.runtime import Runtime
     from videokv.toyworld.grading import evidence_hits, is_correct
     from videokv.toyworld.synth import render_video
-    from videokv.runtime import Runtime
 
-    from videokv.commands.embedded import progress_bar
+    from .embedded import progress_bar
 
     rt = Runtime()            # settings are checked here, before any work
     work = Path(args.workdir or tempfile.mkdtemp(prefix="videokv-demo-"))
@@ -92,7 +92,7 @@ def text_demo(rt, work: Path, args) -> dict:
     from videokv.ingest.text import TextOptions, check_tools
     from videokv.toyworld.textsynth import make_text_video, write_srt
 
-    from videokv.commands.embedded import progress_bar
+    from .embedded import progress_bar
     opts = TextOptions(ocr=True, asr=True, subtitles=True, subtitle_file=str(work / "match.srt"))
     try:
         check_tools(opts)
