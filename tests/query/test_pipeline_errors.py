@@ -17,7 +17,7 @@ def bad_files(tmp):
     (tmp / "truncated.mp4").write_bytes(data[: len(data) // 2])
     write_video(tmp / "tiny.mp4", n_frames=4, size=(16, 8))
     return {"empty.mp4": "empty_file", "random.mp4": "not_a_video", "notes.txt": "not_a_video",
-            "truncated.mp4": ("truncated", "corrupt"), "tiny.mp4": "bad_resolution", "missing.mp4": "not_found"}
+            "truncated.mp4": ("truncated", "corrupt"), "tiny.mp4": "bad_resolution", "missing.mp4": "file_not_found"}
 
 
 def test_bad_inputs_store_nothing(tmp_path, embedded_backend):
