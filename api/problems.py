@@ -31,6 +31,12 @@ class Problem(Exception):
         self.status, self.detail, self.code, self.headers, self.extra = status, detail, code, headers, extra
 
 
+def insufficient_storage(e: OSError | None = None) -> Problem:
+    """507: the server's disk is full (a server condition, never the client's fault)."""
+    return Problem(507, "the server has no space left to store this; try again later or ask the operator to "
+                        "free disk space", code="insufficient_storage", headers={"Retry-After": "300"})
+
+
 def _loc(err: dict) -> str:
     return ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
 

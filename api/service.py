@@ -82,7 +82,7 @@ class Service:
             flags[name] = _BOOL[v]
         if up.subtitles is not None:
             try:
-                parse_file(str(up.subtitles))
+                parse_file(str(up.subtitles), name=up.subtitles_name or None)
             except BadSubtitles as e:
                 raise Problem(422, f"subtitles_file: {e}", code="bad_subtitles") from None
         opts = self.rt.text_defaults.overridden(ocr=flags.get("ocr"), asr=flags.get("asr"),

@@ -4,6 +4,7 @@ limit the upload stops at once (413) and the partial file is removed."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 import secrets
@@ -14,13 +15,15 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from .problems import Problem
+from videokv.ingest.text.subtitles import MAX_BYTES as SUBTITLE_MAX_BYTES
+
+from .problems import Problem, insufficient_storage
 
 # Small form fields accepted next to the file (the text channel switches), and the
 # optional subtitle file part.
 FORM_FIELDS = ("ocr", "asr", "subtitles")
 SUBTITLE_PART = "subtitles_file"
-MAX_SUBTITLE_BYTES = 16 << 20
+MAX_SUBTITLE_BYTES = SUBTITLE_MAX_BYTES     # what the parser accepts at all
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Received:
     sha256: str
     fields: dict = None                 # FORM_FIELDS given, as strings
     subtitles: Path | None = None       # the uploaded subtitle file, next to path
+    subtitles_name: str = ""            # its name as the user sent it (for error messages)
 
     def discard(self) -> None:
         shutil.rmtree(self.path.parent, ignore_errors=True)
@@ -59,6 +63,7 @@ class _Sink:
         self.writing = False
         self.fields: dict[str, str] = {}
         self.subtitles: Path | None = None
+        self.subtitles_name = ""
         self.target = None              # what the current part's data goes to
     def callbacks(self) -> dict:
         return {
@@ -91,7 +96,8 @@ class _Sink:
             self.path = self.tmp_dir / self.filename
             self.fh = open(self.path, "wb")
         elif name == SUBTITLE_PART and b"filename" in opts and self.subtitles is None:
-            suffix = Path(opts[b"filename"].decode("utf-8", "replace")).suffix.lower()[:8]
+            self.subtitles_name = safe_filename(opts[b"filename"].decode("utf-8", "replace"))
+            suffix = Path(self.subtitles_name).suffix.lower()[:8]
             suffix = suffix if suffix in (".srt", ".vtt") else ".txt"   # the parser says what is wrong
             self.subtitles = self.tmp_dir.parent / (self.tmp_dir.name + ".subtitles" + suffix)
             self.target = "subtitles"
@@ -143,7 +149,10 @@ async def receive_file(request: Request, uploads: Path, limit: int) -> Received:
         raise Problem(413, f"the upload ({int(declared) // (1 << 20)} MiB) is larger than the limit of "
                            f"{limit // (1 << 20)} MiB (VIDEOKV_MAX_UPLOAD_MB)", code="too_large")
     tmp_dir = uploads / "tmp" / secrets.token_hex(8)
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise insufficient_storage(e) if e.errno in (errno.ENOSPC, errno.EDQUOT) else e from None
     sink = _Sink(tmp_dir, limit)
     parser = MultipartParser(opts[b"boundary"], sink.callbacks())
     try:
@@ -153,6 +162,9 @@ async def receive_file(request: Request, uploads: Path, limit: int) -> Received:
     except Problem:
         _cleanup(sink, tmp_dir)
         raise
+    except OSError as e:          # the server's disk, not the client's body
+        _cleanup(sink, tmp_dir)
+        raise insufficient_storage(e) if e.errno in (errno.ENOSPC, errno.EDQUOT) else e from None
     except Exception as e:
         _cleanup(sink, tmp_dir)
         raise Problem(400, f"malformed multipart body: {e}", code="bad_multipart") from None
@@ -163,7 +175,8 @@ async def receive_file(request: Request, uploads: Path, limit: int) -> Received:
         _cleanup(sink, tmp_dir)
         raise Problem(422, "no `file` part with a filename in the upload (curl -F file=@video.mp4)",
                       code="no_file")
-    return Received(sink.path, sink.filename, sink.size, sink.digest.hexdigest(), sink.fields, sink.subtitles)
+    return Received(sink.path, sink.filename, sink.size, sink.digest.hexdigest(), sink.fields, sink.subtitles,
+                    sink.subtitles_name)
 
 
 def _cleanup(sink: _Sink, tmp_dir: Path) -> None:

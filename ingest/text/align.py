@@ -46,11 +46,11 @@ def _clean(text: str) -> str:
     return " ".join(text.replace('"', "'").split())
 
 
-def _chunk_items(segments: Sequence[TextSegment], t0: float, t1: float) -> dict[str, list[_Item]]:
-    """Per source, the chunk's items in first-seen order (deduplicated, weights summed)."""
+def _chunk_items(ordered: Sequence[tuple[int, TextSegment]], t0: float, t1: float) -> dict[str, list[_Item]]:
+    """Per source, the chunk's items in first-seen order (deduplicated, weights summed).
+    ordered: (original index, segment) pairs that may touch the chunk, by (t_start, index)."""
     items: dict[str, list[_Item]] = {s: [] for s in SOURCES}
     seen: dict[tuple[str, str], _Item] = {}
-    ordered = sorted(enumerate(segments), key=lambda p: (p[1].t_start, p[0]))
     for order, seg in ordered:
         if seg.source not in items:
             continue
@@ -74,6 +74,44 @@ def _chunk_items(segments: Sequence[TextSegment], t0: float, t1: float) -> dict[
             items[seg.source].append(seen[key])
     items["ocr"] = _collapse_fields(items["ocr"])
     return {s: v for s, v in items.items() if v}
+
+
+def _by_chunk(segments: Sequence[TextSegment], spans: Sequence[tuple[float, float]]):
+    """Each chunk's candidate segments, (original index, segment) by (t_start, index): every
+    segment goes to the chunks its time span (and its words) reaches, found by bisection, so
+    aligning a long video is linear in its chunks and segments, not their product."""
+    starts = [float(a) for a, _ in spans]
+    out: list[list[tuple[int, TextSegment]]] = [[] for _ in spans]
+    for order, seg in sorted(enumerate(segments), key=lambda p: (p[1].t_start, p[0])):
+        lo_t, hi_t = seg.t_start, seg.t_end
+        if seg.words:
+            mids = [(a + b) / 2 for _, a, b in seg.words]
+            lo_t, hi_t = min(lo_t, *mids), max(hi_t, *mids)
+        first = max(0, bisect_right(starts, lo_t) - 1)
+        last = min(len(spans) - 1, bisect_right(starts, hi_t))
+        for i in range(first, last + 1):
+            out[i].append((order, seg))
+    return out
+
+
+def _capped(items: dict[str, list[_Item]], max_tokens: int) -> dict[str, list[_Item]]:
+    """No more of a source's items, and no longer ones, than could ever fit in max_tokens (a
+    token is at least one item and at most ~32 characters): a megabyte-long cue or ten
+    thousand screen lines cost what a line's worth of them costs."""
+    max_chars = 32 * max(1, max_tokens)
+    out = {}
+    for src, its in items.items():
+        if len(its) > 4 * max_tokens:
+            keep = {id(i) for i in sorted(its, key=lambda i: (-i.weight, i.order))[:4 * max_tokens]}
+            its = [i for i in its if id(i) in keep]
+        out[src] = [i if len(i.text) <= max_chars else _Item(_cut_chars(i.text, max_chars), i.weight, i.order)
+                    for i in its]
+    return out
+
+
+def _cut_chars(text: str, n: int) -> str:
+    head = text[:n + 1]
+    return head.rsplit(" ", 1)[0] if " " in head else text[:n]
 
 
 def _collapse_fields(items: list[_Item]) -> list[_Item]:
@@ -180,7 +218,8 @@ def chunk_texts(segments: Sequence[TextSegment], spans: Sequence[tuple[float, fl
 
     segments: from any sources, any order; spans: [(t_start, t_end)] seconds per chunk;
     count_tokens: str -> number of tokens (the LLM tokenizer's length)."""
-    return [chunk_line(_chunk_items(segments, float(a), float(b)), max_tokens, count_tokens) for a, b in spans]
+    return [chunk_line(_capped(_chunk_items(cands, float(a), float(b)), max_tokens), max_tokens, count_tokens)
+            for cands, (a, b) in zip(_by_chunk(segments, spans), spans)]
 
 
 def transcript(segments: Sequence[TextSegment], chunk_starts: Sequence[float] | None = None) -> list[dict]:

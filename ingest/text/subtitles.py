@@ -18,11 +18,19 @@ import av
 
 from .segments import BadSubtitles, TextSegment
 
-MAX_BYTES = 20 * 1024 * 1024  # far beyond any real subtitle file; refuses binary uploads early
+# A day of dense dialogue is about 2 MiB of SubRip: anything larger is not a subtitle file,
+# and is refused before it is read (the API's upload limit for subtitle parts is the same).
+MAX_BYTES = 4 * 1024 * 1024
+# A cue is a line or two on screen; a longer one is cut here (words kept whole) so that no
+# later step ever sees a megabyte-long line.
+MAX_CUE_CHARS = 2000
 _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2})[,.](\d{1,3})"
 _TIMING = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}(?:\s+.*)?$")
-_TAG = re.compile(r"<[^>]*>")            # <i>, </b>, <c.yellow>, <v Bob>, <00:01.500>
-_ASS_OVERRIDE = re.compile(r"\{\\[^}]*\}")  # {\an8}, {\i1}
+# Markup patterns that cannot backtrack: a tag may not contain its own opening character, so
+# every scan from a '<' (or '{') ends at the next one: linear time whatever the input
+# (`<[^>]*>` was quadratic on a run of '<': 250 KB of them took 36 s).
+_TAG = re.compile(r"<[^<>]*>")             # <i>, </b>, <c.yellow>, <v Bob>, <00:01.500>
+_ASS_OVERRIDE = re.compile(r"\{\\[^{}]*\}")  # {\an8}, {\i1}
 
 
 def _seconds(h, m, s, ms) -> float:
@@ -30,9 +38,13 @@ def _seconds(h, m, s, ms) -> float:
 
 
 def clean_text(text: str) -> str:
-    """Cue text without markup, whitespace collapsed (newlines become spaces)."""
+    """Cue text without markup, whitespace collapsed (newlines become spaces), at most
+    MAX_CUE_CHARS characters (cut on a word boundary)."""
     text = _ASS_OVERRIDE.sub("", text).replace("\\N", " ").replace("\\n", " ")
-    return " ".join(html.unescape(_TAG.sub("", text)).split())
+    text = " ".join(html.unescape(_TAG.sub("", text)).split())
+    if len(text) > MAX_CUE_CHARS:
+        text = text[:MAX_CUE_CHARS + 1].rsplit(" ", 1)[0] if " " in text[:MAX_CUE_CHARS + 1] else text[:MAX_CUE_CHARS]
+    return text
 
 
 def _timing(line: str, lineno: int, fmt: str) -> tuple[float, float]:
@@ -98,14 +110,16 @@ def parse_text(text: str, fmt: str) -> list[TextSegment]:
     return sorted(segments, key=lambda s: (s.t_start, s.t_end))
 
 
-def parse_file(path: str | os.PathLike) -> list[TextSegment]:
+def parse_file(path: str | os.PathLike, name: str | None = None) -> list[TextSegment]:
     """Parse a .srt or .vtt file (format from the suffix; otherwise a file starting with
-    'WEBVTT' is WebVTT, anything else SubRip). UTF-8 (BOM allowed), else Latin-1."""
+    'WEBVTT' is WebVTT, anything else SubRip). UTF-8 (BOM allowed), else Latin-1.
+    name: what errors call the file (the user's file name, not where the server keeps it)."""
     path = Path(path)
+    name = name or path.name
     if not path.is_file():
-        raise BadSubtitles(f"the subtitle file {path.name} does not exist.")
+        raise BadSubtitles(f"the subtitle file {name} does not exist.")
     if path.stat().st_size > MAX_BYTES:
-        raise BadSubtitles(f"the subtitle file {path.name} is over {MAX_BYTES // 2**20} MiB: not a subtitle file.")
+        raise BadSubtitles(f"the subtitle file {name} is over {MAX_BYTES // 2**20} MiB: not a subtitle file.")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -117,7 +131,7 @@ def parse_file(path: str | os.PathLike) -> list[TextSegment]:
     try:
         return parse_text(text, fmt)
     except BadSubtitles as exc:
-        raise BadSubtitles(f"{path.name}: {exc}") from None
+        raise BadSubtitles(f"{name}: {exc}") from None
 
 
 # ---------------------------------------------------------------- embedded streams
