@@ -21,7 +21,7 @@ import torch
 from videokv.engine.backend import HFCausalBackend
 from videokv.engine.config import EngineConfig
 from videokv.engine.prefill import ChunkInput, ChunkPrefiller, PrefilledChunk
-from videokv.kvstore import KVStore, Status
+from videokv.kvstore import KVStore, Status, VideoNotFoundError
 from videokv.oracles.base import RelevanceOracle
 
 from . import text as T
@@ -48,6 +48,15 @@ class IngestResult:
     text: dict = None          # the text channel's report per source (None: no text channel)
 
 
+def _checked(stage_progress: StageProgress | None, check: Callable[[], None]) -> StageProgress:
+    """A stage-progress callback that also runs `check` (which raises to stop the work)."""
+    def update(stage: str, done: int, total: int) -> None:
+        check()
+        if stage_progress:
+            stage_progress(stage, done, total)
+    return update
+
+
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1]."""
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
@@ -69,63 +78,87 @@ class IngestPipeline:
     def ingest(self, path: str | Path, tenant: str = "default", filename: str | None = None,
                progress: Progress | None = None, text: T.TextOptions | None = None,
                stage_progress: StageProgress | None = None) -> IngestResult:
-        """text: which text channels run (default: the pipeline's text_defaults, from settings)."""
+        """Register the file as the tenant's video (or find it: the same bytes, text channels and
+        model config are stored once) and ingest it. text: which text channels run (default:
+        the pipeline's text_defaults, from settings). The CLI's path; the service registers
+        at upload and its worker calls `ingest_video`."""
         t0 = time.perf_counter()
         path = Path(path)
-        info = probe(path)                                    # bad input raises here ...
+        info = probe(path)                                    # bad input raises here: nothing stored
         opts = text or self.text_defaults
         T.check_tools(opts)
-        embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(path)
-        text_on = opts.active(embedded)
         if opts.subtitle_file is not None:
             from .text.subtitles import parse_file
             parse_file(opts.subtitle_file)                    # a bad .srt fails before anything is stored
+        embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(path)
         digest = T.content_key(content_hash(path), opts, embedded)
-        existing = self.store.find_by_content(digest, self.fingerprint, tenant)
-        if existing is not None and existing.status is Status.READY:
-            return IngestResult(existing.video_id, "READY", existing.chunks_total, 0, existing.chunks_total,
-                                True, existing.sampled_frames, time.perf_counter() - t0, 0.0, 0.0,
-                                (existing.extra or {}).get("text"))
+        rec = self.store.create_video(content_hash=digest, fingerprint=self.fingerprint, tenant=tenant, plan=[],
+                                      filename=filename or path.name, container=info.container, codec=info.codec,
+                                      duration=info.duration, fps=info.fps)
+        return self.ingest_video(rec.video_id, path, opts, progress, stage_progress, info=info, t0=t0)
+
+    def ingest_video(self, video_id: str, path: str | Path, text: T.TextOptions | None = None,
+                     progress: Progress | None = None, stage_progress: StageProgress | None = None,
+                     info: VideoInfo | None = None, t0: float | None = None) -> IngestResult:
+        """Ingest `path` into the registered video `video_id`, never another: a video deleted
+        before or during this raises VideoNotFoundError (every write checks the record), so a
+        DELETE always wins. Resumes at the first chunk not yet committed."""
+        t0 = time.perf_counter() if t0 is None else t0
+        rec = self.store.get_video(video_id)
+        if rec.status is Status.READY:
+            return IngestResult(rec.video_id, "READY", rec.chunks_total, 0, rec.chunks_total, True,
+                                rec.sampled_frames, time.perf_counter() - t0, 0.0, 0.0, (rec.extra or {}).get("text"))
+        path = Path(path)
+        info = info or probe(path)
+        opts = text or self.text_defaults
+        embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(path)
         vision = self.backend.vision
+        still_there = self._deletion_check(video_id)
         sampled = sample_frames(path, self.config.sample_fps, self.config.max_frames, size=vision.input_size, info=info)
         plan = plan_chunks(sampled.timestamps, info.duration, self.config.chunk_frames, self.config.sample_fps)
-        if len(plan) == 0:                                    # ... or here: nothing stored yet
+        if len(plan) == 0:                                    # nothing stored but the record
             raise NoFrames(path, f"{path.name}: no frames could be sampled from this video")
-        rec = self.store.create_video(
-            content_hash=digest, fingerprint=self.fingerprint, tenant=tenant,
-            plan=list(plan.chunks),
-            filename=filename or path.name, container=info.container, codec=info.codec,
-            duration=info.duration, fps=info.fps, sampled_frames=len(sampled))
-        vid = rec.video_id
         if rec.chunks_total == 0:
-            # Registered before sampling (the API creates the record at upload): add the plan.
-            rec = self.store.update_video(
-                vid, plan=list(plan.chunks),
-                sampled_frames=len(sampled), duration=info.duration, fps=info.fps)
+            rec = self.store.update_video(video_id, plan=list(plan.chunks), sampled_frames=len(sampled),
+                                          duration=info.duration, fps=info.fps)
         report = None
         try:
-            self.store.set_status(vid, Status.INGESTING)
+            self.store.set_status(video_id, Status.INGESTING)
             lines = None
-            if text_on:
-                lines, report = self._text_lines(vid, path, info, opts, plan, stage_progress)
-            done, first = self._run(vid, plan, sampled.frames, progress, lines)
+            if opts.active(embedded):
+                lines, report = self._text_lines(video_id, path, info, opts, plan,
+                                                 _checked(stage_progress, still_there))
+            done, first = self._run(video_id, plan, sampled.frames, progress, lines)
             if lines and any(lines):
                 # text_chunks: the chunks with a text line (questions page their H text rows too)
-                rec = self.store.get_video(vid)
-                extra = {**(rec.extra or {}), "text_chunks": [i for i, line in enumerate(lines) if line]}
+                extra = {**(self.store.get_video(video_id).extra or {}),
+                         "text_chunks": [i for i, line in enumerate(lines) if line]}
                 if self.text_oracle is not None:
                     extra["text_oracle"] = self.text_oracle.identity
-                self.store.update_video(vid, extra=extra)
-            self.store.mark_ready(vid, oracles=[o.identity for o in self.oracles])
+                self.store.update_video(video_id, extra=extra)
+            self.store.mark_ready(video_id, oracles=[o.identity for o in self.oracles])
+        except VideoNotFoundError:
+            raise                                 # deleted meanwhile: nothing to record
         except Exception as e:
             # A permanent error: record why. (A killed process leaves INGESTING: resumable.)
-            self.store.set_status(vid, Status.FAILED, reason=f"{type(e).__name__}: {e}")
+            self.store.set_status(video_id, Status.FAILED, reason=f"{type(e).__name__}: {e}")
             raise
         secs = time.perf_counter() - t0
         frames = plan[len(plan) - 1].frame_end - plan[first].frame_start if done else 0
         tokens = frames * vision.tokens_per_frame
-        return IngestResult(vid, "READY", len(plan), done, first, False, len(sampled), secs,
+        return IngestResult(video_id, "READY", len(plan), done, first, False, len(sampled), secs,
                             frames / secs if secs else 0.0, tokens / secs if secs else 0.0, report)
+
+    def _deletion_check(self, video_id: str, every_s: float = 2.0) -> Callable[[], None]:
+        """A check to call from long loops: raises VideoNotFoundError once the video is deleted
+        (looks at the store at most every `every_s` seconds)."""
+        last = [time.monotonic()]
+
+        def check() -> None:
+            if time.monotonic() - last[0] >= every_s:
+                last[0] = time.monotonic()
+                self.store.get_video(video_id)
+        return check
 
     def _text_lines(self, vid: str, path: Path, info: VideoInfo, opts: T.TextOptions, plan: ChunkPlan,
                     stage_progress: StageProgress | None) -> tuple[list[str], dict]:

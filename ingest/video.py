@@ -356,6 +356,8 @@ class _Cursor:
     def __init__(self, container, stream, path: Path, start_pts: int):
         self.container, self.stream, self.path, self.start_pts = container, stream, path, start_pts
         self.tb = stream.time_base
+        self.keyframes = _keyframe_times(stream, start_pts)
+        self.decoded = self.seeks = 0
         self._restart()
 
     def _restart(self) -> None:
@@ -376,6 +378,7 @@ class _Cursor:
             if frame is None:
                 self._eof = True
                 break
+            self.decoded += 1
             fallback = (self.prev_pts + 1) if self.prev_pts is not None else self.start_pts
             pts = _frame_pts(frame, fallback)
             # Open-GOP leading pictures after a seek come out with pts before the
@@ -396,13 +399,39 @@ class _Cursor:
     def seek(self, target: float) -> None:
         offset = self.start_pts + int(np.floor(max(0.0, target) / self.tb))
         self.container.seek(offset, stream=self.stream, backward=True, any_frame=False)
+        self.seeks += 1
         self._restart()
+
+    def seek_helps(self, target: float) -> bool:
+        """Whether seeking to `target` skips decoding: it lands on the last keyframe at or
+        before the target, so only if that keyframe is past the frame decoded last. Without
+        a keyframe index (raw streams, some containers): assume it does."""
+        if self.keyframes is None:
+            return True
+        at = self.time(self.prev_pts) if self.prev_pts is not None else 0.0
+        k = int(np.searchsorted(self.keyframes, target + TIME_EPS, side="right")) - 1
+        return k >= 0 and self.keyframes[k] > at + TIME_EPS
+
+
+def _keyframe_times(stream, start_pts: int) -> np.ndarray | None:
+    """Seconds of the stream's keyframes from the container's index (read at open for mp4
+    and mov; cue points for matroska), sorted; None when the container keeps none. No
+    decoding. A file with keyframes hours apart must not be sampled by seeking: every seek
+    would decode again from the same keyframe (quadratic in the video's length)."""
+    try:
+        ts = [e.timestamp for e in stream.index_entries if e.is_keyframe]
+    except Exception:  # noqa: BLE001 - an index we cannot read is an index we do not use
+        return None
+    if not ts:
+        return None
+    return np.sort(np.asarray([float((t - start_pts) * stream.time_base) for t in ts]))
 
 
 def _choose(cursor: _Cursor, target: float, seek: bool) -> tuple[av.VideoFrame, int] | None:
     """The frame for `target`: the latest with time <= target; if the video has none
     that early, its first frame. None past the end of the stream."""
-    if seek and (cursor.prev_pts is None or target - cursor.time(cursor.prev_pts) > SEEK_THRESHOLD_S):
+    if seek and (cursor.prev_pts is None or target - cursor.time(cursor.prev_pts) > SEEK_THRESHOLD_S) \
+            and cursor.seek_helps(target):
         back = 0.0
         while True:
             cursor.seek(target - back)
@@ -426,6 +455,7 @@ def iter_frames(
     mode: str = "auto",
     dedupe: bool = True,
     info: VideoInfo | None = None,
+    stats: dict | None = None,
 ) -> Iterator[SampledFrames]:
     """Sample the video at `fps` (capped at `max_frames`) and yield batches of at most
     `batch_size` frames, in time order, so a long video is never all in memory.
@@ -436,6 +466,7 @@ def iter_frames(
       spacing is >= SEEK_THRESHOLD_S. Both give the same frames for the same targets.
     dedupe: skip a target whose chosen frame is the one already emitted (sampling
       faster than the source's frame rate), so no frame appears twice.
+    stats: filled with "decoded" (frames) and "seeks" when given.
     """
     path = Path(path)
     info = info or probe(path)
@@ -469,8 +500,12 @@ def iter_frames(
             if len(batch) == batch_size:
                 yield _batch(batch, stream.time_base)
                 batch = []
+            if stats is not None:
+                stats.update(decoded=cursor.decoded, seeks=cursor.seeks)
         if batch:
             yield _batch(batch, stream.time_base)
+        if stats is not None:
+            stats.update(decoded=cursor.decoded, seeks=cursor.seeks)
 
 
 def _batch(items, time_base) -> SampledFrames:

@@ -23,7 +23,7 @@ from videokv.engine.chunkkv import ChunkSpan
 from . import blob as blobfmt
 from . import keys as K
 from .backend import StorageBackend
-from .errors import ChunkNotFoundError, FingerprintMismatchError, NotReadyError, VideoNotFoundError
+from .errors import ChunkNotFoundError, FingerprintMismatchError, IllegalTransition, NotReadyError, VideoNotFoundError
 
 
 class Status(str, Enum):
@@ -31,6 +31,17 @@ class Status(str, Enum):
     INGESTING = "INGESTING"
     READY = "READY"
     FAILED = "FAILED"
+
+
+# A video's lifecycle. Deletion is allowed from every state and removes the record, after
+# which every write (set_status, put_chunk, mark_ready, update) finds no record and raises:
+# a worker still busy with a deleted video can never bring it back. READY is final.
+TRANSITIONS = {
+    Status.QUEUED: {Status.QUEUED, Status.INGESTING, Status.FAILED},
+    Status.INGESTING: {Status.INGESTING, Status.QUEUED, Status.FAILED},
+    Status.FAILED: {Status.FAILED, Status.QUEUED, Status.INGESTING},
+    Status.READY: {Status.READY},
+}
 
 
 @dataclass
@@ -228,12 +239,15 @@ class Catalog:
         return self.env.write(fn)
 
     def set_status(self, video_id: str, status: Status | str, reason: str = "") -> VideoRecord:
-        """QUEUED/INGESTING/FAILED (with reason). READY only through `mark_ready`."""
+        """QUEUED/INGESTING/FAILED (with reason), along `TRANSITIONS`; READY only through
+        `mark_ready`. A deleted video raises VideoNotFoundError: nothing brings it back."""
         status = Status(status)
         if status is Status.READY:
             raise ValueError("use mark_ready(): it checks that every chunk is committed")
 
         def change(txn, rec):
+            if status not in TRANSITIONS[rec.status]:
+                raise IllegalTransition(f"video {video_id} is {rec.status.value}: it cannot become {status.value}")
             rec.status, rec.reason = status, reason
         return self._update(video_id, change)
 

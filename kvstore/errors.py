@@ -51,6 +51,14 @@ class FingerprintMismatchError(KVStoreError):
     http_status = 409
 
 
+class IllegalTransition(KVStoreError):
+    """A status change the lifecycle does not allow (catalog.TRANSITIONS), e.g. a READY video
+    marked FAILED by a stale retry."""
+
+    code = "illegal_transition"
+    http_status = 409
+
+
 class NotReadyError(KVStoreError):
     """`mark_ready` refused: some chunks (or their index entries) are not committed."""
 

@@ -18,6 +18,7 @@ from celery import shared_task
 
 from videokv.errors import VideoKVError
 from videokv.kvstore import Status, VideoNotFoundError
+from videokv.kvstore.errors import IllegalTransition
 
 from . import jobs as J
 from .app import runtime
@@ -33,7 +34,7 @@ def _permanent(e: BaseException) -> bool:
 def _fail(video_id: str, reason: str) -> None:
     try:
         runtime().store.set_status(video_id, Status.FAILED, reason=reason)
-    except VideoNotFoundError:
+    except (VideoNotFoundError, IllegalTransition):   # deleted, or READY meanwhile: nothing to mark
         pass
 
 
@@ -54,7 +55,7 @@ def ingest_video(self, video_id: str) -> dict:
     text = (rec.extra or {}).get("text_options") or {}
     opts = rt.text_defaults.overridden(**{k: text.get(k) for k in ("ocr", "asr", "subtitles", "subtitle_file")})
     try:
-        res = rt.pipeline.ingest(path, tenant=rec.tenant, filename=rec.filename, text=opts)
+        res = rt.pipeline.ingest_video(video_id, path, text=opts)
     except VideoNotFoundError:
         log.info("video %s was deleted while ingesting", video_id)
         return {"video_id": video_id, "status": "DELETED"}
@@ -73,8 +74,6 @@ def ingest_video(self, video_id: str) -> dict:
         except VideoNotFoundError:
             return {"video_id": video_id, "status": "DELETED"}
         raise self.retry(exc=e, countdown=min(2 ** attempts, 60))
-    if res.video_id != video_id:   # cannot happen with API-created records; be loud if it does
-        log.error("ingest of %s produced video %s", video_id, res.video_id)
     return dict(res.__dict__)
 
 

@@ -20,7 +20,7 @@ def frame_pattern(i: int, width: int, height: int) -> np.ndarray:
 
 
 def write_video(path, n_frames=40, fps=8, size=(64, 48), codec="libx264", pts=None, time_base=None,
-                gop=None, container_options=None, frames=None):
+                gop=None, container_options=None, frames=None, codec_options=None):
     """Encode n_frames (or `frames`) to `path`. `pts` (ints in `time_base`) makes a
     variable-frame-rate file; default pts are 0..n-1 at 1/fps."""
     width, height = size
@@ -30,6 +30,8 @@ def write_video(path, n_frames=40, fps=8, size=(64, 48), codec="libx264", pts=No
         stream.pix_fmt = "yuv420p"
         if gop:
             stream.codec_context.gop_size = gop
+        if codec_options:
+            stream.codec_context.options = dict(codec_options)
         if time_base is not None:
             stream.codec_context.time_base = time_base
         container.start_encoding()

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from videokv.ingest.text import TextSegment
-from videokv.ingest.text import align
+from videokv.ingest.text import TextSegment, align
 from videokv.ingest.text.subtitles import MAX_CUE_CHARS, clean_text, parse_text
 
 

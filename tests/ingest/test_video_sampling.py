@@ -103,3 +103,24 @@ def test_webm_vp9(make_video):
 
 def test_content_hash(ten_seconds):
     assert content_hash(ten_seconds) == hashlib.sha256(ten_seconds.read_bytes()).hexdigest()
+
+
+def test_a_single_keyframe_file_is_decoded_once_not_once_per_sample(make_video):
+    """One keyframe for the whole file (a long recording, keyint larger than the video):
+    seeking to each sparse target would decode from that one keyframe again every time
+    (quadratic). The sampler reads the container's keyframe index and decodes forward."""
+    from videokv.ingest.video import iter_frames, probe
+
+    n = 1200                                                        # 20 min at 1 fps
+    path = make_video("one_keyframe.mp4", n_frames=n, fps=1, size=(64, 48), gop=100_000,
+                      codec_options={"keyint_min": "100000", "sc_threshold": "0"})
+    info = probe(path)
+    stats: dict = {}
+    got = sum(len(b) for b in iter_frames(path, 0.2, 10_000, info=info, stats=stats))   # every 5 s: "seek" mode
+    assert got == n // 5
+    assert stats["decoded"] <= n + 16 and stats["seeks"] == 0, stats
+    # Where keyframes are dense, sparse sampling still seeks (and decodes far less).
+    dense = make_video("dense_keyframes.mp4", n_frames=n, fps=1, size=(64, 48), gop=10)
+    stats = {}
+    assert sum(len(b) for b in iter_frames(dense, 0.05, 10_000, stats=stats)) == n // 20
+    assert stats["seeks"] > 0 and stats["decoded"] < n // 2, stats
