@@ -14,6 +14,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from . import problems
+from .limits import BodyLimit
 from .routers import health, jobs, questions, videos
 from .schemas import request_models
 from .service import Service
@@ -25,7 +26,8 @@ def create_app(settings, runtime) -> FastAPI:
     app = FastAPI(title="videokv", version="1", description=__doc__)
     app.state.service = svc
     problems.install(app)
-    models = request_models(settings.max_question_chars)
+    models = request_models(settings.max_question_chars, settings.max_answer_tokens)
     for module in (health, videos, questions, jobs):
         app.include_router(module.router(svc, models))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_json_kb << 10)
     return app

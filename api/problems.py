@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from http import HTTPStatus
 
@@ -31,6 +32,18 @@ class Problem(Exception):
         self.status, self.detail, self.code, self.headers, self.extra = status, detail, code, headers, extra
 
 
+def disk_full(e: BaseException) -> bool:
+    """Whether an error (or one it was raised from) is the disk running out: ENOSPC/EDQUOT,
+    or LMDB's own report of it."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def insufficient_storage(e: OSError | None = None) -> Problem:
     """507: the server's disk is full (a server condition, never the client's fault)."""
     return Problem(507, "the server has no space left to store this; try again later or ask the operator to "
@@ -50,6 +63,9 @@ def install(app: FastAPI) -> None:
     async def _vkv(request: Request, e: VideoKVError):
         status = int(getattr(e, "http_status", 400))
         code = e.code
+        if status >= 500 and disk_full(e):
+            p = insufficient_storage()
+            return problem(p.status, p.detail, code=p.code, headers=p.headers)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status >= 500:
             log.exception("server error", exc_info=e)
@@ -67,5 +83,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception):
+        if disk_full(e):
+            p = insufficient_storage()
+            return problem(p.status, p.detail, code=p.code, headers=p.headers)
         log.exception("unhandled error", exc_info=e)
         return problem(500, f"internal error ({type(e).__name__}); see the server log", code="internal")

@@ -8,14 +8,18 @@ per app with that limit in their schema (`request_models`).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from videokv.query.engine import COUNT_BY, MODES
 
 Mode = Literal[MODES]
 CountBy = Literal[COUNT_BY]
+# Ids as the service makes them (video: 12 hex, job: 16 hex); anything else is no such object.
+VIDEO_ID = r"^[0-9a-f]{12}$"
+JOB_ID = r"^[0-9a-f]{16}$"
+VideoId = Annotated[str, StringConstraints(min_length=12, max_length=12, pattern=VIDEO_ID)]
 COUNT_BY_HELP = ('who answers "how many times" questions: the span counter over the oracle\'s frame scores '
                  '("oracle", the default where calibrated) or the LLM ("lm")')
 
@@ -28,8 +32,11 @@ class RequestModels(NamedTuple):
 
 
 @lru_cache(maxsize=8)
-def request_models(max_question_chars: int = 4000) -> RequestModels:
-    """The request bodies with questions of at most `max_question_chars` characters."""
+def request_models(max_question_chars: int = 4000, max_answer_tokens: int = 1024) -> RequestModels:
+    """The request bodies with questions of at most `max_question_chars` characters and
+    answers of at most `max_answer_tokens` tokens (VIDEOKV_MAX_ANSWER_TOKENS)."""
+    answer_tokens = Field(48 if max_answer_tokens >= 48 else max_answer_tokens, ge=1, le=max_answer_tokens,
+                          description=f"longest answer, in tokens (at most {max_answer_tokens}: VIDEOKV_MAX_ANSWER_TOKENS)")
     def question_field(what: str = "the question"):
         return Field(min_length=1, max_length=max_question_chars,
                      description=f"{what} (at most {max_question_chars} characters: VIDEOKV_MAX_QUESTION_CHARS)")
@@ -40,23 +47,24 @@ def request_models(max_question_chars: int = 4000) -> RequestModels:
         top_k: int | None = Field(None, ge=1, le=256, description="chunks re-loaded at L level (default: settings)")
         mode: Mode = "bilevel"
         count_by: CountBy | None = Field(None, description=COUNT_BY_HELP)
-        max_new_tokens: int = Field(48, ge=1, le=1024)
+        max_new_tokens: int = answer_tokens
         stream: bool = Field(False, description="stream tokens as server-sent events")
 
     class SearchRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         query: str = question_field("the search text")
-        video_ids: list[str] | None = Field(None, max_length=1000)
+        video_ids: list[VideoId] | None = Field(None, min_length=1, max_length=1000)
         top_k: int = Field(10, ge=1, le=1000)
 
     class JobRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        video_ids: list[str] = Field(min_length=1, max_length=1000)
-        questions: list[str] = Field(min_length=1, max_length=1000)
+        video_ids: list[VideoId] = Field(min_length=1, max_length=1000)
+        questions: list[Annotated[str, StringConstraints(min_length=1, max_length=max_question_chars)]] = Field(
+            min_length=1, max_length=1000)
         top_k: int | None = Field(None, ge=1, le=256)
         mode: Mode = "bilevel"
         count_by: CountBy | None = Field(None, description=COUNT_BY_HELP)
-        max_new_tokens: int = Field(48, ge=1, le=1024)
+        max_new_tokens: int = answer_tokens
 
     return RequestModels(QueryRequest, SearchRequest, JobRequest)
 
@@ -159,7 +167,7 @@ class Job(BaseModel):
     mode: str
     count_by: str | None = None
     max_new_tokens: int
-    status: str = Field(description="QUEUED, WAITING, RUNNING, DONE or FAILED")
+    status: str = Field(description="QUEUED, WAITING, RUNNING, DONE, FAILED or CANCELLED")
     done: int
     total: int
     errors: int

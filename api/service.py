@@ -4,10 +4,13 @@ response."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import Request
@@ -16,6 +19,7 @@ from videokv.kvstore import Status, VideoNotFoundError, VideoRecord
 
 from .auth import KeyRing
 from .problems import Problem
+from .schemas import VIDEO_ID
 from .upload import Received
 
 TERMINAL = (Status.READY, Status.FAILED)
@@ -30,9 +34,13 @@ class Service:
         self.rt = runtime
         self.keys = KeyRing(settings.home)
         self.uploads = Path(settings.home) / "uploads"
-        self.ask_lock = threading.Lock()
         self.register_lock = threading.Lock()
         self._celery = None
+        # Questions run on their own thread (one model, one question at a time), behind an
+        # admission limit: a backlog never occupies the pool the cheap endpoints use, and past
+        # VIDEOKV_MAX_QUEUED_QUESTIONS waiting a question is told to come back (503).
+        self._questions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videokv-question")
+        self._admitted = threading.BoundedSemaphore(settings.max_queued_questions + 1)
 
     @property
     def celery(self):
@@ -61,10 +69,13 @@ class Service:
 
     # ---------------------------------------------------------------- videos
     def owned(self, video_id: str, tenant: str) -> VideoRecord:
-        try:
-            rec = self.rt.store.get_video(video_id)
-        except VideoNotFoundError:
-            rec = None
+        """The tenant's video, else a 404 (also for ids the service cannot have made)."""
+        rec = None
+        if re.fullmatch(VIDEO_ID, video_id):
+            try:
+                rec = self.rt.store.get_video(video_id)
+            except VideoNotFoundError:
+                pass
         if rec is None or rec.tenant != tenant:
             raise Problem(404, f"no video {video_id!r}", code="video_not_found")
         return rec
@@ -101,7 +112,7 @@ class Service:
             info = probe(up.path)
             opts = self.text_options(up)
             embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(up.path)
-            key = content_key(up.sha256, opts, embedded)
+            key = content_key(up.sha256, opts, embedded, None if self.settings.share_kv_across_tenants else tenant)
         except Exception:
             up.discard()
             raise
@@ -114,6 +125,7 @@ class Service:
             if old_path and Path(old_path).exists():
                 up.discard()
                 if rec.status is not Status.FAILED:
+                    self.requeue_if_stale(rec)
                     return rec, True
                 self.rt.store.set_status(rec.video_id, Status.QUEUED, reason="re-uploaded: retrying")
             else:
@@ -137,6 +149,17 @@ class Service:
                           code="queue_unavailable") from None
         return self.rt.store.get_video(rec.video_id), bool(old_path)
 
+    def requeue_if_stale(self, rec: VideoRecord) -> bool:
+        """An ingest whose worker died (its lease lapsed) is queued again; True if it was."""
+        from videokv.workers.leases import Leases
+        if rec.status not in (Status.QUEUED, Status.INGESTING):
+            return False
+        try:
+            return Leases(self.settings.redis_url).requeue(rec.video_id,
+                                                          lambda vid: self.send("videokv.ingest_video", vid))
+        except Exception:  # noqa: BLE001 - Redis down: the workers' reapers will see it
+            return False
+
     def delete(self, rec: VideoRecord) -> None:
         self.rt.store.delete_video(rec.video_id)
         shutil.rmtree(self.uploads / rec.video_id, ignore_errors=True)
@@ -145,11 +168,18 @@ class Service:
 
     # ---------------------------------------------------------------- questions
     def ask(self, video_id: str, body, on_token=None) -> dict:
-        with self.ask_lock:
-            ans = self.rt.queries.ask(video_id, body.question, top_k=body.top_k, mode=body.mode,
-                                      max_new_tokens=body.max_new_tokens, on_token=on_token,
-                                      count_by=body.count_by)
+        ans = self.rt.queries.ask(video_id, body.question, top_k=body.top_k, mode=body.mode,
+                                  max_new_tokens=body.max_new_tokens, on_token=on_token, count_by=body.count_by)
         return ans.to_dict()
+
+    def submit_question(self, fn, *args) -> asyncio.Future:
+        """Run fn(*args) on the question thread; 503 + Retry-After when too many wait already."""
+        if not self._admitted.acquire(blocking=False):
+            raise Problem(503, f"{self.settings.max_queued_questions} questions are already waiting; try again "
+                               "in a few seconds", code="busy", headers={"Retry-After": "5"})
+        fut = self._questions.submit(fn, *args)
+        fut.add_done_callback(lambda _f: self._admitted.release())
+        return asyncio.wrap_future(fut)
 
 
 # -------------------------------------------------------------------- views

@@ -83,6 +83,8 @@ from pathlib import Path
 
 import numpy as np
 
+from videokv.query.engine import ContextTooLong
+
 MODES = ("dense", "sparse", "bilevel", "bilevel-random")
 TYPES = ("retrieval", "attribute", "counting", "ordering", "temporal")
 SINGLE_NEEDLE_TYPES = ("retrieval", "attribute", "temporal")
@@ -298,8 +300,13 @@ def ask_haystack(rt, video_id: str, truth: dict, modes, top_k: int, max_new_toke
             kw = {"chunks": random_l} if mode == "bilevel-random" else {}
             t = time.perf_counter()
             # Every mode decodes with the LLM, counting included: the modes compare KV levels.
-            ans = q.ask(video_id, qa["question"], mode="bilevel" if mode == "bilevel-random" else mode,
-                        top_k=top_k, max_new_tokens=max_new_tokens, count_by="lm", **kw)
+            try:
+                ans = q.ask(video_id, qa["question"], mode="bilevel" if mode == "bilevel-random" else mode,
+                            top_k=top_k, max_new_tokens=max_new_tokens, count_by="lm", **kw)
+            except ContextTooLong as e:
+                row["results"][mode] = {"skipped": "does not fit", "context_tokens": ctx, "reason": str(e),
+                                        "needed_positions": ctx + extra, "context_limit": max_pos}
+                continue
             wall = time.perf_counter() - t
             loaded_l = sorted(e.chunk for e in ans.evidence if e.level == "L") if mode != "dense" else l_set
             in_l, _ = _covers(qa, truth["events"], [(plan[i].t_start, plan[i].t_end) for i in loaded_l])

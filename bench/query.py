@@ -84,7 +84,7 @@ def ask_modes(rt, video_id: str, question: str, modes, repeats: int, max_new_tok
         for m in modes:
             gen = GenerationConfig(max_new_tokens=max_new_tokens, stop=("<|im_end|>",))
             t = time.perf_counter()
-            ans = q.ask(video_id, question, mode=m, top_k=top_k, gen=gen)
+            ans = q.ask(video_id, question, mode=m, top_k=top_k, gen=gen, check_context=False)  # beyond: timed, flagged
             wall = (time.perf_counter() - t) * 1e3
             runs[m].append((ans, wall))
     be = rt.backend

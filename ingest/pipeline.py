@@ -67,13 +67,15 @@ class IngestPipeline:
 
     def __init__(self, backend: HFCausalBackend, store: KVStore, config: EngineConfig,
                  oracles: Sequence[RelevanceOracle] = (),
-                 text_oracle: RelevanceOracle | None = None, text_defaults: T.TextOptions | None = None):
+                 text_oracle: RelevanceOracle | None = None, text_defaults: T.TextOptions | None = None,
+                 share_across_tenants: bool = False):
         self.backend, self.store, self.config = backend, store, config
         self.fingerprint = config.fingerprint()
         self.prefiller = ChunkPrefiller(backend, config, self.fingerprint)
         self.oracles = list(oracles)
         self.text_oracle = text_oracle
         self.text_defaults = text_defaults or T.TextOptions()
+        self.share_across_tenants = share_across_tenants
 
     def ingest(self, path: str | Path, tenant: str = "default", filename: str | None = None,
                progress: Progress | None = None, text: T.TextOptions | None = None,
@@ -91,7 +93,7 @@ class IngestPipeline:
             from .text.subtitles import parse_file
             parse_file(opts.subtitle_file)                    # a bad .srt fails before anything is stored
         embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(path)
-        digest = T.content_key(content_hash(path), opts, embedded)
+        digest = T.content_key(content_hash(path), opts, embedded, None if self.share_across_tenants else tenant)
         rec = self.store.create_video(content_hash=digest, fingerprint=self.fingerprint, tenant=tenant, plan=[],
                                       filename=filename or path.name, container=info.container, codec=info.codec,
                                       duration=info.duration, fps=info.fps)

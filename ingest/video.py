@@ -122,6 +122,7 @@ class VideoInfo:
     start_pts: int
     time_base: Fraction
     size_bytes: int
+    rotation: int = 0         # counter-clockwise quarter turns to display it upright (0-3)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -297,12 +298,24 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         # state a duration shorter than its last frame's timestamp.
         duration = max(stated or 0.0, measured_end or 0.0) or max(guess, 0.0)
         fps = frame_count / duration if frame_count and duration > 0 else nominal_fps
+        turns = rotation_turns(first)
+        width, height = (first.height, first.width) if turns % 2 else (first.width, first.height)
         return VideoInfo(
             path=str(path), container=container.format.name, codec=stream.codec_context.name,
-            width=first.width, height=first.height, duration=duration, fps=fps,
+            width=width, height=height, duration=duration, fps=fps,
             frame_count=frame_count, has_audio=bool(container.streams.audio),
-            start_pts=start_pts, time_base=Fraction(tb), size_bytes=path.stat().st_size,
+            start_pts=start_pts, time_base=Fraction(tb), size_bytes=path.stat().st_size, rotation=turns,
         )
+
+
+def rotation_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns (0-3) that show the frame upright: the display matrix
+    a phone writes (`rotation`); as ffmpeg's autorotate, np.rot90(pixels, turns)."""
+    try:
+        degrees = int(round(float(frame.rotation or 0)))
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return (round(degrees / 90)) % 4
 
 
 def _check_tail(container, stream, path: Path, start_pts: int, guess: float, stated: float | None,
@@ -476,9 +489,11 @@ def iter_frames(
         raise ValueError(f"unknown sampling mode {mode!r}")
     seek = mode == "seek" or (mode == "auto" and spacing >= SEEK_THRESHOLD_S)
     width, height = size if size else (info.width, info.height)
+    turns = info.rotation
     reformat = {"format": "rgb24"}
-    if size:
-        reformat.update(width=width, height=height, interpolation="AREA")
+    if size:   # resized as stored, then turned upright: a quarter turn swaps the sides
+        w, h = (height, width) if turns % 2 else (width, height)
+        reformat.update(width=w, height=h, interpolation="AREA")
 
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -496,7 +511,9 @@ def iter_frames(
             if dedupe and pts == last_pts:
                 continue
             last_pts = pts
-            batch.append((frame.to_ndarray(**reformat), cursor.time(pts), pts, float(target)))
+            pixels = frame.to_ndarray(**reformat)
+            batch.append((np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels, cursor.time(pts), pts,
+                          float(target)))
             if len(batch) == batch_size:
                 yield _batch(batch, stream.time_base)
                 batch = []

@@ -217,5 +217,36 @@ class KVStore:
             out.append(hits[:k])
         return out[0] if single else out
 
+    # ------------------------------------------------------------------ disk
+    # A small file kept beside the store and given up when the disk fills: LMDB needs a few
+    # free pages to record anything, even that an ingest failed because the disk is full.
+    RESERVE_BYTES = 1 << 20
+
+    @property
+    def _reserve(self) -> Path:
+        return self.home / "space-reserve"
+
+    def ensure_reserve(self) -> bool:
+        """Put the reserve back if it is gone and there is room for it; True if it is there."""
+        if self._reserve.exists():
+            return True
+        try:
+            with open(self._reserve, "wb") as f:
+                f.write(b"\0" * self.RESERVE_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
+            return False
+
+    def release_reserve(self) -> bool:
+        """Free the reserve (the disk is full and something must still be written)."""
+        try:
+            self._reserve.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
     def close(self) -> None:
         self.env.close()

@@ -24,6 +24,8 @@ class RelevanceOracle:
     count_thresholds: dict | None = None
     # True when chunk_vector needs the chunk's frames (the pipeline passes them).
     needs_frames: ClassVar[bool] = False
+    # True when question_vector runs the LLM itself (it then shares the LLM's lock).
+    uses_backend: ClassVar[bool] = False
 
     @property
     def dim(self) -> int:

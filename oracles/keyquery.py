@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -27,6 +28,7 @@ class KeyQueryOracle(RelevanceOracle):
     prefix: ChunkKV | None = None
     layers: tuple[int, ...] = ()
     name: str = "keyquery"
+    uses_backend: ClassVar[bool] = True
     _center: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self):

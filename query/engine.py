@@ -5,6 +5,7 @@ No video prefill ever runs here: every question is answered from stored KVs.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,13 @@ class QueryError(VideoKVError):
 class VideoNotReady(QueryError):
     code = "video_not_ready"
     http_status = 409
+
+
+class ContextTooLong(QueryError):
+    """What the question would load does not fit the model's positions."""
+
+    code = "context_too_long"
+    http_status = 422
 
 
 class ReingestRequired(QueryError):
@@ -97,18 +105,26 @@ class QueryEngine:
             self.fast = DevicePager(self.hot, backend)
         self.top_k = top_k
         self.always_first_last = always_first_last
+        self._embed_lock = threading.Lock()
+        self._model_lock = threading.RLock()     # the LLM: decoding, and a key/query oracle's embeddings
         self.counter = counter
 
     def forget(self, video_id: str) -> None:
         """Drop what is cached for a video (its hot set): it was deleted."""
         self.hot.evict(video_id)
 
+    def question_vector(self, oracle: RelevanceOracle, question: str) -> np.ndarray:
+        """The oracle's vector for a question, one embedding at a time: a search may embed
+        while a question decodes, and the encoders' tokenizers are not safe to share."""
+        with self._model_lock if getattr(oracle, "uses_backend", False) else self._embed_lock:
+            return oracle.question_vector(question).numpy()
+
     def channels(self, question: str, with_text: bool) -> list[Channel]:
         """The retrieval channels for a question: the visual oracle, and the text oracle when
         the videos searched have a text channel."""
-        out = [Channel(self.oracle.identity, self.oracle.question_vector(question).numpy())]
+        out = [Channel(self.oracle.identity, self.question_vector(self.oracle, question))]
         if with_text and self.text_oracle is not None:
-            out.append(Channel(self.text_oracle.identity, self.text_oracle.question_vector(question).numpy(),
+            out.append(Channel(self.text_oracle.identity, self.question_vector(self.text_oracle, question),
                                self.text_weight, floor=0.0))
         return out
 
@@ -130,19 +146,57 @@ class QueryEngine:
         standardised over its 4 x top_k best candidates)."""
         recs = ([self.store.get_video(v) for v in video_ids] if video_ids is not None
                 else self.store.list_videos(tenant))
+        recs = [r for r in recs if r.status is Status.READY]     # never a video still ingesting
+        if not recs:
+            return []
         with_text = any(self.has_text(r) for r in recs)
         return search(self.store, self.channels(query, with_text), top_k, min(1000, 4 * top_k),
-                      video_ids=video_ids, tenant=tenant)
+                      video_ids=[r.video_id for r in recs] if video_ids is not None else None, tenant=tenant)
 
     def ask(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
             max_new_tokens: int = 48, gen: GenerationConfig | None = None,
             on_token: Callable[[str], None] | None = None, chunks: Sequence[int] | None = None,
-            count_by: str | None = None) -> Answer:
+            count_by: str | None = None, check_context: bool = True) -> Answer:
         """chunks: the chunk indices to load at L level, chosen by the caller instead of by the
         oracle (no retrieval runs; top_k is ignored; first/last are still added when
         always_first_last). For ablations such as bench/needle.py's random selection.
         count_by: who answers a "how many times" question: "oracle" (the span counter; the
-        default when the engine has one) or "lm" (decoded like any other question)."""
+        default when the engine has one) or "lm" (decoded like any other question).
+        check_context: refuse (ContextTooLong) a context the model has no positions for; off
+        only to time what would not fit (bench query)."""
+        top_k = self.top_k if top_k is None else top_k
+        rec = self._askable(video_id, question, mode, count_by, top_k)
+        if (count_by or "oracle") == "oracle" and self.counter is not None and chunks is None \
+                and asks_count(question):
+            return self._count(rec, question, mode, on_token)
+        vision_calls = self.backend.vision_calls
+        t0 = time.perf_counter()
+        scores, levels = self._levels(rec, question, top_k, mode, chunks)
+        t1 = time.perf_counter()
+        _, suffix = self.backend.prompt_parts(self.config.system_prompt, question)
+        gen = gen or GenerationConfig(max_new_tokens=max_new_tokens, stop=("<|im_end|>",))
+        with self._model_lock:
+            paged, cache = self._page(video_id, rec.chunks_total, levels)
+            t2 = time.perf_counter()
+            if check_context:
+                self._check_fits(video_id, mode, cache, suffix, gen.max_new_tokens)
+            pieces, first_token_at = [], None
+            for piece in generate(self.backend, cache, suffix, gen):
+                first_token_at = first_token_at or time.perf_counter()
+                pieces.append(piece)
+                if on_token:
+                    on_token(piece)
+        t3 = time.perf_counter()
+        first_token_at = first_token_at or t3
+        t = {"retrieve_ms": (t1 - t0) * 1e3, "load_ms": (t2 - t1) * 1e3,
+             "prefill_ms": (first_token_at - t2) * 1e3, "decode_ms": (t3 - first_token_at) * 1e3,
+             "ttft_ms": (first_token_at - t0) * 1e3}
+        return Answer("".join(pieces).strip(), self._evidence(rec, scores, levels, mode),
+                      {k: round(v, 2) for k, v in t.items()}, paged.bytes_in_context, paged.bytes_read, cache.tokens,
+                      self.backend.vision_calls - vision_calls, mode, video_id, question)
+
+    def _askable(self, video_id: str, question: str, mode: str, count_by: str | None, top_k: int):
+        """The video's record, once the question can be asked as given (else QueryError)."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if count_by is not None and count_by not in COUNT_BY:
@@ -152,7 +206,6 @@ class QueryEngine:
                              f"({self.oracle.identity}) has no calibrated count threshold (VIDEOKV_COUNT_THRESHOLD)")
         if not question or not question.strip():
             raise QueryError("the question is empty")
-        top_k = self.top_k if top_k is None else top_k
         if top_k < 0:
             raise QueryError(f"top_k must be >= 0, got {top_k}")
         rec = self.store.get_video(video_id)
@@ -161,57 +214,49 @@ class QueryEngine:
                                 + (f" ({rec.reason})" if rec.reason else "") + ": it can be asked once READY")
         if rec.fingerprint != self.fingerprint:
             raise ReingestRequired(f"video {video_id} was ingested with model/config fingerprint {rec.fingerprint}, "
-                             f"but this engine is {self.fingerprint}: re-ingest it with the current settings")
+                                   f"but this engine is {self.fingerprint}: re-ingest it with the current settings")
+        return rec
+
+    def _levels(self, rec, question: str, top_k: int, mode: str, chunks: Sequence[int] | None):
+        """(scores {chunk: score} of the chosen chunks, levels {chunk: "L" | "H"} of every chunk)."""
         n = rec.chunks_total
-        if (count_by or "oracle") == "oracle" and self.counter is not None and chunks is None \
-                and asks_count(question):
-            return self._count(rec, question, mode, on_token)
-        vision_calls = self.backend.vision_calls
-        t0 = time.perf_counter()
         if chunks is not None:
             bad = [i for i in chunks if not 0 <= int(i) < n]
             if bad:
-                raise QueryError(f"chunks {bad} are out of range: video {video_id} has chunks 0..{n - 1}")
+                raise QueryError(f"chunks {bad} are out of range: video {rec.video_id} has chunks 0..{n - 1}")
             scores = {int(i): 0.0 for i in chunks}
         else:
-            hits = self.retrieve(video_id, question, top_k, rec) if top_k else []
+            hits = self.retrieve(rec.video_id, question, top_k, rec) if top_k else []
             scores = {h.chunk: h.score for h in hits}
-        selected = set(scores)
-        if self.always_first_last and n:
-            selected |= {0, n - 1}
+        selected = set(scores) | ({0, n - 1} if self.always_first_last and n else set())
         level = {"bilevel": lambda i: "L" if i in selected else "H", "dense": lambda i: "L",
                  "sparse": lambda i: "H"}[mode]
-        levels = {i: level(i) for i in range(n)}
-        t1 = time.perf_counter()
-        if self.fast is not None:       # GPU: load_ms covers paging and assembly (overlapped)
+        return scores, {i: level(i) for i in range(n)}
+
+    def _page(self, video_id: str, n: int, levels: dict[int, str]):
+        """(paged, assembled cache): on CUDA the fast path pages and assembles at once."""
+        if self.fast is not None:
             paged = self.fast.load(video_id, n, levels)
-            t2 = time.perf_counter()
-            cache = paged.cache
-        else:
-            paged = self.pager.load(video_id, n, levels)
-            t2 = time.perf_counter()
-            cache = assemble(self.backend, paged.parts)
-        _, suffix = self.backend.prompt_parts(self.config.system_prompt, question)
-        gen = gen or GenerationConfig(max_new_tokens=max_new_tokens, stop=("<|im_end|>",))
-        pieces, first_token_at = [], None
-        for piece in generate(self.backend, cache, suffix, gen):
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            pieces.append(piece)
-            if on_token:
-                on_token(piece)
-        t3 = time.perf_counter()
-        first_token_at = first_token_at or t3
-        t = {"retrieve_ms": (t1 - t0) * 1e3, "load_ms": (t2 - t1) * 1e3,
-             "prefill_ms": (first_token_at - t2) * 1e3, "decode_ms": (t3 - first_token_at) * 1e3,
-             "ttft_ms": (first_token_at - t0) * 1e3}
+            return paged, paged.cache
+        paged = self.pager.load(video_id, n, levels)
+        return paged, assemble(self.backend, paged.parts)
+
+    def _check_fits(self, video_id: str, mode: str, cache, suffix: str, max_new_tokens: int) -> None:
+        limit = getattr(self.backend.config, "max_position_embeddings", None)
+        need = cache.next_pos + len(self.backend.tokenize(suffix)) + max_new_tokens
+        if limit and need > limit:
+            raise ContextTooLong(f"video {video_id} in {mode} mode needs {need} positions (context, question and "
+                                 f"answer) and the model has {limit}: ask in bilevel mode, or with fewer chunks")
+
+    def _evidence(self, rec, scores: dict, levels: dict, mode: str) -> list[Evidence]:
+        """The chunks the answer came from, best first: the retrieved ones with the first and
+        last (sparse: the retrieved ones only)."""
         plan = {s.index: s for s in rec.plan}
+        n = rec.chunks_total
+        selected = set(scores) | ({0, n - 1} if self.always_first_last and n else set())
         shown = sorted(selected) if mode != "sparse" else sorted(scores)
-        evidence = [Evidence(i, plan[i].t_start, plan[i].t_end, scores.get(i, 0.0), levels[i])
-                    for i in sorted(shown, key=lambda i: -scores.get(i, float("-inf")))]
-        return Answer("".join(pieces).strip(), evidence, {k: round(v, 2) for k, v in t.items()},
-                      paged.bytes_in_context, paged.bytes_read, cache.tokens,
-                      self.backend.vision_calls - vision_calls, mode, video_id, question)
+        return [Evidence(i, plan[i].t_start, plan[i].t_end, scores.get(i, 0.0), levels[i])
+                for i in sorted(shown, key=lambda i: -scores.get(i, float("-inf")))]
 
     def frame_scores(self, rec, qv: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, float]]] | None:
         """(scores [F], where [F] (chunk, t_start, t_end)): the question vector's dot with every
@@ -243,7 +288,7 @@ class QueryEngine:
         frame threshold, else over the chunk scores. Evidence: every chunk a counted span
         touches (score: its best position's), in temporal order."""
         t0 = time.perf_counter()
-        qv = self.oracle.question_vector(question).numpy()
+        qv = self.question_vector(self.oracle, question)
         framed = self.frame_scores(rec, qv) if self.counter.frame_threshold is not None else None
         if framed is not None:
             (scores, where), level, threshold = framed, "frames", self.counter.frame_threshold

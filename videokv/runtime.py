@@ -147,7 +147,8 @@ class Runtime:
     def pipeline(self):
         from .ingest.pipeline import IngestPipeline
         return IngestPipeline(self.backend, self.store, self.config, [self.oracle],
-                              text_oracle=self.text_oracle, text_defaults=self.text_defaults)
+                              text_oracle=self.text_oracle, text_defaults=self.text_defaults,
+                              share_across_tenants=self.settings.share_kv_across_tenants)
 
     # ------------------------------------------------------------------ query
     @cached_property

@@ -94,8 +94,21 @@ class Settings(BaseSettings):
     visibility_timeout: int = 3600
     # Retries (exponential backoff) of an ingest that failed with a transient error.
     ingest_max_retries: int = 3
-    # Longest accepted question, in characters.
+    # Longest accepted question, in characters; longest answer a request may ask for, in tokens.
     max_question_chars: int = 4000
+    max_answer_tokens: int = 1024
+    # Share stored KVs between tenants that upload the same bytes (with the same text channels
+    # and model config). Off by default: a second tenant's upload would be READY at once and
+    # so tell it that someone else has the file. Within one tenant, uploads always dedupe.
+    share_kv_across_tenants: bool = False
+    # Largest JSON request body, in KiB (413 above; read no further).
+    max_json_kb: int = 1024
+    # Questions waiting for the model in one API process before more get 503 + Retry-After.
+    max_queued_questions: int = 64
+    # Batch jobs: at most this many rows (videos x questions).
+    max_job_rows: int = 10000
+    # /readyz reports unavailable below this much free disk under VIDEOKV_HOME, in MiB.
+    min_free_mb: int = 512
 
     @property
     def models_dir(self) -> Path:

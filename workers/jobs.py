@@ -5,14 +5,19 @@ read them. Files survive a Redis restart; the results file is append-only and re
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from videokv.errors import VideoKVError
+
+# A job is QUEUED, WAITING (for its videos), RUNNING, then one of these.
+FINAL = ("DONE", "FAILED", "CANCELLED")
 
 
 class JobNotFound(VideoKVError):
@@ -63,15 +68,45 @@ def load_job(job_id: str, home) -> dict:
 
 def delete_job(job_id: str, home) -> None:
     """Remove a job's record and results (a job that could not be queued)."""
-    _record_path(job_id, home).unlink(missing_ok=True)
-    results_path(job_id, home).unlink(missing_ok=True)
+    for path in (_record_path(job_id, home), results_path(job_id, home), _record_path(job_id, home).with_suffix(".lock")):
+        path.unlink(missing_ok=True)
 
 
-def update_job(job_id: str, home, **fields) -> dict:
-    job = load_job(job_id, home)
-    job.update(fields, updated=time.time())
-    save_job(job, home)
-    return job
+def update_job(job_id: str, home, running: bool = False, **fields) -> dict:
+    """Change a job's record under its lock; returns it. A job that reached a final status
+    (a cancelled one, say) keeps it: progress is still recorded, the status is not changed.
+    running: set RUNNING (unless final), as a worker starting a slice does."""
+    with _locked(job_id, home):
+        job = load_job(job_id, home)
+        if job["status"] in FINAL:
+            fields.pop("status", None)
+        elif running:
+            fields.update(status="RUNNING", error="")
+        job.update(fields, updated=time.time())
+        save_job(job, home)
+        return job
+
+
+def cancel_job(job_id: str, home) -> dict:
+    """CANCELLED, unless it already ended; the worker stops before its next row."""
+    with _locked(job_id, home):
+        job = load_job(job_id, home)
+        if job["status"] not in FINAL:
+            job.update(status="CANCELLED", updated=time.time())
+            save_job(job, home)
+        return job
+
+
+@contextmanager
+def _locked(job_id: str, home):
+    """An exclusive lock on one job's record (API and workers both write it)."""
+    path = _record_path(job_id, home).with_suffix(".lock")
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_results(job_id: str, home) -> list[dict]:

@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import time
 
 from celery import shared_task
+from celery.signals import worker_ready
 
 from videokv.errors import VideoKVError
 from videokv.kvstore import Status, VideoNotFoundError
@@ -22,6 +25,7 @@ from videokv.kvstore.errors import IllegalTransition
 
 from . import jobs as J
 from .app import runtime
+from .leases import Leases, start_reaper
 
 log = logging.getLogger("videokv.workers")
 
@@ -32,16 +36,37 @@ def _permanent(e: BaseException) -> bool:
 
 
 def _fail(video_id: str, reason: str) -> None:
-    try:
-        runtime().store.set_status(video_id, Status.FAILED, reason=reason)
-    except (VideoNotFoundError, IllegalTransition):   # deleted, or READY meanwhile: nothing to mark
-        pass
+    store = runtime().store
+    for attempt in (1, 2):
+        try:
+            store.set_status(video_id, Status.FAILED, reason=reason)
+            return
+        except (VideoNotFoundError, IllegalTransition):   # deleted, or READY meanwhile: nothing to mark
+            return
+        except Exception as e:
+            # The disk is full even for the status: give up the store's space reserve, once.
+            if attempt == 2 or not _disk_full(e) or not store.release_reserve():
+                raise
 
 
 @shared_task(bind=True, name="videokv.ingest_video", max_retries=None)
 def ingest_video(self, video_id: str) -> dict:
+    """Ingest under a lease (workers/leases.py): a second delivery of the same video while a
+    live worker holds it does nothing."""
     rt = runtime()
+    leases = Leases(rt.settings.redis_url)
+    with leases.hold(video_id) as held:
+        if not held:
+            return {"video_id": video_id, "status": "INGESTING", "note": "another worker holds its lease"}
+        result = _ingest(self, rt, video_id)
+    if result["status"] in ("READY", "FAILED", "DELETED"):
+        leases.finished(video_id)
+    return result
+
+
+def _ingest(task, rt, video_id: str) -> dict:
     store = rt.store
+    store.ensure_reserve()
     try:
         rec = store.get_video(video_id)
     except VideoNotFoundError:
@@ -63,18 +88,43 @@ def ingest_video(self, video_id: str) -> dict:
         if _permanent(e):
             _fail(video_id, str(e))
             return {"video_id": video_id, "status": "FAILED", "reason": str(e)}
-        attempts = self.request.retries + 1
+        why = _why(e)
+        attempts = task.request.retries + 1
         limit = rt.settings.ingest_max_retries
         if attempts > limit:
-            _fail(video_id, f"ingest failed {attempts} times; last error: {type(e).__name__}: {e}")
-            raise
-        log.warning("ingest of %s failed (%s: %s); retry %d/%d", video_id, type(e).__name__, e, attempts, limit)
+            _fail(video_id, f"ingest failed {attempts} times; last error: {why}")
+            return {"video_id": video_id, "status": "FAILED", "reason": why}
+        log.warning("ingest of %s failed (%s); retry %d/%d", video_id, why, attempts, limit)
         try:
-            store.set_status(video_id, Status.QUEUED, reason=f"retrying after {type(e).__name__}: {e}")
+            store.set_status(video_id, Status.QUEUED, reason=f"retrying after {why}")
         except VideoNotFoundError:
             return {"video_id": video_id, "status": "DELETED"}
-        raise self.retry(exc=e, countdown=min(2 ** attempts, 60))
+        raise task.retry(exc=e, countdown=min(2 ** attempts, 60))
     return dict(res.__dict__)
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    while e is not None:
+        if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _why(e: BaseException) -> str:
+    """An error as the video's status says it: a full disk in a sentence an operator acts on."""
+    if _disk_full(e):
+        return "the server ran out of disk space under VIDEOKV_HOME: free some, then upload the file again"
+    return f"{type(e).__name__}: {e}"
+
+
+@worker_ready.connect
+def _start_lease_reaper(sender=None, **_) -> None:
+    """Each worker re-queues the ingests whose worker died (its lease lapsed): at start, then
+    every few seconds (workers/leases.py)."""
+    app = sender.app
+    start_reaper(Leases(runtime().settings.redis_url),
+                 lambda vid: app.send_task("videokv.ingest_video", args=[vid]))
 
 
 def _row(video_id: str, qi: int, question: str, **fields) -> dict:
@@ -82,14 +132,21 @@ def _row(video_id: str, qi: int, question: str, **fields) -> dict:
             "timings": {}, "kv_bytes_loaded": 0, "video_prefill_runs": 0, "error": "", **fields}
 
 
+# A job answers for at most this long before it puts itself back at the end of its queue:
+# an ingest queued behind a long job waits one slice, not the whole job (a 150-question job
+# once held back a 13 s ingest for 243 s on the documented single worker).
+JOB_SLICE_S = 5.0
+
+
 @shared_task(bind=True, name="videokv.run_job", max_retries=None)
 def run_job(self, job_id: str) -> dict:
     rt = runtime()
+    home = rt.settings.home
     try:
-        job = J.load_job(job_id, rt.settings.home)
+        job = J.load_job(job_id, home)
     except J.JobNotFound:
         return {"job_id": job_id, "status": "DELETED"}
-    if job["status"] in ("DONE", "FAILED"):
+    if job["status"] in J.FINAL:
         return {"job_id": job_id, "status": job["status"]}
     # Wait (without holding the worker) for videos still being ingested.
     pending = []
@@ -100,28 +157,33 @@ def run_job(self, job_id: str) -> dict:
         except VideoNotFoundError:
             pass
     if pending:
-        J.update_job(job_id, rt.settings.home, status="WAITING", error=f"waiting for {len(pending)} video(s) to be READY")
+        J.update_job(job_id, home, status="WAITING", error=f"waiting for {len(pending)} video(s) to be READY")
         raise self.retry(countdown=3, max_retries=2400)
-    done = {(r["video_id"], r["question_index"]) for r in J.read_results(job_id, rt.settings.home)}
-    J.update_job(job_id, rt.settings.home, status="RUNNING", done=len(done), error="")
-    errors = sum(1 for r in J.read_results(job_id, rt.settings.home) if r.get("error"))
-    for vid in job["video_ids"]:
-        for qi, q in enumerate(job["questions"]):
-            if (vid, qi) in done:
-                continue
-            try:
-                ans = rt.queries.ask(vid, q, top_k=job["top_k"], mode=job["mode"], count_by=job.get("count_by"),
-                                     max_new_tokens=job["max_new_tokens"])
-                d = ans.to_dict()
-                row = _row(vid, qi, q, **{k: d[k] for k in ("answer", "evidence", "timings", "kv_bytes_loaded",
-                                                             "video_prefill_runs", "context_tokens", "mode")})
-            except VideoKVError as e:    # deleted or failed video, ...: a row that says why
-                row = _row(vid, qi, q, error=str(e))
-                errors += 1
-            J.append_result(job_id, row, rt.settings.home)
-            done.add((vid, qi))
-            J.update_job(job_id, rt.settings.home, done=len(done), errors=errors)
-    J.update_job(job_id, rt.settings.home, status="DONE")
+    rows = J.read_results(job_id, home)
+    done = {(r["video_id"], r["question_index"]) for r in rows}
+    errors = sum(1 for r in rows if r.get("error"))
+    if J.update_job(job_id, home, running=True, done=len(done), errors=errors)["status"] in J.FINAL:
+        return {"job_id": job_id, "status": "CANCELLED"}
+    started = time.monotonic()
+    todo = [(vid, qi, q) for vid in job["video_ids"] for qi, q in enumerate(job["questions"]) if (vid, qi) not in done]
+    for vid, qi, q in todo:
+        if time.monotonic() - started > JOB_SLICE_S:
+            self.apply_async((job_id,))                  # the rest, behind what queued meanwhile
+            return {"job_id": job_id, "status": "RUNNING", "rows": len(done), "continued": True}
+        try:
+            ans = rt.queries.ask(vid, q, top_k=job["top_k"], mode=job["mode"], count_by=job.get("count_by"),
+                                 max_new_tokens=job["max_new_tokens"])
+            d = ans.to_dict()
+            row = _row(vid, qi, q, **{k: d[k] for k in ("answer", "evidence", "timings", "kv_bytes_loaded",
+                                                         "video_prefill_runs", "context_tokens", "mode")})
+        except VideoKVError as e:    # deleted or failed video, ...: a row that says why
+            row = _row(vid, qi, q, error=str(e))
+            errors += 1
+        J.append_result(job_id, row, home)
+        done.add((vid, qi))
+        if J.update_job(job_id, home, done=len(done), errors=errors)["status"] in J.FINAL:
+            return {"job_id": job_id, "status": "CANCELLED", "rows": len(done)}
+    J.update_job(job_id, home, status="DONE")
     return {"job_id": job_id, "status": "DONE", "rows": len(done), "errors": errors}
 
 

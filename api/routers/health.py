@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -12,13 +15,22 @@ def router(svc, models) -> APIRouter:
     r = APIRouter(tags=["health"])
     settings = svc.settings
 
+    # async: answered on the event loop itself, never queued behind work in the thread pool
+    # (a backlog of questions there once made a liveness probe wait 11 s).
     @r.get("/healthz", response_model=Health)
-    def healthz():
+    async def healthz():
         return {"status": "ok"}
 
     @r.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
     def readyz():
         checks = {}
+        where = Path(settings.home)
+        while not where.exists() and where != where.parent:      # a home not made yet: its disk
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        ok_free = free >= settings.min_free_mb << 20
+        checks["disk"] = (f"{'ok' if ok_free else 'error: low'} ({free >> 20} MiB free under VIDEOKV_HOME, "
+                          f"needs {settings.min_free_mb} MiB: VIDEOKV_MIN_FREE_MB)")
         try:
             import redis
             redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2).ping()

@@ -8,7 +8,6 @@ import asyncio
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from videokv.kvstore import Status
 
@@ -19,12 +18,12 @@ from .deps import problems, tenant_of
 
 
 def router(svc, models) -> APIRouter:
-    r = APIRouter(tags=["query"], responses=problems(401, 422))
+    r = APIRouter(tags=["query"], responses=problems(400, 401, 413, 422))
     tenant = tenant_of(svc)
     QueryRequest, SearchRequest = models.QueryRequest, models.SearchRequest
 
     @r.post("/v1/videos/{video_id}/query", response_model=Answer,
-            responses={200: {"content": {"text/event-stream": {}}}, **problems(404, 409)},
+            responses={200: {"content": {"text/event-stream": {}}}, **problems(404, 409, 503)},
             description="Answer a question from the stored KV cache (no video prefill). "
                         "`stream: true` -> text/event-stream of `token` events, then `answer`.")
     async def query(video_id: str, body: QueryRequest, t: str = Depends(tenant)):
@@ -35,7 +34,7 @@ def router(svc, models) -> APIRouter:
                                + (f" ({rec.reason})" if rec.reason else "") + ": ask again once it is READY",
                           code="video_not_ready")
         if not body.stream:
-            return await run_in_threadpool(svc.ask, video_id, body)
+            return await svc.submit_question(svc.ask, video_id, body)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
 
@@ -46,8 +45,9 @@ def router(svc, models) -> APIRouter:
             except Exception as e:  # reported in-stream: headers are already sent
                 loop.call_soon_threadsafe(q.put_nowait, ("error", {"detail": str(e), "type": type(e).__name__}))
 
+        fut = svc.submit_question(work)        # admitted (or 503) before the stream starts
+
         async def gen():
-            fut = loop.run_in_executor(None, work)
             while True:
                 kind, data = await q.get()
                 if kind == "token":
@@ -63,9 +63,9 @@ def router(svc, models) -> APIRouter:
     def search(body: SearchRequest, t: str = Depends(tenant)):
         svc.check_question(body.query, "query")
         recs = {v: svc.owned(v, t) for v in body.video_ids} if body.video_ids is not None else {}
-        with svc.ask_lock:   # the model is shared with interactive questions
-            hits = svc.rt.queries.search(body.query, body.top_k, tenant=t,
-                                         video_ids=list(recs) if body.video_ids is not None else None)
+        # Not on the question thread: embedding a query never waits behind decoding.
+        hits = svc.rt.queries.search(body.query, body.top_k, tenant=t,
+                                     video_ids=list(recs) if body.video_ids is not None else None)
         out = []
         for h in hits:
             rec = recs.get(h.video_id) or recs.setdefault(h.video_id, svc.rt.store.get_video(h.video_id))

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from videokv.ingest.video import rotation_turns
 from videokv.kvstore import Status, VideoNotFoundError
 
 from ..problems import Problem
@@ -18,6 +19,15 @@ from ..schemas import Transcript, UploadedVideo, Video, VideoList
 from ..service import TERMINAL, sse, video_view
 from ..upload import receive_file
 from .deps import problems, tenant_of
+
+_SWITCH = {"type": "string", "enum": ["true", "false"], "description": "a text channel on or off for this upload"}
+# The upload is read by a streaming multipart parser (api/upload.py), not by FastAPI: its
+# body is declared here so /openapi.json documents it.
+UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "the video"},
+                   "ocr": _SWITCH, "asr": _SWITCH, "subtitles": _SWITCH,
+                   "subtitles_file": {"type": "string", "format": "binary", "description": "a .srt or .vtt file"}}}}}}
 
 
 def router(svc, models) -> APIRouter:
@@ -27,7 +37,8 @@ def router(svc, models) -> APIRouter:
 
     @r.post("", status_code=202, response_model=UploadedVideo,
             responses={200: {"model": UploadedVideo, "description": "already uploaded (same id)"},
-                       **problems(400, 413, 415, 422, 503)},
+                       **problems(400, 413, 415, 422, 503, 507)},
+            openapi_extra={"requestBody": UPLOAD_BODY},
             description="multipart/form-data with a `file` part. 202: queued for ingest; 200: the same "
                         "file was already uploaded by this tenant with this model config (same id).")
     async def upload(request: Request, t: str = Depends(tenant)):
@@ -125,6 +136,9 @@ def jpeg_at(path: str, t: float, max_side: int) -> bytes:
         if chosen is None:
             raise Problem(422, f"no frame at t={t}", code="no_frame")
         img = chosen.to_image()
+        turns = rotation_turns(chosen)
+        if turns:                                   # as the phone that filmed it shows it
+            img = img.rotate(90 * turns, expand=True)
     img.thumbnail((max_side, max_side))
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=85)

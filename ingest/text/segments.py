@@ -95,16 +95,23 @@ class BadSubtitles(VideoKVError):
     code = "bad_subtitles"
 
 
-def content_key(video_sha256: str, opts: TextOptions | None, has_embedded_subtitles: bool = False) -> str:
+def content_key(video_sha256: str, opts: TextOptions | None, has_embedded_subtitles: bool = False,
+                tenant: str | None = None) -> str:
     """What a video's KVs are stored under (with the model fingerprint): the file's sha256
     when no text channel can add anything, else a hash over the file and everything the
-    text depends on, so the same file ingested with other channels is another content."""
-    if opts is None or not opts.active(has_embedded_subtitles):
-        return video_sha256
-    sub = ""
-    if opts.subtitle_file:
-        sub = hashlib.sha256(open(opts.subtitle_file, "rb").read()).hexdigest()
-    return hashlib.sha256(f"{video_sha256}|text:{opts.identity(sub)}".encode()).hexdigest()
+    text depends on, so the same file ingested with other channels is another content.
+    tenant: KVs are the tenant's own (the default): another tenant uploading the same bytes
+    gets its own content, ingested for it, so nothing tells it that someone else has the
+    file. None: contents are shared across tenants (VIDEOKV_SHARE_KV_ACROSS_TENANTS)."""
+    key = video_sha256
+    if opts is not None and opts.active(has_embedded_subtitles):
+        sub = ""
+        if opts.subtitle_file:
+            sub = hashlib.sha256(open(opts.subtitle_file, "rb").read()).hexdigest()
+        key = hashlib.sha256(f"{video_sha256}|text:{opts.identity(sub)}".encode()).hexdigest()
+    if tenant is not None:
+        key = hashlib.sha256(f"{key}|tenant:{tenant}".encode()).hexdigest()
+    return key
 
 
 SUBTITLE_SUFFIXES = (".srt", ".vtt")

@@ -124,3 +124,33 @@ def test_a_single_keyframe_file_is_decoded_once_not_once_per_sample(make_video):
     stats = {}
     assert sum(len(b) for b in iter_frames(dense, 0.05, 10_000, stats=stats)) == n // 20
     assert stats["seeks"] > 0 and stats["decoded"] < n // 2, stats
+
+
+def test_rotation_metadata_turns_frames_upright(tmp_path):
+    """A phone video stored sideways with a display rotation is sampled upright, as ffmpeg
+    shows it (autorotate), and probe reports its displayed size."""
+    import av
+
+    from videokv.ingest.video import probe, sample_frames
+
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=4)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        s.set_display_rotation(90)
+        for i in range(8):
+            a = np.zeros((32, 64, 3), np.uint8)
+            a[:, :32] = 255                                     # stored: the left half is white
+            f = av.VideoFrame.from_ndarray(a, format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+    info = probe(path)
+    assert (info.width, info.height, info.rotation) == (32, 64, 1)
+    got = sample_frames(path, 1.0, 100, info=info).frames[0]
+    assert got.shape == (64, 32, 3)
+    # a quarter turn counter-clockwise (what `ffmpeg -i portrait.mp4 x.png` writes): the stored
+    # left half ends up at the bottom
+    assert got[40:].mean() > 200 and got[:24].mean() < 50
+    small = sample_frames(path, 1.0, 100, size=(16, 32), info=info).frames[0]
+    assert small.shape == (32, 16, 3) and small[20:].mean() > 200 and small[:12].mean() < 50

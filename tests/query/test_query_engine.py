@@ -137,3 +137,19 @@ def test_unknown_video_is_not_found(ingested):
     rt, _ = ingested
     with pytest.raises(VideoNotFoundError):
         rt.queries.ask("nope", QUESTION)
+
+
+def test_dense_beyond_the_models_positions_is_refused_not_answered(ingested, monkeypatch):
+    """Dense mode on a video whose L-KVs do not fit the model's positions answered garbage
+    with a 200; it is refused now (ContextTooLong, a 422 in the API), bilevel still answers."""
+    from videokv.query.engine import ContextTooLong
+
+    rt, res = ingested
+    bilevel = rt.queries.ask(res.video_id, QUESTION, max_new_tokens=4)
+    dense = rt.queries.ask(res.video_id, QUESTION, mode="dense", max_new_tokens=4)
+    limit = (bilevel.context_tokens + dense.context_tokens) // 2 + 40       # bilevel fits, dense does not
+    monkeypatch.setattr(rt.backend.config, "max_position_embeddings", limit)
+    with pytest.raises(ContextTooLong, match=f"and the model has {limit}: ask in bilevel mode") as e:
+        rt.queries.ask(res.video_id, QUESTION, mode="dense", max_new_tokens=4)
+    assert e.value.http_status == 422 and e.value.code == "context_too_long"
+    assert rt.queries.ask(res.video_id, QUESTION, max_new_tokens=4).answer == bilevel.answer

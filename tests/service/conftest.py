@@ -104,6 +104,54 @@ class Worker:
         self._fh.close()
 
 
+class ApiServer:
+    """`uvicorn videokv.services:api_app` as a subprocess on a free loopback port."""
+
+    def __init__(self, env: dict, log: Path):
+        self.env, self.log, self.proc = env, log, None
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> "ApiServer":
+        import httpx
+        self._fh = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "videokv.services:api_app", "--factory",
+                                      "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                                     env=self.env, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"the API exited: see {self.log}"
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._fh.close()
+
+
+def service_process_env(home: Path, redis_url: str, **settings) -> dict:
+    """The environment of a test service's processes: its own home, the shared model cache,
+    one torch thread, VIDEOKV_<KEY> for each of `settings`."""
+    env = {**os.environ, "VIDEOKV_HOME": str(home), "VIDEOKV_MODEL_CACHE": str(MODEL_CACHE),
+           "VIDEOKV_REDIS_URL": redis_url, "VIDEOKV_AUTH": "keys", "VIDEOKV_DEVICE": "cpu",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.update({f"VIDEOKV_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
 @pytest.fixture(scope="session")
 def service_env(tmp_path_factory):
     work = tmp_path_factory.mktemp("service")

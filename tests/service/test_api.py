@@ -64,7 +64,8 @@ def test_bad_requests_store_and_queue_nothing(svc, app_client, keys, videos, tmp
     _problem(app_client.post(q, headers=auth(k), json={"question": "x" * 100_000}), 422)
     _problem(app_client.post(q, headers=auth(k), json={"question": "hi"}), 404)
     _problem(app_client.post("/v1/search", headers=auth(k), json={"query": ""}), 422)
-    _problem(app_client.post("/v1/jobs", headers=auth(k), json={"video_ids": ["nosuch"], "questions": ["a"]}), 404)
+    _problem(app_client.post("/v1/jobs", headers=auth(k), json={"video_ids": ["nosuch"], "questions": ["a"]}), 422)
+    _problem(app_client.post("/v1/jobs", headers=auth(k), json={"video_ids": ["0" * 12], "questions": ["a"]}), 404)
     # Nothing stored, nothing queued, no upload left behind.
     assert app_client.get("/v1/videos", headers=auth(k)).json() == {"videos": []}
     assert svc["redis"].client().llen("ingest") == 0
