@@ -87,7 +87,9 @@ class Video(BaseModel):
     fps: float
     container: str
     codec: str
-    chunks_total: int
+    sample_fps: float = Field(description="the rate frames were sampled at: VIDEOKV_SAMPLE_FPS, or lower "
+                                          "where VIDEOKV_MAX_FRAMES capped a long video (0 until probed)")
+    chunks_total: int = Field(description="chunks of the video (while ingesting: those its sampling will give)")
     chunks_done: int
     progress: float = Field(description="0..1")
     error: str = Field(description="why it FAILED ('' otherwise)")
@@ -128,7 +130,8 @@ class Evidence(BaseModel):
     t_start: float
     t_end: float
     score: float
-    level: str = Field(description="L, H, or 'count' (a span the counter counted)")
+    level: str = Field(description="L, H, G (in its group's gist), '-' (left out of a budgeted context) "
+                                   "or 'count' (a span the counter counted)")
 
 
 class Answer(BaseModel):
@@ -137,12 +140,17 @@ class Answer(BaseModel):
     timings: dict[str, float] = Field(description="retrieve_ms, load_ms, prefill_ms, decode_ms, ttft_ms")
     kv_bytes_loaded: int
     kv_bytes_read: int
-    context_tokens: int
+    context_tokens: int = Field(description="positions the assembled video context took (at most context_budget)")
     video_prefill_runs: int
     mode: str
     video_id: str
     question: str
     extra: dict[str, Any]
+    levels: dict[str, int] = Field(default_factory=dict,
+                                   description="chunks at each level: L, H, G (a group's gist), dropped")
+    policy: str = Field("", description="how the context was chosen: bilevel, pyramid, drop, dense, sparse")
+    context_budget: int = Field(0, description="most positions the video context could take")
+    sample_fps: float = Field(0.0, description="the rate the video was sampled at")
 
 
 class SearchHit(BaseModel):

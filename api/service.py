@@ -184,12 +184,13 @@ class Service:
 
 # -------------------------------------------------------------------- views
 def video_view(rec: VideoRecord) -> dict:
-    total = rec.chunks_total
-    progress = 1.0 if rec.status is Status.READY else (rec.chunks_done / total if total else 0.0)
+    # While a video streams in, its plan is not written yet: the sampling plan's count stands in.
+    total = rec.chunks_total or rec.chunks_expected
+    progress = 1.0 if rec.status is Status.READY else (min(rec.chunks_done / total, 0.999) if total else 0.0)
     url = f"/v1/videos/{rec.video_id}"
     return {"id": rec.video_id, "status": rec.status.value, "filename": rec.filename,
             "duration": round(rec.duration, 3), "fps": round(rec.fps, 3), "container": rec.container,
-            "codec": rec.codec, "chunks_total": total, "chunks_done": rec.chunks_done,
+            "codec": rec.codec, "sample_fps": round(rec.sample_fps, 6), "chunks_total": total, "chunks_done": rec.chunks_done,
             "progress": round(progress, 4), "error": rec.reason if rec.status is Status.FAILED else "",
             "note": rec.reason if rec.status is not Status.FAILED else "",
             "created": rec.created, "updated": rec.updated, "status_url": url, "events_url": url + "/events",

@@ -55,18 +55,26 @@ def _sync(be):
         torch.cuda.synchronize(be.device)
 
 
-def _chunk_inputs(rt, frames, plan):
-    """ChunkInputs as the pipeline makes them (one tower call per chunk; batched on CUDA)."""
-    from videokv.engine.prefill import ChunkInput
-    from videokv.ingest.pipeline import frames_to_tensor
+def _writer(rt):
+    """A StreamWriter of the pipeline, for its vision-tower grouping (not for writing)."""
+    from videokv.ingest.text import TextOptions
+    from videokv.ingest.writer import StreamWriter
 
-    pipe, be = rt.pipeline, rt.backend
-    if pipe._batch_vision():
-        yield from pipe._batched_inputs(plan.chunks, frames, None)
-        return
-    for c in plan.chunks:
-        visual = be.vision_tokens(frames_to_tensor(frames[c.frame_start:c.frame_end]))
-        yield ChunkInput(c.index, visual.reshape(-1, visual.shape[-1]), c.frame_start, c.frame_end, c.t_start, c.t_end)
+    w = StreamWriter(rt.pipeline, "", Path(), None, TextOptions(), rt.config.sample_fps)
+    w.wants_frames = False                # nothing is committed here: keep no frames for the oracles
+    return w
+
+
+def _chunk_inputs(rt, frames, plan):
+    """ChunkInputs as ingest makes them (one tower call per chunk; batched on CUDA)."""
+    import numpy as np
+
+    from videokv.ingest.stream import ChunkFrames
+
+    w = _writer(rt)
+    chunks = (ChunkFrames(c, frames[c.frame_start:c.frame_end], np.zeros(0)) for c in plan.chunks)
+    for group in w.vision_groups(chunks):
+        yield from w.chunk_inputs(group)
 
 
 def _peak(be, track: bool):
@@ -257,7 +265,9 @@ def run(args) -> dict:
     fps = float(base.sample_fps)
     home = args.home or Path(tempfile.mkdtemp(prefix="videokv-bench-ingest-"))
     need = int(round(max(args.minutes) * 60 * fps))
-    upd = {"home": home, "max_frames": max(base.max_frames, need)}
+    upd = {"home": home}
+    if base.max_frames is not None:                       # a cap set: lift it to the longest video
+        upd["max_frames"] = max(base.max_frames, need)
     if args.window is not None:
         upd["window"] = args.window
     if args.dtype or cuda:
@@ -278,7 +288,7 @@ def run(args) -> dict:
            "attn_implementation": getattr(be.model.config, "_attn_implementation", None),
            "memory": "cuda max_memory_allocated above weights" if cuda else
            "peak live tensors created in the prefill (PeakTensorMemory, separate pass)",
-           "vision_batched_across_chunks": rt.pipeline._batch_vision(), "home": str(home)}
+           "vision_batched_across_chunks": _writer(rt).batch_vision, "home": str(home)}
     result = {"bench": "ingest", "partial": True, "config": cfg, "machine": machine(be.device), "lengths": []}
     try:
         for minutes in args.minutes:

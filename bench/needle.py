@@ -271,7 +271,7 @@ def ask_haystack(rt, video_id: str, truth: dict, modes, top_k: int, max_new_toke
     nbytes = {lvl: [records[i].nbytes[lvl] for i in range(n)] for lvl in ("L", "H")}
     dense_bytes = prefix_bytes + sum(nbytes["L"])
     first_last = {0, n - 1} if (q.always_first_last and n) else set()
-    q.pager.load(video_id, n, {i: "H" for i in range(n)})     # H-set hot: every mode timed alike
+    q.hot.get(video_id, "H")                                # H-set hot: every mode timed alike
     rows = []
     for qa in (x for x in truth["questions"] if x["type"] in types):
         suffix = be.prompt_parts(rt.config.system_prompt, qa["question"])[1]
@@ -575,7 +575,7 @@ def run(args) -> dict:
     if not 1 <= fps <= 60:
         raise SystemExit(f"videokv bench needle: sampling at {fps:g} fps; haystacks are rendered at the sampling "
                          f"rate, which the toy world allows only in 1-60 fps")
-    too_long = [n for n in args.lengths if n > settings.max_frames]
+    too_long = [n for n in args.lengths if settings.max_frames is not None and n > settings.max_frames]
     if too_long:
         raise SystemExit(f"videokv bench needle: lengths {too_long} exceed VIDEOKV_MAX_FRAMES={settings.max_frames}")
     chunk_seconds = settings.chunk_frames / fps

@@ -314,7 +314,7 @@ def run(args) -> dict:
     cuda = torch.cuda.is_available() and base.device in ("auto", "cuda")
     fps = float(base.sample_fps)
     need = int(round(max(args.minutes) * 60 * fps))
-    upd = {"max_frames": max(base.max_frames, need)}
+    upd = {} if base.max_frames is None else {"max_frames": max(base.max_frames, need)}
     if args.dtype or cuda:
         upd["dtype"] = args.dtype or "bfloat16"
     settings = base.model_copy(update=upd)

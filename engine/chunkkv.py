@@ -8,7 +8,7 @@ from enum import IntEnum
 
 import torch
 
-LEVELS = ("full", "L", "H")
+LEVELS = ("full", "L", "H", "G")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,9 @@ class ChunkKV:
     index: chunk number in the video; -1 for the prompt prefix (system prompt).
     frame_start, frame_end: sampled-frame range [start, end).
     t_start, t_end: time span in seconds (first frame's timestamp, end of last frame).
-    level: "full" (uncompressed), "L" (low compression) or "H" (high compression).
+    level: "full" (uncompressed), "L" (low compression), "H" (high compression) or "G" (the
+        gist of a group of chunks: their H-KVs pooled once more; index = the group's first
+        chunk, frames and times span the group).
     fingerprint: the model fingerprint (engine.config) these bytes were made with.
     """
 

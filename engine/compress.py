@@ -10,6 +10,7 @@ out that way: "Time t:" text first, then its frames' visual tokens).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -123,6 +124,21 @@ class Stride(ScorePolicy):
     def score(self, keys, values, attention):
         pos = torch.arange(keys.shape[2], device=keys.device)
         return -(pos % self.ratio).float().expand(*keys.shape[:2], -1)
+
+
+def gist(parts: Sequence[ChunkKV], ratio: int) -> ChunkKV:
+    """The gist of consecutive chunks: the visual rows of their H-KVs (timestamps and text
+    left out), in temporal order, averaged in runs of `ratio` (as AvgPool): one part of
+    ceil(rows / ratio) visual tokens that keeps a coarse memory of every moment of the group.
+    parts: the group's chunks at H, in order -> ChunkKV level "G" [L, Hkv, tokens, D]."""
+    vis = [p.kinds != TokenKind.TEXT for p in parts]
+    keys = torch.cat([p.keys[:, :, v] for p, v in zip(parts, vis)], dim=2)
+    values = torch.cat([p.values[:, :, v] for p, v in zip(parts, vis)], dim=2)
+    k, v = AvgPool(ratio=ratio)._reduce(keys, values, None)
+    first, last = parts[0], parts[-1]
+    return ChunkKV(k, v, torch.full((k.shape[2],), TokenKind.VISUAL, dtype=torch.uint8), index=first.index,
+                   frame_start=first.frame_start, frame_end=last.frame_end, t_start=first.t_start, t_end=last.t_end,
+                   level="G", fingerprint=first.fingerprint)
 
 
 def attention_received(backend: HFCausalBackend, queries: torch.Tensor, keys_pre: torch.Tensor,

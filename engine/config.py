@@ -53,7 +53,9 @@ class EngineConfig:
     tokens_per_frame: int = 16
     chunk_frames: int = 16
     sample_fps: float = 1.0
-    max_frames: int = 4096        # sampling cap: a longer video is sampled more sparsely
+    max_frames: int | None = None  # sampling cap (None: sample_fps for any length)
+    gist_chunks: int = 8           # chunks per group of the gist level G (0: no gist level)
+    gist_ratio: int = 8            # H visual rows per G row
     system_prompt: str = "You are a helpful assistant that answers questions about a video."
     l_kv: CompressionConfig = field(default_factory=lambda: CompressionConfig("avgpool", 2))
     h_kv: CompressionConfig = field(default_factory=lambda: CompressionConfig("avgpool", 16))

@@ -15,6 +15,8 @@ import numpy as np
 
 from videokv.engine.chunkkv import ChunkSpan
 
+from .stream import last_chunk_end
+
 
 @dataclass(frozen=True)
 class ChunkPlan:
@@ -75,9 +77,7 @@ def plan_chunks(
         step = float(np.median(np.diff(ts)))
     else:
         step = float(duration)
-    last_end = ts[-1] + step
-    if duration > ts[-1]:
-        last_end = min(last_end, float(duration))
+    last_end = last_chunk_end(float(ts[-1]), duration, step)
 
     chunks = []
     for index, start in enumerate(range(0, len(ts), chunk_frames)):

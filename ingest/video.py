@@ -136,6 +136,8 @@ class SampledFrames:
 
     frames:     uint8 [N, H, W, 3] RGB (H, W = `size` if resizing, else the source's).
     timestamps: float64 [N] seconds, the chosen frames' own times (pts-based).
+    extra:      uint8 [N, h, w, 3] the same frames at a second size (`extra_size`; OCR reads
+                them near native resolution), or None.
     pts:        int64 [N] the chosen frames' pts in `time_base` units (source identity).
     targets:    float64 [N] the target time each frame was chosen for.
     """
@@ -145,6 +147,7 @@ class SampledFrames:
     pts: np.ndarray
     targets: np.ndarray
     time_base: Fraction = field(default=Fraction(1, 1))
+    extra: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -160,6 +163,7 @@ class SampledFrames:
             np.concatenate([p.pts for p in parts]),
             np.concatenate([p.targets for p in parts]),
             parts[0].time_base,
+            np.concatenate([p.extra for p in parts]) if parts[0].extra is not None else None,
         )
 
 
@@ -351,16 +355,23 @@ def _gap_tolerance(fps: float) -> float:
 # ---------------------------------------------------------------- sampling
 
 
-def sample_targets(duration: float, fps: float, max_frames: int) -> np.ndarray:
-    """Target times float64 [N]: 0, 1/fps, 2/fps, ... < duration; if that is more than
-    `max_frames`, `max_frames` times spread uniformly: k * duration / max_frames."""
-    if fps <= 0 or max_frames <= 0:
+def sample_targets(duration: float, fps: float, max_frames: int | None = None) -> np.ndarray:
+    """Target times float64 [N]: 0, 1/fps, 2/fps, ... < duration, for any length. With a cap
+    `max_frames` and more targets than that: `max_frames` times spread uniformly
+    (k * duration / max_frames), i.e. sampled at `effective_fps` instead."""
+    if fps <= 0 or (max_frames is not None and max_frames <= 0):
         raise ValueError("fps and max_frames must be positive")
     count = int(np.ceil(duration * fps - 1e-9)) if duration > 0 else 1
     count = max(count, 1)
-    if count <= max_frames:
+    if max_frames is None or count <= max_frames:
         return np.arange(count, dtype=np.float64) / fps
     return np.arange(max_frames, dtype=np.float64) * (duration / max_frames)
+
+
+def effective_fps(duration: float, fps: float, max_frames: int | None = None) -> float:
+    """The rate a video is really sampled at: `fps`, or lower where the cap applies."""
+    n = len(sample_targets(duration, fps, max_frames))
+    return fps if max_frames is None or n < max_frames or duration <= 0 else n / duration
 
 
 class _Cursor:
@@ -462,13 +473,14 @@ def _choose(cursor: _Cursor, target: float, seek: bool) -> tuple[av.VideoFrame, 
 def iter_frames(
     path: str | os.PathLike,
     fps: float,
-    max_frames: int,
+    max_frames: int | None = None,
     size: tuple[int, int] | None = None,
     batch_size: int = 16,
     mode: str = "auto",
     dedupe: bool = True,
     info: VideoInfo | None = None,
     stats: dict | None = None,
+    extra_size: tuple[int, int] | None | bool = False,
 ) -> Iterator[SampledFrames]:
     """Sample the video at `fps` (capped at `max_frames`) and yield batches of at most
     `batch_size` frames, in time order, so a long video is never all in memory.
@@ -480,6 +492,8 @@ def iter_frames(
     dedupe: skip a target whose chosen frame is the one already emitted (sampling
       faster than the source's frame rate), so no frame appears twice.
     stats: filled with "decoded" (frames) and "seeks" when given.
+    extra_size: also each frame at this (W, H) (None: the source's size) in `.extra`, from
+      the same decode (False: not at all).
     """
     path = Path(path)
     info = info or probe(path)
@@ -488,17 +502,14 @@ def iter_frames(
     if mode not in ("auto", "seek", "sequential"):
         raise ValueError(f"unknown sampling mode {mode!r}")
     seek = mode == "seek" or (mode == "auto" and spacing >= SEEK_THRESHOLD_S)
-    width, height = size if size else (info.width, info.height)
     turns = info.rotation
-    reformat = {"format": "rgb24"}
-    if size:   # resized as stored, then turned upright: a quarter turn swaps the sides
-        w, h = (height, width) if turns % 2 else (width, height)
-        reformat.update(width=w, height=h, interpolation="AREA")
+    reformat = _reformat(size, turns)
+    reformat_extra = None if extra_size is False else _reformat(extra_size, turns)
 
     with _open(path) as container:
         stream = _video_stream(container, path)
         cursor = _Cursor(container, stream, path, info.start_pts)
-        batch: list[tuple[np.ndarray, float, int, float]] = []
+        batch: list[tuple] = []
         last_pts = None
         for target in targets:
             chosen = _choose(cursor, float(target), seek)
@@ -511,9 +522,8 @@ def iter_frames(
             if dedupe and pts == last_pts:
                 continue
             last_pts = pts
-            pixels = frame.to_ndarray(**reformat)
-            batch.append((np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels, cursor.time(pts), pts,
-                          float(target)))
+            batch.append((_upright(frame.to_ndarray(**reformat), turns), cursor.time(pts), pts, float(target),
+                          None if reformat_extra is None else _upright(frame.to_ndarray(**reformat_extra), turns)))
             if len(batch) == batch_size:
                 yield _batch(batch, stream.time_base)
                 batch = []
@@ -525,18 +535,34 @@ def iter_frames(
             stats.update(decoded=cursor.decoded, seeks=cursor.seeks)
 
 
+def _reformat(size: tuple[int, int] | None, turns: int) -> dict:
+    """PyAV reformat arguments: RGB at (W, H) as displayed (resized as stored, then turned
+    upright: a quarter turn swaps the sides); None: the source's size."""
+    out = {"format": "rgb24"}
+    if size:
+        width, height = size
+        w, h = (height, width) if turns % 2 else (width, height)
+        out.update(width=w, height=h, interpolation="AREA")
+    return out
+
+
+def _upright(pixels: np.ndarray, turns: int) -> np.ndarray:
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
+
+
 def _batch(items, time_base) -> SampledFrames:
-    frames, times, pts, targets = zip(*items)
+    frames, times, pts, targets, extra = zip(*items)
     return SampledFrames(
         np.stack(frames), np.asarray(times, np.float64), np.asarray(pts, np.int64),
         np.asarray(targets, np.float64), Fraction(time_base),
+        None if extra[0] is None else np.stack(extra),
     )
 
 
 def sample_frames(
     path: str | os.PathLike,
     fps: float,
-    max_frames: int,
+    max_frames: int | None = None,
     size: tuple[int, int] | None = None,
     mode: str = "auto",
     dedupe: bool = True,

@@ -55,4 +55,9 @@ class StorageBackend(Protocol):
         touch nothing but the transaction)."""
         ...
 
+    def release_pages(self) -> None:
+        """Let go of whatever of the store this process holds resident that the system can
+        read again (a long writer calls it between transactions); may do nothing."""
+        ...
+
     def close(self) -> None: ...

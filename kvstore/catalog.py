@@ -14,16 +14,15 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 
 from videokv.engine.chunkkv import ChunkSpan
 
-from . import blob as blobfmt
 from . import keys as K
 from .backend import StorageBackend
-from .errors import ChunkNotFoundError, FingerprintMismatchError, IllegalTransition, NotReadyError, VideoNotFoundError
+from .errors import ChunkNotFoundError, IllegalTransition, VideoNotFoundError
 
 
 class Status(str, Enum):
@@ -56,13 +55,15 @@ class VideoRecord:
     duration: float = 0.0
     fps: float = 0.0
     sampled_frames: int = 0
-    plan: list[ChunkSpan] = field(default_factory=list)
+    plan: list[ChunkSpan] = field(default_factory=list)   # set when the last chunk commits
     status: Status = Status.QUEUED
     reason: str = ""
     chunks_done: int = 0
     created: float = 0.0
     updated: float = 0.0
     extra: dict = field(default_factory=dict)
+    chunks_expected: int = 0      # while streaming: the chunks the sampling plan will give
+    sample_fps: float = 0.0       # the rate it was sampled at (below the setting when capped)
 
     @property
     def chunks_total(self) -> int:
@@ -99,6 +100,8 @@ class ChunkRecord:
     nbytes: dict[str, int]
     oracles: list[str]
     created: float
+    text_line: bool = False       # the chunk has a text-channel line (kept whole at H)
+    visual: dict[str, int] = field(default_factory=dict)   # per level: its visual (non-text) rows
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -106,6 +109,9 @@ class ChunkRecord:
     @classmethod
     def from_json(cls, b) -> "ChunkRecord":
         return cls(**json.loads(bytes(b)))
+
+    def span(self) -> ChunkSpan:
+        return ChunkSpan(self.index, self.frame_start, self.frame_end, self.t_start, self.t_end)
 
 
 def _plan(plan) -> list[ChunkSpan]:
@@ -255,7 +261,8 @@ class Catalog:
         """Set probe results (duration, fps, plan, ...) or `extra` after creation."""
         if "plan" in fields:
             fields["plan"] = _plan(fields["plan"])
-        bad = set(fields) - {"filename", "container", "codec", "duration", "fps", "sampled_frames", "plan", "extra"}
+        bad = set(fields) - {"filename", "container", "codec", "duration", "fps", "sampled_frames", "plan", "extra",
+                             "chunks_expected", "sample_fps"}
         if bad:
             raise ValueError(f"cannot update {sorted(bad)}")
 
@@ -263,130 +270,6 @@ class Catalog:
             for k, v in fields.items():
                 setattr(rec, k, v)
         return self._update(video_id, change)
-
-    # ------------------------------------------------------------------- chunks
-    def put_chunk(self, video_id: str, levels: Iterable, embeddings: Mapping[str, object] | None = None,
-                  frame_vectors: Mapping[str, object] | None = None) -> bool:
-        """Commit one chunk's levels (ChunkKV "L"/"H"/"full"), its record, its embeddings
-        ({oracle_id: [dim] vector}) and per-frame vectors ({oracle_id: [frames, dim]}, float16,
-        not indexed) in ONE write transaction: a chunk is wholly there or not.
-
-        Returns False (and writes nothing) if the chunk is already committed, so a resumed
-        or duplicated ingest never creates duplicate entries. index -1 = prompt prefix
-        (stored like a chunk, no embeddings).
-        """
-        levels = list(levels.values() if isinstance(levels, Mapping) else levels)
-        if not levels:
-            raise ValueError("put_chunk needs at least one level")
-        first = levels[0]
-        idx = first.index
-        if len({c.level for c in levels}) != len(levels) or any(c.index != idx for c in levels):
-            raise ValueError("levels must be distinct levels of the same chunk index")
-        embs = {oid: _vec(v) for oid, v in (embeddings or {}).items()}
-        frames = {oid: _frames(v) for oid, v in (frame_vectors or {}).items()}
-        if idx < 0 and (embs or frames):
-            raise ValueError("the prompt prefix (index -1) has no embeddings")
-        encoded = [(c, blobfmt.encode(c.keys, c.values, c.kinds)) for c in levels]  # outside the txn
-        now = time.time()
-
-        def fn(txn):
-            rec = load_video(txn, video_id)
-            for c in levels:
-                if c.fingerprint != rec.fingerprint:
-                    raise FingerprintMismatchError(
-                        f"chunk {idx} level {c.level} was made with fingerprint {c.fingerprint!r}, "
-                        f"video {video_id} expects {rec.fingerprint!r}")
-            if idx >= rec.chunks_total:
-                raise ValueError(f"chunk {idx} is outside video {video_id}'s plan of {rec.chunks_total} chunks")
-            ck = rec.content_key
-            if txn.get("chunks", K.chunk_key(ck, idx)) is not None:
-                return False
-            seq = content_seq(txn, ck)
-            for c, buf in encoded:
-                txn.put("blobs", K.blob_key(ck, idx, c.level), buf)
-            okeys = []
-            for oid, v in embs.items():
-                okey = K.oracle_key(oid, v.size)
-                ek = K.emb_key(ck, idx, okey)
-                txn.put("embeddings", ek, v.tobytes())
-                _log(txn, {"op": "add", "o": okey, "s": seq, "c": idx, "k": ek.decode()})
-                okeys.append(okey)
-            for oid, m in frames.items():       # [frames, dim] float16, row-major
-                txn.put("embeddings", K.frames_key(ck, idx, K.oracle_key(oid, m.shape[1])), m.tobytes())
-            crec = ChunkRecord(idx, first.frame_start, first.frame_end, first.t_start, first.t_end,
-                               str(first.dtype).removeprefix("torch."), {c.level: c.tokens for c in levels},
-                               {c.level: c.nbytes for c in levels}, okeys, now)
-            txn.put("chunks", K.chunk_key(ck, idx), crec.to_json())
-            if idx >= 0:
-                rec.chunks_done += 1
-            if rec.status is Status.QUEUED:
-                rec.status = Status.INGESTING
-            rec.updated = now
-            txn.put("catalog", video_id.encode(), rec.to_json())
-            return True
-
-        return self.env.write(fn)
-
-    # ---------------------------------------------------------------- transcript
-    def put_transcript(self, video_id: str, transcript: dict) -> None:
-        """Store the video's text channel ({"segments": [...], "channels": {...}}) with its
-        content (shared by deduplicated uploads, deleted with the content); the channel
-        report also goes into the video record (`extra["text"]`), so a listing shows it."""
-        raw = json.dumps(transcript, separators=(",", ":")).encode()
-
-        def fn(txn):
-            rec = load_video(txn, video_id)
-            txn.put("blobs", K.transcript_key(rec.content_key), raw)
-            rec.extra = {**(rec.extra or {}), "text": transcript.get("channels", {})}
-            rec.updated = time.time()
-            txn.put("catalog", video_id.encode(), rec.to_json())
-
-        self.env.write(fn)
-
-    def get_transcript(self, video_id: str) -> dict | None:
-        """The stored text channel of the video's content, or None when none was extracted."""
-        with self.env.read() as txn:
-            rec = load_video(txn, video_id)
-            raw = txn.get("blobs", K.transcript_key(rec.content_key))
-            return None if raw is None else json.loads(bytes(raw))
-
-    def missing_chunks(self, video_id: str) -> list[int]:
-        """Plan indices with no committed chunk, ascending (resume from the first)."""
-        with self.env.read() as txn:
-            rec = load_video(txn, video_id)
-            return [s.index for s in rec.plan
-                    if txn.get("chunks", K.chunk_key(rec.content_key, s.index)) is None]
-
-    def has_prefix(self, video_id: str) -> bool:
-        with self.env.read() as txn:
-            rec = load_video(txn, video_id)
-            return txn.get("chunks", K.chunk_key(rec.content_key, -1)) is not None
-
-    def mark_ready(self, video_id: str, oracles: Iterable[str] = (), require_prefix: bool = True) -> VideoRecord:
-        """READY, only if every planned chunk (and the prefix) is committed with index
-        entries (an embedding for each of `oracles`, or for at least one oracle)."""
-        oracles = list(oracles)
-
-        def fn(txn):
-            rec = load_video(txn, video_id)
-            missing, unindexed = [], []
-            if require_prefix and txn.get("chunks", K.chunk_key(rec.content_key, -1)) is None:
-                missing.append(-1)
-            for s in rec.plan:
-                raw = txn.get("chunks", K.chunk_key(rec.content_key, s.index))
-                if raw is None:
-                    missing.append(s.index)
-                    continue
-                have = {o.rsplit("@", 1)[0] for o in ChunkRecord.from_json(raw).oracles}
-                if not have or any(o not in have for o in oracles):
-                    unindexed.append(s.index)
-            if missing or unindexed:
-                raise NotReadyError(video_id, missing, unindexed)
-            rec.status, rec.reason, rec.chunks_done, rec.updated = Status.READY, "", rec.chunks_total, time.time()
-            txn.put("catalog", video_id.encode(), rec.to_json())
-            return rec
-
-        return self.env.write(fn)
 
     def delete_video(self, video_id: str) -> bool:
         """Remove the video; with the last video over its content, also every blob, chunk

@@ -4,6 +4,8 @@
     chunks      {fingerprint}/{content_hash}/{index:06d}
     embeddings  {fingerprint}/{content_hash}/{index:06d}/{oracle_id}@{dim}
     blobs       {fingerprint}/{content_hash}/transcript                the text channel (JSON)
+    blobs       {fingerprint}/{content_hash}/transcript/{index:06d}    its segments final at a group commit
+    blobs       {fingerprint}/{content_hash}/transcript-open           those still open then
     contents    {fingerprint}/{content_hash}
 
 Because the fingerprint is the first component, a model or config never reads another's
@@ -41,6 +43,17 @@ def blob_key(ck: str, index: int, level: str) -> bytes:
 
 def transcript_key(ck: str) -> bytes:
     return f"{ck}/transcript".encode()
+
+
+def transcript_part_key(ck: str, first_chunk: int | None) -> bytes:
+    """Segments that became final at the group commit of `first_chunk` (None: the prefix of
+    every part), merged into the transcript when the video is READY."""
+    return f"{ck}/transcript/".encode() + (b"" if first_chunk is None else f"{first_chunk:06d}".encode())
+
+
+def transcript_open_key(ck: str) -> bytes:
+    """Text segments still open at the last group commit (a resumed ingest continues them)."""
+    return f"{ck}/transcript-open".encode()
 
 
 def oracle_key(oracle_id: str, dim: int) -> str:

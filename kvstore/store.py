@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from . import commits as C
 from . import keys as K
 from .catalog import Catalog, ChunkRecord, Status, VideoRecord, content_seq, load_video, tenant_videos
 from .env import DEFAULT_MAP_SIZE, LmdbEnv, open_env
@@ -68,11 +69,34 @@ class KVStore:
         return self.catalog.update_fields(video_id, **fields)
 
     def put_chunk(self, video_id: str, levels, embeddings: Mapping[str, object] | None = None,
-                  frame_vectors: Mapping[str, object] | None = None) -> bool:
-        """Commit a chunk's levels + record + embeddings {oracle_id: [dim]} (+ per-frame
+                  frame_vectors: Mapping[str, object] | None = None, text_line: bool = False) -> bool:
+        """Commit one chunk's levels + record + embeddings {oracle_id: [dim]} (+ per-frame
         vectors {oracle_id: [frames, dim]}, kept as float16, not indexed) atomically.
         False if already committed (idempotent resume)."""
-        return self.catalog.put_chunk(video_id, levels, embeddings, frame_vectors)
+        levels = list(levels.values() if isinstance(levels, Mapping) else levels)
+        return bool(C.put_chunks(self.env, video_id, [C.ChunkWrite(levels, embeddings or {}, frame_vectors or {},
+                                                                   text_line)]))
+
+    def put_chunks(self, video_id: str, writes: list[C.ChunkWrite], transcript_part: list[dict] | None = None,
+                   transcript_open: list[dict] | None = None, part_at: int | None = None) -> int:
+        """A group commit: several chunks (and the text segments final so far) in one
+        transaction; returns how many chunks were new (commits.py)."""
+        return C.put_chunks(self.env, video_id, writes, transcript_part, transcript_open, part_at)
+
+    def release_pages(self) -> None:
+        """Let go of the store's pages this process has mapped (env.release_pages says why)."""
+        self.env.release_pages()
+
+    def open_text_segments(self, video_id: str) -> list[dict]:
+        return C.open_text_segments(self.env, video_id)
+
+    def committed_chunks(self, video_id: str) -> list[ChunkRecord]:
+        """Committed chunk records, prefix excluded, by index (0..k-1: chunks commit in order)."""
+        return C.committed(self.env, video_id)
+
+    def finish(self, video_id: str, plan, oracles: Iterable[str] = (), extra: Mapping | None = None) -> VideoRecord:
+        """READY with its final plan, once every chunk is committed and indexed (commits.py)."""
+        return C.finish(self.env, video_id, plan, oracles, extra)
 
     def frame_vectors(self, video_id: str, oracle_id: str, dim: int) -> dict[int, np.ndarray]:
         """{chunk index: [frames, dim] float32} for the chunks stored with per-frame vectors
@@ -92,26 +116,31 @@ class KVStore:
         levels = list(levels.values() if isinstance(levels, Mapping) else levels)
         if any(c.index != -1 for c in levels):
             raise ValueError("the prompt prefix must have index -1")
-        return self.catalog.put_chunk(video_id, levels, None)
+        return self.put_chunk(video_id, levels)
 
     def put_transcript(self, video_id: str, transcript: dict) -> None:
-        self.catalog.put_transcript(video_id, transcript)
+        C.put_transcript(self.env, video_id, transcript)
 
     def get_transcript(self, video_id: str) -> dict | None:
-        return self.catalog.get_transcript(video_id)
+        return C.get_transcript(self.env, video_id)
 
     def missing_chunks(self, video_id: str) -> list[int]:
-        return self.catalog.missing_chunks(video_id)
+        """Plan indices with no committed chunk, ascending."""
+        done = {c.index for c in self.committed_chunks(video_id)}
+        return [s.index for s in self.get_video(video_id).plan if s.index not in done]
 
     def first_missing_chunk(self, video_id: str) -> int | None:
-        missing = self.catalog.missing_chunks(video_id)
+        missing = self.missing_chunks(video_id)
         return missing[0] if missing else None
 
     def has_prefix(self, video_id: str) -> bool:
-        return self.catalog.has_prefix(video_id)
+        with self.env.read() as txn:
+            rec = load_video(txn, video_id)
+            return txn.get("chunks", K.chunk_key(rec.content_key, -1)) is not None
 
     def mark_ready(self, video_id: str, oracles: Iterable[str] = (), require_prefix: bool = True) -> VideoRecord:
-        return self.catalog.mark_ready(video_id, oracles, require_prefix)
+        """READY over the record's plan (see `finish`)."""
+        return C.finish(self.env, video_id, self.get_video(video_id).plan, oracles, None, require_prefix)
 
     def delete_video(self, video_id: str) -> bool:
         return self.catalog.delete_video(video_id)

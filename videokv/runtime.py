@@ -81,6 +81,7 @@ class Runtime:
         tpf = getattr(be.vision, "tokens_per_frame", s.tokens_per_frame)
         return EngineConfig(weights_id=be.weights_id, backend=be.name, dtype=s.dtype, tokens_per_frame=tpf,
                             chunk_frames=s.chunk_frames, sample_fps=s.sample_fps, max_frames=s.max_frames,
+                            gist_chunks=s.gist_chunks, gist_ratio=s.gist_ratio,
                             l_kv=CompressionConfig(s.l_policy, s.l_ratio), h_kv=CompressionConfig(s.h_policy, s.h_ratio),
                             prefill=PrefillConfig(s.window, s.window_level, s.prev_level),
                             vision_id=be.vision.identity if be.vision else "")
@@ -164,4 +165,6 @@ class Runtime:
         s = self.settings
         return QueryEngine(self.backend, self.store, self.config, self.oracle, s.top_k,
                            s.always_first_last, s.h_cache_bytes, text_oracle=self.text_oracle,
-                           text_weight=s.text_weight, h_text=s.h_text, counter=self.counter)
+                           text_weight=s.text_weight, h_text=s.h_text, counter=self.counter,
+                           context_budget=s.context_budget, budget_policy=s.budget_policy,
+                           open_groups=s.pyramid_open_groups)

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
 
     # Sampling and chunking.
     sample_fps: float = 1.0
-    max_frames: int = 4096
+    # A cap on sampled frames per video; unset (the default): every video is sampled at
+    # sample_fps whatever its length. When a cap applies, the video is sampled uniformly
+    # below sample_fps and its record and answers say the rate used (`sample_fps`).
+    max_frames: int | None = Field(default=None, gt=0)
     chunk_frames: int = 16
     tokens_per_frame: int = 8
     # "toyworld": the trained toy-world tower + LLM adapter (embedded model only);
@@ -67,8 +70,23 @@ class Settings(BaseSettings):
     # Hybrid retrieval: weight of the text oracle's z-scores against the visual oracle's.
     text_weight: float = 1.0
 
+    # The gist level G: the H-KVs of gist_chunks consecutive chunks pooled gist_ratio-fold
+    # into one part, stored at ingest (0: none); used when a video's bi-level context does
+    # not fit the context budget (docs/long-video.md).
+    gist_chunks: int = Field(default=8, ge=0)
+    gist_ratio: int = Field(default=8, ge=1)
+
     # Query.
     top_k: int = 3
+    # Most context tokens a question's assembled video context may take (unset: the model's
+    # maximum positions less room for the question and the answer). Past it: "pyramid" keeps
+    # L for the top-k, H around them and for the next-best groups of chunks, the gist level
+    # G for every other group; "drop" keeps L for the top-k and H for as many of the most
+    # relevant chunks as fit, and leaves the rest out.
+    context_budget: int | None = Field(default=None, gt=0)
+    budget_policy: Literal["pyramid", "drop"] = "pyramid"
+    # Pyramid: groups of chunks paged chunk by chunk (those of the top-k first).
+    pyramid_open_groups: int = Field(default=8, ge=0)
     always_first_last: bool = True
     h_cache_bytes: int = 1 << 30
     # Unselected chunks are paged at H without ("drop") or with ("keep") their timestamp and
@@ -113,6 +131,12 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return Path(self.model_cache) if self.model_cache else self.home / "models"
+
+    @field_validator("max_frames", "context_budget", "count_threshold", mode="before")
+    @classmethod
+    def _unset(cls, v):
+        # An empty variable (VIDEOKV_MAX_FRAMES=) means unset, as it does in a shell.
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("oracle")
     @classmethod

@@ -147,3 +147,111 @@ def transcribe(path: str | os.PathLike, info=None, options: tuple[str, ...] = DE
         if done.returncode != 0:
             raise RuntimeError(f"{PROGRAM} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
         return parse_output(done.stdout, offset)
+
+
+def _recognise(samples: np.ndarray, offset: float, workdir: Path, options: tuple[str, ...]) -> list[TextSegment]:
+    """PocketSphinx over int16 mono samples at RATE; times + `offset` seconds."""
+    if len(samples) < RATE // 10:
+        return []                                   # under 0.1 s: nothing to recognise
+    wav = workdir / "window.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(samples.astype("<i2").tobytes())
+    cmd = [PROGRAM, "-infile", str(wav), "-time", "yes", "-logfn", os.devnull, *options]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise ToolMissing("speech", PROGRAM, PACKAGES) from None
+    if done.returncode != 0:
+        raise RuntimeError(f"{PROGRAM} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+    return parse_output(done.stdout, offset)
+
+
+def _quietest(samples: np.ndarray, lo: int, hi: int, win: int = RATE // 10) -> int:
+    """The sample index in [lo, hi) at the centre of the quietest `win`-long stretch: where
+    a window is cut, so no word is split in two."""
+    if hi - lo <= win:
+        return hi
+    x = samples[lo:hi].astype(np.float32) ** 2
+    energy = np.convolve(x, np.ones(win, np.float32), mode="valid")
+    return lo + int(np.argmin(energy)) + win // 2
+
+
+class SpeechStream:
+    """Speech recognised in windows, ahead of the chunks that need it: the audio is decoded
+    as it is reached and recognised `window_s` seconds at a time, each window cut at its
+    quietest tenth of a second near the end, so memory stays one window whatever the
+    length of the video (a 10-hour track is 1.2 GB as one WAV).
+
+    start_s: the time from which speech is wanted (a resumed ingest: where it resumes)."""
+
+    def __init__(self, path: str | os.PathLike, start_s: float = 0.0, window_s: float = 120.0,
+                 options: tuple[str, ...] = DECODER_OPTIONS):
+        require()
+        self.options, self.window = options, int(window_s * RATE)
+        self._tmp = tempfile.TemporaryDirectory(prefix="videokv-asr-")
+        self._container = av.open(str(path))
+        self._stream = self._container.streams.audio[0]
+        video = self._container.streams.video[0] if self._container.streams.video else None
+        self._v0 = float(video.start_time * video.time_base) if video is not None and video.start_time is not None else 0.0
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        self._frames = self._container.decode(self._stream)
+        self._buf = np.zeros(0, np.int16)
+        self._t0: float | None = None       # video time of _buf[0]
+        self._eof = False
+        self.covered = start_s              # speech before this time is recognised (or not wanted)
+        self.start = start_s
+
+    def _decode_until(self, samples: int) -> None:
+        chunks = [self._buf]
+        have = len(self._buf)
+        while have < samples and not self._eof:
+            frame = next(self._frames, None)
+            outs = self._resampler.resample(frame)
+            if frame is None:
+                self._eof = True
+            elif self._t0 is None and frame.pts is not None:
+                self._t0 = float(frame.pts * frame.time_base) - self._v0
+            for res in outs:
+                a = res.to_ndarray().reshape(-1).astype(np.int16)
+                chunks.append(a)
+                have += len(a)
+        self._buf = np.concatenate(chunks)
+        if self._t0 is None:
+            self._t0 = 0.0
+
+    def advance_to(self, t: float) -> list[TextSegment]:
+        """Recognise the audio up to at least `t` seconds (more: whole windows); the new
+        segments, words before `start` left out."""
+        out: list[TextSegment] = []
+        while self.covered < t and not (self._eof and len(self._buf) == 0):
+            self._decode_until(self.window + RATE * 10)
+            if self._t0 + len(self._buf) / RATE <= self.start:          # before a resume point: skip
+                self._t0 += len(self._buf) / RATE
+                self._buf = self._buf[:0]
+                self.covered = max(self.covered, self._t0)
+                continue
+            cut = len(self._buf) if self._eof and len(self._buf) <= self.window + RATE * 10 else \
+                _quietest(self._buf, max(0, self.window - RATE * 10), min(len(self._buf), self.window + RATE * 10))
+            segs = _recognise(self._buf[:cut], self._t0, Path(self._tmp.name), self.options)
+            out += [s for s in (_from(s, self.start) for s in segs) if s is not None]
+            self._t0 += cut / RATE
+            self._buf = self._buf[cut:]
+            self.covered = self._t0 if not (self._eof and len(self._buf) == 0) else float("inf")
+        return out
+
+    def close(self) -> None:
+        self._container.close()
+        self._tmp.cleanup()
+
+
+def _from(seg: TextSegment, start: float) -> TextSegment | None:
+    """The segment's words at or after `start` (a resumed ingest has the earlier ones)."""
+    if seg.t_start >= start:
+        return seg
+    words = [w for w in seg.words if (w[1] + w[2]) / 2 >= start]
+    if not words:
+        return None
+    return TextSegment(words[0][1], words[-1][2], " ".join(w for w, _, _ in words), "asr", seg.conf, words)

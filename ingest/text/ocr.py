@@ -245,6 +245,59 @@ class _Tracker:
             self._close(text)
         return sorted(self.done, key=lambda s: (s.t_start, s.t_end, s.text))
 
+    def take_closed(self) -> list[TextSegment]:
+        """The segments closed since the last call (final: their text is gone)."""
+        out, self.done = self.done, []
+        return out
+
+    def open_now(self) -> list[TextSegment]:
+        """The segments still on screen, as they stand."""
+        return [TextSegment(t0, t1, text, "ocr", round(conf / n / 100.0, 4)) for text, (t0, t1, conf, n) in self.open.items()]
+
+
+# The longer side OCR reads frames at (decoded once with the model's frames).
+OCR_MAX_SIDE = 1280
+
+
+def ocr_size(width: int, height: int, max_side: int = OCR_MAX_SIDE) -> tuple[int, int] | None:
+    """(W, H) OCR reads a width x height video at: None (native) when its longer side is at
+    most max_side, else scaled down (even sides) so that side is max_side."""
+    if max(width, height) <= max_side:
+        return None
+    scale = max_side / max(width, height)
+    return max(16, round(width * scale / 2) * 2), max(16, round(height * scale / 2) * 2)
+
+
+class OcrStream:
+    """read_frames one chunk at a time: `add(frames, times, end)` reads a chunk's frames (a
+    tesseract run per chunk that changed); `take_closed()` / `open_now()` / `finish()`."""
+
+    def __init__(self, min_conf: float = 60.0, max_side: int = 1280):
+        require()
+        self._tmp = tempfile.TemporaryDirectory(prefix="videokv-ocr-")
+        self.reader = _Reader(Path(self._tmp.name), min_conf, max_side)
+
+    def add(self, frames: np.ndarray, times: np.ndarray, end: float) -> None:
+        """frames uint8 [n, H, W, 3] with times [n]; each lasts until the next, the last until `end`."""
+        for frame, t in zip(frames, times):
+            self.reader.add(frame, float(t))
+        self.reader.flush(end)
+
+    def take_closed(self) -> list[TextSegment]:
+        return self.reader.tracker.take_closed()
+
+    def open_now(self) -> list[TextSegment]:
+        return self.reader.tracker.open_now()
+
+    def finish(self) -> list[TextSegment]:
+        out = self.reader.tracker.finish()
+        self._tmp.cleanup()
+        return out
+
+    @property
+    def stats(self) -> dict:
+        return self.reader.stats
+
 
 class _Reader:
     """read_frames' state: the reference frame, the current words, the frames waiting for

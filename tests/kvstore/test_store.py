@@ -305,3 +305,34 @@ def test_map_growth_waits_for_open_read_sessions_in_other_threads(tmp_path):
     assert checked == [True] and store.env.grow_count > grows
     with store.reader(), pytest.raises(Exception, match="read session"):
         store.put_chunk(vid, [h.make_chunk(0, 0, "H")], None)   # writing inside one's own snapshot
+
+
+def _mapped_kb(path) -> int:
+    """This process's resident pages of the mapping of `path` (smaps), in KiB."""
+    total, cur = 0, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 5 and "-" in parts[0] and ":" in parts[3]:
+                cur = parts[5] if len(parts) > 5 else ""
+            elif line.startswith("Rss:") and cur == str(path):
+                total += int(parts[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_release_pages_lets_go_of_the_mapped_store(tmp_path):
+    """A long ingest's RSS must not grow with what it stored: after reading 12 MiB out of the
+    map, release_pages leaves (almost) none of it resident, and the data read back the same."""
+    store = _store(tmp_path)
+    vid = _new(store, n=12)
+    h.ingest(store, vid, 0, l_tokens=32768)                # 12 x 1 MiB L blobs
+    data = (tmp_path / "store" / "kv.lmdb" / "data.mdb").resolve()
+    with store.reader() as r:
+        for i in range(12):
+            assert float(r.blob(vid, i, "L").kv.sum()) != 0.0       # touch every page
+    assert _mapped_kb(data) > 10_000
+    store.release_pages()
+    assert _mapped_kb(data) < 512
+    with store.reader() as r:
+        assert torch.equal(r.chunk(vid, 5, "L").keys, h.make_chunk(0, 5, "L", tokens=32768).keys)

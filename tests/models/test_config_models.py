@@ -135,7 +135,7 @@ def test_a_video_made_under_another_fingerprint_asks_for_a_re_ingest(ingested):
     from videokv.query.engine import QueryEngine, QueryError
 
     rt, res = ingested
-    other = dc.replace(rt.config, max_frames=rt.config.max_frames // 2)
+    other = dc.replace(rt.config, max_frames=2048)
     assert other.fingerprint() != rt.config.fingerprint()
     engine = QueryEngine(rt.backend, rt.store, other, rt.oracle)
     with pytest.raises(QueryError, match="re-ingest it with the current settings"):

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -18,46 +17,65 @@ def cli(home, *args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_killed_ingest_resumes_without_recomputing(tmp_path, embedded_backend):
+# A child that ingests with groups of 4 chunks and stops INSIDE the write transaction of
+# the second group, after writing two of its chunks: the parent kills it there.
+IN_COMMIT = """
+import sys, time
+from tests.conftest import make_runtime
+from videokv.kvstore import commits
+write = commits._write_chunk
+def slow(txn, ck, seq, idx, *a):
+    write(txn, ck, seq, idx, *a)
+    if idx == 5:
+        print("IN_COMMIT", flush=True)
+        time.sleep(120)
+commits._write_chunk = slow
+make_runtime(sys.argv[1], gist_chunks=4).pipeline.ingest(sys.argv[2])
+"""
+
+
+def test_kill_inside_a_group_commit_resumes_with_no_chunk_missing_or_duplicated(tmp_path, embedded_backend):
     video = tmp_path / "long.mp4"
-    render_video(video, 3.0, 3, seed=11)                      # 180 frames -> 12 chunks
+    render_video(video, 3.0, 3, seed=11)                      # 180 frames -> 12 chunks, 3 groups of 4
     home = tmp_path / "home"
-    proc = cli(home, "ingest", "--quiet", str(video))
-    store, committed, deadline = None, 0, time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (home / "kv.lmdb").exists():
-            store = store or KVStore(home)
-            vids = store.list_videos()
-            if vids and vids[0].chunks_total:
-                committed = vids[0].chunks_total - len(store.missing_chunks(vids[0].video_id))
-                if committed >= 3:
-                    proc.send_signal(signal.SIGKILL)
-                    break
-        time.sleep(0.02)
+    proc = subprocess.Popen([sys.executable, "-c", IN_COMMIT, str(home), str(video)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=os.getcwd(),
+                            env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    line = proc.stdout.readline()                             # blocks until the child is inside the commit
+    assert line.strip() == "IN_COMMIT", proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
+    store = KVStore(home)
     rec = store.list_videos()[0]
-    assert rec.status is not Status.READY
-    done_before = rec.chunks_total - len(store.missing_chunks(rec.video_id))
+    assert rec.status is Status.INGESTING and rec.chunks_expected == 12
+    # the first group is there, nothing of the second (chunks 4 and 5 were written, uncommitted)
+    assert [c.index for c in store.committed_chunks(rec.video_id)] == [0, 1, 2, 3] and rec.chunks_done == 4
     kept = store.read_chunk(rec.video_id, 1, "H")
 
-    rt = make_runtime(home)
+    rt = make_runtime(home, gist_chunks=4)
     rt.backend = embedded_backend
     calls = embedded_backend.vision_calls
     res = rt.pipeline.ingest(video)
     assert res.video_id == rec.video_id and res.status == "READY"
-    assert res.resumed_from == done_before and res.chunks_prefilled == rec.chunks_total - done_before
-    assert embedded_backend.vision_calls - calls == res.chunks_prefilled   # committed chunks not recomputed
+    assert res.resumed_from == 4 and res.chunks_prefilled == 8 and res.chunks_total == 12
+    assert embedded_backend.vision_calls - calls == 8          # committed chunks not recomputed
     assert torch.equal(rt.store.read_chunk(rec.video_id, 1, "H").keys, kept.keys)
+    assert [c.index for c in rt.store.committed_chunks(rec.video_id)] == list(range(12))
+    # each chunk indexed once: a search for everything returns every chunk exactly once
+    q = rt.queries
+    hits = rt.store.search(q.oracle.identity, q.question_vector(q.oracle, "a red circle"), 50,
+                           video_ids=[rec.video_id])
+    assert sorted(h.chunk for h in hits) == list(range(12))
+    assert [g.index for g in (rt.store.read_chunk(rec.video_id, i, "G") for i in (0, 4, 8))] == [0, 4, 8]
 
     # the resumed chunks equal an uninterrupted ingest of the same file
-    straight = make_runtime(tmp_path / "home2")
+    straight = make_runtime(tmp_path / "home2", gist_chunks=4)
     straight.backend = embedded_backend
     ref = straight.pipeline.ingest(video)
-    last = rec.chunks_total - 1
-    a = rt.store.read_chunk(rec.video_id, last, "L")
-    b = straight.store.read_chunk(ref.video_id, last, "L")
-    assert torch.allclose(a.keys, b.keys, atol=1e-4) and torch.allclose(a.values, b.values, atol=1e-4)
+    for i, lvl in ((11, "L"), (8, "G")):
+        a = rt.store.read_chunk(rec.video_id, i, lvl)
+        b = straight.store.read_chunk(ref.video_id, i, lvl)
+        assert torch.allclose(a.keys, b.keys, atol=1e-4) and torch.allclose(a.values, b.values, atol=1e-4)
 
 
 def test_cli_ingest_prints_id_last_and_ask_json(tmp_path, toy_video):

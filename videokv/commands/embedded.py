@@ -40,11 +40,14 @@ MODEL_HELP = ("local checkpoint folder (default: VIDEOKV_MODEL); its config.json
 
 
 def main_ingest(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="videokv ingest", description="Ingest a video into the KV store; "
-                                 "prints the video id alone on the last line.")
+    ap = argparse.ArgumentParser(prog="videokv ingest", description="Ingest a video into the KV store in one "
+                                 "streaming pass (memory stays flat whatever its length; a killed ingest resumes "
+                                 "where it stopped when run again); prints the video id alone on the last line.")
     ap.add_argument("file", help="the video file (mp4, mkv, webm, ...)")
     ap.add_argument("--tenant", default="default", help="whose video it is (default: default)")
-    ap.add_argument("--json", action="store_true", help="print the ingest result as JSON before the id")
+    ap.add_argument("--json", action="store_true",
+                    help="print one JSON object instead (video_id, status, duration_s, frames, chunks, sample_fps, "
+                         "frames_per_s, peak_rss_mb, ...) and nothing else on stdout")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
     text = ap.add_argument_group("text channel (default: VIDEOKV_TEXT_OCR / _ASR / _SUBTITLES)")
@@ -63,15 +66,19 @@ def main_ingest(argv: list[str]) -> int:
         check_subtitle_file(args.subtitles)
     opts = rt.text_defaults.overridden(ocr=args.ocr, asr=args.asr, subtitle_file=args.subtitles,
                                        subtitles=False if args.no_subtitles else None)
-    res = rt.pipeline.ingest(args.file, tenant=args.tenant, progress=None if args.quiet else progress_bar("prefill"),
-                             text=opts, stage_progress=None if args.quiet else stage_bars())
+    res = rt.pipeline.ingest(args.file, tenant=args.tenant, progress=None if args.quiet else progress_bar("ingest"),
+                             text=opts)
     if args.json:
-        print(json.dumps(res.__dict__))
-    elif not args.quiet:
+        print(json.dumps(ingest_summary(res)))
+        return 0
+    if not args.quiet:
         how = "already ingested (same file and model config)" if res.deduplicated else \
             f"{res.chunks_prefilled} chunks in {res.seconds:.1f} s, {res.frames_per_s:.1f} frames/s, " \
             f"{res.tokens_per_s:.0f} tokens/s" + (f", resumed at chunk {res.resumed_from}" if res.resumed_from else "")
         print(f"{args.file}: {res.status}, {how}", file=sys.stderr)
+        if res.sample_fps and abs(res.sample_fps - rt.settings.sample_fps) > 1e-9:
+            print(f"  sampled at {res.sample_fps:.4g} fps, below VIDEOKV_SAMPLE_FPS={rt.settings.sample_fps:g}: "
+                  f"VIDEOKV_MAX_FRAMES={rt.settings.max_frames} capped it", file=sys.stderr)
         for src, r in (res.text or {}).items():
             if r.get("ran"):
                 print(f"  text {src}: {r.get('segments', 0)} segments in {r.get('seconds', 0):.1f} s"
@@ -80,16 +87,14 @@ def main_ingest(argv: list[str]) -> int:
     return 0
 
 
-def stage_bars():
-    """Progress of the text channel's stages (ocr, asr, ...): one tqdm bar per stage."""
-    bars = {}
+def ingest_summary(res) -> dict:
+    """The ingest result as one JSON object, with the ingest process's peak RSS."""
+    from videokv.ingest.pipeline import peak_rss_mb
 
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = progress_bar(f"text {stage}")
-        bars[stage](done, total)
-
-    return update
+    out = {"video_id": res.video_id, "status": res.status, "duration_s": round(res.duration_s, 3),
+           "frames": res.frames, "chunks": res.chunks_total, "sample_fps": res.sample_fps,
+           "frames_per_s": round(res.frames_per_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {**out, **{k: v for k, v in res.__dict__.items() if k not in out and k != "chunks_total"}}
 
 
 def main_transcript(argv: list[str]) -> int:
