@@ -105,9 +105,10 @@ class HFCausalBackend:
         """In-part positions [n] of n text tokens."""
         return torch.arange(n)
 
-    def chunk_tokens(self, stamp: str, visual: torch.Tensor, n_frames: int):
+    def chunk_tokens(self, stamp: str, visual: torch.Tensor, n_frames: int, seconds: float | None = None):
         """A chunk's inputs: (embeds [T, hidden], kinds [T] uint8, in-chunk positions [T]).
-        Layout: the timestamp text, then the visual tokens [n_visual, hidden]."""
+        Layout: the timestamp text, then the visual tokens [n_visual, hidden]. n_frames,
+        seconds: its sampled frames and its span (a backend with time-aware positions uses them)."""
         ids = self.tokenize(stamp)
         text = self.embed_text(ids)
         vis = visual.to(device=text.device, dtype=text.dtype)
@@ -128,6 +129,11 @@ class HFCausalBackend:
     def extent(self, part: ChunkKV) -> int:
         """Positions a stored part occupies when loaded: one per token."""
         return part.tokens
+
+    def extent_of(self, index: int, tokens: int, text_rows: int, n_frames: int, seconds: float) -> int:
+        """`extent` of a part from its counts, without its tensors (a context budget is
+        planned from chunk records): here its tokens."""
+        return tokens
 
     def part_positions(self, parts) -> tuple[torch.Tensor, int]:
         """(1-D positions [sum of tokens] to rotate the parts' stored keys at, next free

@@ -77,7 +77,7 @@ class ChunkPrefiller:
         """(embeds [T, hidden], kinds [T], in-chunk positions [T] or [3, T]): the timestamp
         text and the visual tokens, laid out by the backend."""
         return self.backend.chunk_tokens(chunk_stamp(chunk.t_start, chunk.text), chunk.visual,
-                                         chunk.frame_end - chunk.frame_start)
+                                         chunk.frame_end - chunk.frame_start, chunk.t_end - chunk.t_start)
 
     # -- prefill --------------------------------------------------------------------------
     @torch.no_grad()

@@ -190,12 +190,23 @@ class QwenVLBackend(HFCausalBackend):
         self.vision_start_id, self.vision_end_id = top.vision_start_token_id, top.vision_end_token_id
         self.video_token_id = top.video_token_id
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
-        if self.model_type == "qwen2_5_vl":
-            # Qwen2.5-VL: temporal position step = tokens_per_second x seconds per temporal patch
-            tp = vision.patcher.temporal_patch_size
-            self.time_interval = float(top.vision_config.tokens_per_second) * tp / sample_fps
-        else:
-            self.time_interval = 1.0
+        # Qwen2.5-VL: temporal position step = tokens_per_second x seconds per temporal patch
+        # (Qwen2-VL: one position per temporal patch). time_interval is the step at the
+        # configured rate; a chunk's own step follows its real sampling (`interval`).
+        self.tokens_per_second = float(top.vision_config.tokens_per_second) if self.model_type == "qwen2_5_vl" \
+            else None
+        self.time_interval = self.interval(1, 1.0 / sample_fps)
+
+    def interval(self, n_frames: int, seconds: float | None) -> float:
+        """The temporal position step per temporal patch of a chunk of n_frames sampled frames
+        spanning `seconds` (its real timestamps: t_end - t_start): Qwen2.5-VL spaces patches by
+        their time, so a chunk sampled below the configured rate (a frame cap, a source
+        slower than the sampling) gets the wider step it really has; None: the configured rate."""
+        if self.tokens_per_second is None:
+            return 1.0
+        if seconds is None or seconds <= 0 or n_frames <= 0:
+            return self.time_interval
+        return self.tokens_per_second * self.vision.patcher.temporal_patch_size * seconds / n_frames
 
     def _parts(self, model: nn.Module):
         return model.model.language_model, model.lm_head, model.config.get_text_config()
@@ -218,15 +229,17 @@ class QwenVLBackend(HFCausalBackend):
         return before[: -len(VIDEO_BLOCK)], after
 
     # -- positions (see rope.MRotary) -------------------------------------------------------
-    def _video_extent(self, n_frames: int) -> tuple[tuple[int, int, int], int]:
+    def _video_extent(self, n_frames: int, interval: float) -> tuple[tuple[int, int, int], int]:
         grid = self.vision.merged_grid(n_frames)
         T, H, W = grid
-        return grid, max(int((T - 1) * self.time_interval), H - 1, W - 1) + 1
+        return grid, max(int((T - 1) * interval), H - 1, W - 1) + 1
 
-    def chunk_tokens(self, stamp: str, visual: torch.Tensor, n_frames: int):
+    def chunk_tokens(self, stamp: str, visual: torch.Tensor, n_frames: int, seconds: float | None = None):
         """(embeds [T, hidden], kinds [T], in-chunk M-RoPE positions [3, T]) of
-        stamp + <|vision_start|> + visual [n_visual, hidden] + <|vision_end|>."""
-        grid, vid_extent = self._video_extent(n_frames)
+        stamp + <|vision_start|> + visual [n_visual, hidden] + <|vision_end|>; seconds: the
+        chunk's span (temporal positions follow it, `interval`)."""
+        interval = self.interval(n_frames, seconds)
+        grid, vid_extent = self._video_extent(n_frames, interval)
         if visual.shape[0] != grid[0] * grid[1] * grid[2]:
             raise ValueError(f"{n_frames} frames make {grid[0]}x{grid[1]}x{grid[2]} visual tokens, "
                              f"got {visual.shape[0]}")
@@ -237,7 +250,7 @@ class QwenVLBackend(HFCausalBackend):
         embeds = torch.cat([text[:n], vis, text[n:]])
         kinds = torch.full((embeds.shape[0],), TokenKind.VISUAL, dtype=torch.uint8)
         kinds[:n] = kinds[-1] = TokenKind.TEXT
-        local = torch.cat([torch.arange(n).expand(3, -1), n + video_positions(grid, self.time_interval),
+        local = torch.cat([torch.arange(n).expand(3, -1), n + video_positions(grid, interval),
                            torch.full((3, 1), n + vid_extent)], dim=1)
         return embeds, kinds, local
 
@@ -251,11 +264,15 @@ class QwenVLBackend(HFCausalBackend):
     def extent(self, part: ChunkKV) -> int:
         """Text parts: one position per token. A chunk: its text before the video, the video's
         extent, and <|vision_end|> (whatever compression kept, the layout is the frames')."""
-        n_frames = part.frame_end - part.frame_start
-        if part.index < 0 or n_frames <= 0:
-            return part.tokens
-        n_pre = int(part.text_mask.sum()) - 1
-        return n_pre + self._video_extent(n_frames)[1] + 1
+        return self.extent_of(part.index, part.tokens, int(part.text_mask.sum()), part.frame_end - part.frame_start,
+                              part.t_end - part.t_start)
+
+    def extent_of(self, index: int, tokens: int, text_rows: int, n_frames: int, seconds: float) -> int:
+        """`extent` from a part's counts (as a chunk record has them): its text rows before
+        the video less <|vision_start|>, the video's extent, <|vision_end|>."""
+        if index < 0 or n_frames <= 0:
+            return tokens
+        return text_rows - 1 + self._video_extent(n_frames, self.interval(n_frames, seconds))[1] + 1
 
     def _run_decoder(self, embeds: torch.Tensor, cache, positions: torch.Tensor, past: int):
         pos = positions.expand(3, -1) if positions.dim() == 1 else positions

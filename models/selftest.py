@@ -67,11 +67,12 @@ def random_frames(n: int, size: tuple[int, int], g: torch.Generator) -> torch.Te
     return torch.randint(0, 256, (n, 3, size[1], size[0]), generator=g).float() / 255
 
 
-def vl_chunks(backend, n_chunks: int = 4, frames: int = 4, seed: int = 0):
-    """(chunks, videos): random frames [frames, 3, H, W] per chunk and their ChunkInputs."""
+def vl_chunks(backend, n_chunks: int = 4, frames: int = 4, seed: int = 0, seconds: float = 2.0):
+    """(chunks, videos): random frames [frames, 3, H, W] per chunk and their ChunkInputs, each
+    chunk spanning `seconds`."""
     g = torch.Generator().manual_seed(seed)
     videos = [random_frames(frames, backend.vision.input_size, g) for _ in range(n_chunks)]
-    chunks = [ChunkInput(i, backend.vision_tokens(v), i * frames, (i + 1) * frames, 2.0 * i, 2.0 * i + 2)
+    chunks = [ChunkInput(i, backend.vision_tokens(v), i * frames, (i + 1) * frames, seconds * i, seconds * (i + 1))
               for i, v in enumerate(videos)]
     return chunks, videos
 
@@ -87,7 +88,8 @@ def vl_reference_inputs(backend, chunks, videos, before: str, suffix: str) -> di
         px, grid = vis.patcher(v)
         stamp = torch.cat([be.tokenize(timestamp_text(c.t_start)), torch.tensor([be.vision_start_id])])
         ids += [stamp, torch.full((c.visual.shape[0],), be.video_token_id), torch.tensor([be.vision_end_id])]
-        segs += [("text", len(stamp)), ("video", vis.merged_grid(len(v)), be.time_interval), ("text", 1)]
+        segs += [("text", len(stamp)), ("video", vis.merged_grid(len(v)), be.interval(len(v), c.t_end - c.t_start)),
+                 ("text", 1)]
         pixels.append(px)
         grids.append(grid)
     suffix_ids = be.tokenize(suffix)

@@ -3,12 +3,14 @@
 Used by `QueryEngine` only when the backend runs on CUDA; the CPU path (`KVPager` +
 `engine.decode.assemble`) is unchanged. Per question:
 
-  1. the video's hot set (prompt prefix + every chunk's H-KV, `hotset.py`) lives in pinned
-     host memory, one buffer [layers, 2, kv_heads, tokens, head_dim] per video; its
-     host-to-device copy is issued first, on a side stream, in a few layer groups;
-  2. meanwhile the CPU reads the selected chunks' L-KVs out of LMDB's map into a pinned
-     staging buffer that is reused across questions (grown, never shrunk; the next question
-     waits for the previous one's copy out of it before writing), and issues their copy;
+  1. the video's hot set (prompt prefix + every chunk's H-KV, or every group's gist G when
+     the layout uses it; `hotset.py`) lives in pinned host memory, one buffer [layers, 2,
+     kv_heads, tokens, head_dim] per video and level; its host-to-device copy is issued
+     first, on a side stream, in a few layer groups;
+  2. meanwhile the CPU reads the layout's other parts (the L-KVs; with a G hot set also the
+     H-KVs) out of LMDB's map into a pinned staging buffer that is reused across questions
+     (grown, never shrunk; the next question waits for the previous one's copy out of it
+     before writing), and issues their copy;
   3. on the compute stream, group by group as each copy lands, one fused gather + rotate
      (`gather_rotate`, torch.compile'd on CUDA) writes keys rotated to their contiguous
      positions, and values, straight into the assembled [layers, kv_heads, N, head_dim]
@@ -28,11 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from videokv.engine.chunkkv import ChunkKV
 from videokv.engine.decode import AssembledCache
 from videokv.engine.rope import rotate_half
 
-from .hotset import HotSetCache
+from .budget import Layout
+from .hotset import HotSetCache, as_part, part_rows, text_chunks_of
+from .pager import base_level
 
 
 def gather_rotate(src_k: torch.Tensor, src_v: torch.Tensor, idx: torch.Tensor, cos: torch.Tensor,
@@ -111,7 +114,7 @@ class DevicePaged:
     cache: AssembledCache
     bytes_in_context: int
     bytes_read: int
-    levels: dict[int, str]
+    layout: Layout
 
 
 class DevicePager:
@@ -133,13 +136,6 @@ class DevicePager:
         self._staging_free = None            # event: the last copy out of the staging buffer is done
         self._fn = FusedGatherRotate() if (self.cuda if compile is None else compile) else gather_rotate
         self._lock = threading.Lock()
-
-    # ------------------------------------------------------------------ parts
-    def _part(self, r, video_id: str, index: int, level: str, kv: torch.Tensor, kinds: torch.Tensor) -> ChunkKV:
-        meta = r.chunk_record(video_id, index)
-        return ChunkKV(kv[:, 0], kv[:, 1], kinds, index=index, frame_start=meta.frame_start,
-                       frame_end=meta.frame_end, t_start=meta.t_start, t_end=meta.t_end, level=level,
-                       fingerprint=r.video(video_id).fingerprint)
 
     def evict(self, video_id: str) -> None:
         self.hot.evict(video_id)
@@ -167,17 +163,43 @@ class DevicePager:
         return events
 
     @torch.no_grad()
-    def load(self, video_id: str, n_chunks: int, levels: dict[int, str]) -> DevicePaged:
-        """levels: chunk index -> "L" or "H" for every chunk 0..n_chunks-1. Returns the
-        assembled cache on the device (work may still be in flight on the current stream:
-        whatever runs next on it sees the finished cache)."""
+    def load(self, video_id: str, layout: Layout) -> DevicePaged:
+        """The layout's parts assembled on the device (work may still be in flight on the
+        current stream: whatever runs next on it sees the finished cache)."""
         with self._lock:
-            return self._load(video_id, n_chunks, levels)
+            return self._load(video_id, layout)
 
-    def _load(self, video_id: str, n_chunks: int, levels: dict[int, str]) -> DevicePaged:
+    def _stage(self, video_id: str, wanted: list[tuple[int, str]]) -> tuple[torch.Tensor | None, dict, dict]:
+        """Read the parts not in the hot set out of the map into the reused staging buffer:
+        (staging [layers, 2, kv_heads, T, head_dim] or None, {(index, level): ChunkKV view},
+        {(index, level): first row})."""
+        if not wanted:
+            return None, {}, {}
+        if self._staging_free is not None:
+            self._staging_free.synchronize()      # the previous question's copy out of it is done
+        parts, offsets = {}, {}
+        with self.store.reader() as r:
+            text_chunks = text_chunks_of(r.video(video_id))
+            views = [part_rows(r, video_id, i, lvl, self.fingerprint, self.hot.h_text, text_chunks)
+                     for i, lvl in wanted]
+            h0 = views[0][0].header
+            total = sum(v.header.tokens if rows is None else len(rows) for v, rows in views)
+            stage = self.staging.take((h0.layers, 2, h0.kv_heads, total, h0.head_dim), h0.dtype)
+            off = 0
+            for key, (v, rows) in zip(wanted, views):
+                src, kinds = (v.kv, v.kinds) if rows is None else (v.kv.index_select(3, rows), v.kinds[rows])
+                dst = stage[:, :, :, off:off + src.shape[3]]
+                dst.copy_(src)
+                parts[key] = as_part(r, video_id, key[0], key[1], dst, kinds.clone(), r.video(video_id).fingerprint)
+                offsets[key] = off
+                off += src.shape[3]
+        return stage, parts, offsets
+
+    def _load(self, video_id: str, layout: Layout) -> DevicePaged:
         be, dev = self.backend, self.device
         dtype = be.dtype
-        hot, read = self.hot.get(video_id, n_chunks)
+        base = base_level(layout)
+        hot, read = self.hot.get(video_id, base)
         layers = hot.kv.shape[0]
         groups = self._groups(layers)
         cur = torch.cuda.current_stream(dev) if self.cuda else None
@@ -188,77 +210,61 @@ class DevicePager:
         dev_hot = torch.empty(hot.kv.shape, dtype=hot.kv.dtype, device=dev) if self.cuda else hot.kv
         hot_events = self._copy(dev_hot, hot.kv, groups) if self.cuda else [None] * len(groups)
 
-        # 2. ... while the CPU reads the L-KVs out of the map into the reused staging buffer
-        want_l = sorted(i for i, lvl in levels.items() if lvl == "L")
-        l_parts: dict[int, ChunkKV] = {}
-        l_off: dict[int, int] = {}
-        stage = None
-        if want_l:
-            if self._staging_free is not None:
-                self._staging_free.synchronize()  # the previous question's copy out of it is done
-            with self.store.reader() as r:
-                heads = [r.header(video_id, i, "L") for i in want_l]
-                h0 = heads[0]
-                total = sum(h.tokens for h in heads)
-                stage = self.staging.take((h0.layers, 2, h0.kv_heads, total, h0.head_dim), h0.dtype)
-                off = 0
-                for i, h in zip(want_l, heads):
-                    v = r.blob(video_id, i, "L", fingerprint=self.fingerprint)
-                    dst = stage[:, :, :, off:off + h.tokens]
-                    dst.copy_(v.kv)
-                    l_parts[i] = self._part(r, video_id, i, "L", dst, v.kinds.clone())
-                    l_off[i] = off
-                    off += h.tokens
-            read += stage.numel() * stage.element_size()
-        dev_l, l_events = None, [None] * len(groups)
+        # 2. ... while the CPU reads the other parts out of the map into the staging buffer
+        stage, staged, staged_off = self._stage(video_id, [p for p in layout.parts if p[1] != base])
+        dev_s, s_events = None, [None] * len(groups)
         if stage is not None:
+            read += stage.numel() * stage.element_size()
             if self.cuda:
-                dev_l = torch.empty(stage.shape, dtype=stage.dtype, device=dev)
-                l_events = self._copy(dev_l, stage, groups)
+                dev_s = torch.empty(stage.shape, dtype=stage.dtype, device=dev)
+                s_events = self._copy(dev_s, stage, groups)
                 self._staging_free = torch.cuda.Event()
                 self._staging_free.record(self.copy_stream)
             else:
-                dev_l = stage
+                dev_s = stage
 
         # 3. positions and the gather plan: which row of which source lands where
-        parts = [hot.parts[0]] + [l_parts.get(i, hot.parts[i + 1]) for i in range(n_chunks)]
+        parts = [hot.parts[0]] + [hot.parts[hot.position(i)] if lvl == base else staged[(i, lvl)]
+                                  for i, lvl in layout.parts]
         pos, next_pos = be.part_positions(parts)
         spans, start = [], 0
-        src_h, dst_h, src_l, dst_l = [], [], [], []
+        src_h, dst_h, src_s, dst_s = [], [], [], []
         for j, p in enumerate(parts):
             t = p.tokens
             spans.append((p.index, start, start + t))
-            if j > 0 and p.index in l_parts:
-                src_l.append(np.arange(l_off[p.index], l_off[p.index] + t))
-                dst_l.append(np.arange(start, start + t))
+            key = layout.parts[j - 1] if j else None
+            if key is not None and key in staged:
+                src_s.append(np.arange(staged_off[key], staged_off[key] + t))
+                dst_s.append(np.arange(start, start + t))
             else:
-                src_h.append(np.arange(hot.offsets[j], hot.offsets[j] + t))
+                first = hot.offsets[0 if key is None else hot.position(key[0])]
+                src_h.append(np.arange(first, first + t))
                 dst_h.append(np.arange(start, start + t))
             start += t
         N = start
         plan = [torch.from_numpy(np.concatenate(x) if x else np.zeros(0, np.int64)).long()
-                for x in (src_h, dst_h, src_l, dst_l)]
+                for x in (src_h, dst_h, src_s, dst_s)]
         if self.cuda:
             plan = [x.pin_memory().to(dev, non_blocking=True) for x in plan]
-        src_h, dst_h, src_l, dst_l = plan
+        src_h, dst_h, src_s, dst_s = plan
         cos, sin = be.rotary.cos_sin(pos, dev)
         cos_h, sin_h = cos.index_select(0, dst_h), sin.index_select(0, dst_h)
-        cos_l, sin_l = cos.index_select(0, dst_l), sin.index_select(0, dst_l)
+        cos_s, sin_s = cos.index_select(0, dst_s), sin.index_select(0, dst_s)
 
         # 4. per layer group, as its bytes land: gather + rotate into the assembled cache
         kvh, D = hot.kv.shape[2], hot.kv.shape[4]
         out_k = torch.empty(layers, kvh, N, D, dtype=dtype, device=dev)
         out_v = torch.empty(layers, kvh, N, D, dtype=dtype, device=dev)
-        for (a, b), ev_h, ev_l in zip(groups, hot_events, l_events):
+        for (a, b), ev_h, ev_s in zip(groups, hot_events, s_events):
             if ev_h is not None:
                 cur.wait_event(ev_h)
             self._fn(dev_hot[a:b, 0], dev_hot[a:b, 1], src_h, cos_h, sin_h, out_k[a:b], out_v[a:b], dst_h)
-            if dev_l is not None:
-                if ev_l is not None:
-                    cur.wait_event(ev_l)
-                self._fn(dev_l[a:b, 0], dev_l[a:b, 1], src_l, cos_l, sin_l, out_k[a:b], out_v[a:b], dst_l)
+            if dev_s is not None:
+                if ev_s is not None:
+                    cur.wait_event(ev_s)
+                self._fn(dev_s[a:b, 0], dev_s[a:b, 1], src_s, cos_s, sin_s, out_k[a:b], out_v[a:b], dst_s)
         cache = AssembledCache(out_k, out_v, spans, next_pos)
-        return DevicePaged(cache, sum(p.nbytes for p in parts), read, levels)
+        return DevicePaged(cache, sum(p.nbytes for p in parts), read, layout)
 
 
 def h2d_bandwidth(nbytes: int = 256 << 20, repeat: int = 10, device: str = "cuda") -> dict:

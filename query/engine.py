@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -19,6 +20,7 @@ from videokv.errors import VideoKVError
 from videokv.kvstore import Hit, KVStore, Status
 from videokv.oracles.base import RelevanceOracle
 
+from .budget import POLICIES, ChunkCosts, Layout, bilevel, chunk_costs, plan, uniform
 from .counting import SpanCounter, asks_count
 from .hotset import HotSetCache
 from .pager import KVPager
@@ -64,6 +66,11 @@ class Evidence:
 
 @dataclass
 class Answer:
+    """levels: how many chunks the context held at each level ("L", "H", "G": in a group's
+    gist, "dropped": left out); policy: how they were chosen ("bilevel", "pyramid", "drop",
+    "dense", "sparse"; budget.py); context_tokens: positions of the assembled video context;
+    sample_fps: the rate the video was sampled at."""
+
     answer: str
     evidence: list[Evidence]
     timings: dict[str, float]
@@ -75,6 +82,10 @@ class Answer:
     video_id: str = ""
     question: str = ""
     extra: dict = field(default_factory=dict)
+    levels: dict = field(default_factory=dict)
+    policy: str = ""
+    context_budget: int = 0
+    sample_fps: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,11 +95,15 @@ class QueryEngine:
     def __init__(self, backend: HFCausalBackend, store: KVStore, config: EngineConfig,
                  oracle: RelevanceOracle, top_k: int = 3, always_first_last: bool = True,
                  cache_bytes: int = 1 << 30, text_oracle: RelevanceOracle | None = None,
-                 text_weight: float = 1.0, h_text: str = "drop", counter: SpanCounter | None = None):
+                 text_weight: float = 1.0, h_text: str = "drop", counter: SpanCounter | None = None,
+                 context_budget: int | None = None, budget_policy: str = "pyramid", open_groups: int = 8):
         """h_text: "drop" pages unselected (H) chunks without their timestamp/text rows,
-        "keep" with them (query/pager.py says why drop is the default). counter: answers
+        "keep" with them (query/hotset.py says why drop is the default). counter: answers
         "how many times" questions from the visual oracle's per-frame (else per-chunk) scores
-        (query/counting.py); None leaves them to the LLM."""
+        (query/counting.py); None leaves them to the LLM. context_budget: most positions a
+        question's video context may take (None: the model's maximum less the question and
+        the answer); budget_policy, open_groups: how a video that does not fit at bi-level is
+        paged (query/budget.py)."""
         self.backend, self.store, self.config, self.oracle = backend, store, config, oracle
         # Used for videos ingested with a text channel (their record names the oracle).
         self.text_oracle, self.text_weight = text_oracle, text_weight
@@ -108,10 +123,17 @@ class QueryEngine:
         self._embed_lock = threading.Lock()
         self._model_lock = threading.RLock()     # the LLM: decoding, and a key/query oracle's embeddings
         self.counter = counter
+        if budget_policy not in POLICIES:
+            raise ValueError(f"budget_policy must be one of {', '.join(POLICIES)}; got {budget_policy!r}")
+        self.context_budget, self.budget_policy, self.open_groups = context_budget, budget_policy, open_groups
+        self._costs: OrderedDict[str, ChunkCosts] = OrderedDict()
+        self._costs_lock = threading.Lock()
 
     def forget(self, video_id: str) -> None:
-        """Drop what is cached for a video (its hot set): it was deleted."""
+        """Drop what is cached for a video (its hot sets, its costs): it was deleted."""
         self.hot.evict(video_id)
+        with self._costs_lock:
+            self._costs.pop(video_id, None)
 
     def question_vector(self, oracle: RelevanceOracle, question: str) -> np.ndarray:
         """The oracle's vector for a question, one embedding at a time: a search may embed
@@ -171,12 +193,13 @@ class QueryEngine:
             return self._count(rec, question, mode, on_token)
         vision_calls = self.backend.vision_calls
         t0 = time.perf_counter()
-        scores, levels = self._levels(rec, question, top_k, mode, chunks)
-        t1 = time.perf_counter()
         _, suffix = self.backend.prompt_parts(self.config.system_prompt, question)
         gen = gen or GenerationConfig(max_new_tokens=max_new_tokens, stop=("<|im_end|>",))
+        budget = self.budget(video_id, len(self.backend.tokenize(suffix)), gen.max_new_tokens)
+        scores, layout = self._layout(rec, question, top_k, mode, chunks, budget)
+        t1 = time.perf_counter()
         with self._model_lock:
-            paged, cache = self._page(video_id, rec.chunks_total, levels)
+            paged, cache = self._page(video_id, layout)
             t2 = time.perf_counter()
             if check_context:
                 self._check_fits(video_id, mode, cache, suffix, gen.max_new_tokens)
@@ -191,9 +214,39 @@ class QueryEngine:
         t = {"retrieve_ms": (t1 - t0) * 1e3, "load_ms": (t2 - t1) * 1e3,
              "prefill_ms": (first_token_at - t2) * 1e3, "decode_ms": (t3 - first_token_at) * 1e3,
              "ttft_ms": (first_token_at - t0) * 1e3}
-        return Answer("".join(pieces).strip(), self._evidence(rec, scores, levels, mode),
+        return Answer("".join(pieces).strip(), self._evidence(rec, scores, layout, mode),
                       {k: round(v, 2) for k, v in t.items()}, paged.bytes_in_context, paged.bytes_read, cache.tokens,
-                      self.backend.vision_calls - vision_calls, mode, video_id, question)
+                      self.backend.vision_calls - vision_calls, mode, video_id, question,
+                      levels=layout.levels(), policy=layout.policy, context_budget=budget, sample_fps=rec.sample_fps)
+
+    def budget(self, video_id: str, question_tokens: int, max_new_tokens: int) -> int:
+        """Positions a question's video context may take: VIDEOKV_CONTEXT_BUDGET, at most the
+        model's maximum less the question and the answer."""
+        limit = getattr(self.backend.config, "max_position_embeddings", None)
+        room = limit - question_tokens - max_new_tokens if limit else None
+        budget = min(b for b in (self.context_budget, room) if b is not None) if (self.context_budget or room) \
+            else 1 << 62
+        prefix = self.costs(video_id).prefix
+        if budget < prefix:
+            raise ContextTooLong(f"video {video_id}: a context budget of {budget} positions (VIDEOKV_CONTEXT_BUDGET="
+                                 f"{self.context_budget}, model positions {limit}, question {question_tokens}, "
+                                 f"answer {max_new_tokens}) does not hold even the prompt prefix ({prefix})")
+        return budget
+
+    def costs(self, video_id: str) -> ChunkCosts:
+        """What each part of a READY video takes in a context, from its chunk records (kept
+        for the videos asked last)."""
+        with self._costs_lock:
+            got = self._costs.get(video_id)
+            if got is not None:
+                self._costs.move_to_end(video_id)
+                return got
+        got = chunk_costs(self.store, self.backend, video_id, self.hot.h_text)
+        with self._costs_lock:
+            self._costs[video_id] = got
+            while len(self._costs) > 64:
+                self._costs.popitem(last=False)
+        return got
 
     def _askable(self, video_id: str, question: str, mode: str, count_by: str | None, top_k: int):
         """The video's record, once the question can be asked as given (else QueryError)."""
@@ -217,28 +270,37 @@ class QueryEngine:
                                    f"but this engine is {self.fingerprint}: re-ingest it with the current settings")
         return rec
 
-    def _levels(self, rec, question: str, top_k: int, mode: str, chunks: Sequence[int] | None):
-        """(scores {chunk: score} of the chosen chunks, levels {chunk: "L" | "H"} of every chunk)."""
+    def _layout(self, rec, question: str, top_k: int, mode: str, chunks: Sequence[int] | None,
+                budget: int) -> tuple[dict[int, float], Layout]:
+        """(scores {chunk: score} of the chosen chunks, the layout of the context)."""
         n = rec.chunks_total
+        costs = self.costs(rec.video_id)
         if chunks is not None:
             bad = [i for i in chunks if not 0 <= int(i) < n]
             if bad:
                 raise QueryError(f"chunks {bad} are out of range: video {rec.video_id} has chunks 0..{n - 1}")
-            scores = {int(i): 0.0 for i in chunks}
+            hits = [Hit(rec.video_id, int(i), 0.0) for i in chunks]
         else:
             hits = self.retrieve(rec.video_id, question, top_k, rec) if top_k else []
-            scores = {h.chunk: h.score for h in hits}
-        selected = set(scores) | ({0, n - 1} if self.always_first_last and n else set())
-        level = {"bilevel": lambda i: "L" if i in selected else "H", "dense": lambda i: "L",
-                 "sparse": lambda i: "H"}[mode]
-        return scores, {i: level(i) for i in range(n)}
+        if mode in ("dense", "sparse"):
+            return {h.chunk: h.score for h in hits}, uniform(costs, "L" if mode == "dense" else "H", mode)
+        ranked = list(dict.fromkeys([h.chunk for h in hits] + ([0, n - 1] if self.always_first_last and n else [])))
+        full = bilevel(costs, set(ranked))
+        if full.tokens <= budget:
+            return {h.chunk: h.score for h in hits}, full
+        # Past the budget: every chunk's relevance decides what is kept (the visual oracle's).
+        qv = self.question_vector(self.oracle, question)
+        every = {h.chunk: h.score for h in self.store.search(self.oracle.identity, qv, n, video_ids=[rec.video_id])}
+        relevance = np.array([every.get(i, -np.inf) for i in range(n)], dtype=np.float64)
+        layout = plan(costs, ranked, relevance, budget, self.budget_policy, self.open_groups)
+        return {h.chunk: h.score for h in hits}, layout
 
-    def _page(self, video_id: str, n: int, levels: dict[int, str]):
+    def _page(self, video_id: str, layout: Layout):
         """(paged, assembled cache): on CUDA the fast path pages and assembles at once."""
         if self.fast is not None:
-            paged = self.fast.load(video_id, n, levels)
+            paged = self.fast.load(video_id, layout)
             return paged, paged.cache
-        paged = self.pager.load(video_id, n, levels)
+        paged = self.pager.load(video_id, layout)
         return paged, assemble(self.backend, paged.parts)
 
     def _check_fits(self, video_id: str, mode: str, cache, suffix: str, max_new_tokens: int) -> None:
@@ -248,14 +310,14 @@ class QueryEngine:
             raise ContextTooLong(f"video {video_id} in {mode} mode needs {need} positions (context, question and "
                                  f"answer) and the model has {limit}: ask in bilevel mode, or with fewer chunks")
 
-    def _evidence(self, rec, scores: dict, levels: dict, mode: str) -> list[Evidence]:
+    def _evidence(self, rec, scores: dict, layout: Layout, mode: str) -> list[Evidence]:
         """The chunks the answer came from, best first: the retrieved ones with the first and
-        last (sparse: the retrieved ones only)."""
-        plan = {s.index: s for s in rec.plan}
+        last (sparse: the retrieved ones only), each with the level it was paged at."""
+        spans = {s.index: s for s in rec.plan}
         n = rec.chunks_total
         selected = set(scores) | ({0, n - 1} if self.always_first_last and n else set())
         shown = sorted(selected) if mode != "sparse" else sorted(scores)
-        return [Evidence(i, plan[i].t_start, plan[i].t_end, scores.get(i, 0.0), levels[i])
+        return [Evidence(i, spans[i].t_start, spans[i].t_end, scores.get(i, 0.0), layout.level_of(i))
                 for i in sorted(shown, key=lambda i: -scores.get(i, float("-inf")))]
 
     def frame_scores(self, rec, qv: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, float]]] | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -55,47 +55,83 @@ def text_chunks_of(rec) -> set[int]:
 @dataclass
 class HotSet:
     """kv: [layers, 2, kv_heads, T, head_dim]; parts: ChunkKV views of it (prefix, then every
-    chunk at H, in temporal order); offsets: each part's first row in kv."""
+    chunk at H, or every gist group at G, in temporal order); offsets: each part's first row
+    in kv; level: "H" or "G"."""
 
     kv: torch.Tensor
     parts: list[ChunkKV]
     offsets: list[int]
+    level: str = "H"
+    _at: dict = field(default_factory=dict, repr=False)
 
     @property
     def nbytes(self) -> int:
         return self.kv.numel() * self.kv.element_size()
 
+    def position(self, index: int) -> int:
+        """The position in `parts` of the part with chunk (or group) `index`."""
+        if not self._at:
+            self._at.update({p.index: j for j, p in enumerate(self.parts)})
+        return self._at[index]
 
-def read_hot_set(store: KVStore, video_id: str, n_chunks: int, fingerprint: str, h_text: str = "drop",
-                 pin: bool = False) -> HotSet:
-    """Read a video's prefix and H parts out of the store into one (pinned) buffer: the one
-    copy out of LMDB's map."""
+
+def part_rows(r, video_id: str, index: int, level: str, fingerprint: str, h_text: str, text_chunks: set[int]):
+    """(the stored blob view, the row indices a question pages [kept] or None for all) of one
+    part: an H part by h_rows, every other level whole."""
+    v = r.blob(video_id, index, level, fingerprint=fingerprint)
+    return v, (h_rows(v.kinds, h_text, index in text_chunks) if level == "H" else None)
+
+
+def as_part(r, video_id: str, index: int, level: str, kv: torch.Tensor, kinds: torch.Tensor,
+            fingerprint: str) -> ChunkKV:
+    """A ChunkKV over kv [layers, 2, kv_heads, T, head_dim] with the stored part's metadata (a
+    G part spans its group: frames and times from its first to its last chunk)."""
+    meta = r.chunk_record(video_id, index)
+    frame_end, t_end = meta.frame_end, meta.t_end
+    if level == "G":
+        rec = r.video(video_id)
+        last = rec.plan[min(index + int((rec.extra or {}).get("gist_chunks", 1)), rec.chunks_total) - 1]
+        frame_end, t_end = last.frame_end, last.t_end
+    return ChunkKV(kv[:, 0], kv[:, 1], kinds, index=index, frame_start=meta.frame_start, frame_end=frame_end,
+                   t_start=meta.t_start, t_end=t_end, level=level, fingerprint=fingerprint)
+
+
+def hot_indices(rec, level: str) -> list[int]:
+    """The parts of a hot set at `level`: every chunk (H), or every gist group's first chunk (G)."""
+    if level == "H":
+        return list(range(rec.chunks_total))
+    group = int((rec.extra or {}).get("gist_chunks", 0))
+    if not group:
+        raise ValueError(f"video {rec.video_id} has no gist level (ingested with VIDEOKV_GIST_CHUNKS=0)")
+    return list(range(0, rec.chunks_total, group))
+
+
+def read_hot_set(store: KVStore, video_id: str, fingerprint: str, h_text: str = "drop", pin: bool = False,
+                 level: str = "H") -> HotSet:
+    """Read a video's prefix and every part at `level` out of the store into one (pinned)
+    buffer: the one copy out of LMDB's map."""
     with store.reader() as r:
         rec = r.video(video_id)
-        wanted = [(-1, "full")] + [(i, "H") for i in range(n_chunks)]
-        views = [r.blob(video_id, i, lvl, fingerprint=fingerprint) for i, lvl in wanted]
         text_chunks = text_chunks_of(rec)
-        rows = [None] + [h_rows(v.kinds, h_text, i in text_chunks) for i, v in enumerate(views[1:])]
-        h0 = views[0].header
-        total = sum(v.header.tokens if x is None else len(x) for v, x in zip(views, rows))
+        wanted = [(-1, "full")] + [(i, level) for i in hot_indices(rec, level)]
+        views = [part_rows(r, video_id, i, lvl, fingerprint, h_text, text_chunks) for i, lvl in wanted]
+        h0 = views[0][0].header
+        total = sum(v.header.tokens if x is None else len(x) for v, x in views)
         kv = torch.empty(h0.layers, 2, h0.kv_heads, total, h0.head_dim, dtype=h0.dtype, pin_memory=pin)
         parts, offsets, off = [], [], 0
-        for (i, lvl), v, x in zip(wanted, views, rows):
+        for (i, lvl), (v, x) in zip(wanted, views):
             src, kinds = (v.kv, v.kinds) if x is None else (v.kv.index_select(3, x), v.kinds[x])
             dst = kv[:, :, :, off:off + src.shape[3]]
             dst.copy_(src)
-            meta = r.chunk_record(video_id, i)
-            parts.append(ChunkKV(dst[:, 0], dst[:, 1], kinds.clone(), index=i, frame_start=meta.frame_start,
-                                 frame_end=meta.frame_end, t_start=meta.t_start, t_end=meta.t_end, level=lvl,
-                                 fingerprint=rec.fingerprint))
+            parts.append(as_part(r, video_id, i, lvl, dst, kinds.clone(), rec.fingerprint))
             offsets.append(off)
             off += src.shape[3]
-    return HotSet(kv, parts, offsets)
+    return HotSet(kv, parts, offsets, level)
 
 
 class HotSetCache:
-    """Hot sets by video, least recently used first out once `cache_bytes` is exceeded (a
-    set larger than the whole budget is used once and not kept). Thread-safe.
+    """Hot sets by (video, level), least recently used first out once `cache_bytes` is
+    exceeded (a set larger than the whole budget is used once and not kept). Thread-safe.
 
     h_text: "drop" or "keep" (above); pin: hot sets in pinned memory (CUDA)."""
 
@@ -105,21 +141,22 @@ class HotSetCache:
         self.cache_bytes = cache_bytes
         self.h_text = check_h_text(h_text)
         self.pin = pin
-        self._sets: OrderedDict[str, HotSet] = OrderedDict()
+        self._sets: OrderedDict[tuple[str, str], HotSet] = OrderedDict()
         self.bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, video_id: str, n_chunks: int) -> tuple[HotSet, int]:
-        """(the video's hot set, bytes read from the store to get it: 0 when it was hot)."""
+    def get(self, video_id: str, level: str = "H") -> tuple[HotSet, int]:
+        """(the video's hot set at `level`, bytes read from the store to get it: 0 when hot)."""
+        key = (video_id, level)
         with self._lock:
-            hot = self._sets.get(video_id)
+            hot = self._sets.get(key)
             if hot is not None:
-                self._sets.move_to_end(video_id)
+                self._sets.move_to_end(key)
                 return hot, 0
-        hot = read_hot_set(self.store, video_id, n_chunks, self.fingerprint, self.h_text, self.pin)
+        hot = read_hot_set(self.store, video_id, self.fingerprint, self.h_text, self.pin, level)
         with self._lock:
-            if hot.nbytes <= self.cache_bytes and video_id not in self._sets:
-                self._sets[video_id] = hot
+            if hot.nbytes <= self.cache_bytes and key not in self._sets:
+                self._sets[key] = hot
                 self.bytes += hot.nbytes
                 while self.bytes > self.cache_bytes:
                     _, old = self._sets.popitem(last=False)
@@ -127,11 +164,10 @@ class HotSetCache:
         return hot, hot.nbytes
 
     def evict(self, video_id: str) -> None:
-        """Forget a video's hot set (it was deleted or re-ingested)."""
+        """Forget a video's hot sets (it was deleted or re-ingested)."""
         with self._lock:
-            old = self._sets.pop(video_id, None)
-            if old is not None:
-                self.bytes -= old.nbytes
+            for key in [k for k in self._sets if k[0] == video_id]:
+                self.bytes -= self._sets.pop(key).nbytes
 
     def __contains__(self, video_id: str) -> bool:
-        return video_id in self._sets
+        return any(k[0] == video_id for k in self._sets)

@@ -1,9 +1,10 @@
-"""`KVPager`: loads the KV parts a question needs, in temporal order, on the CPU.
+"""`KVPager`: loads the KV parts of a question's `Layout` (budget.py), in temporal order, on
+the CPU.
 
-Selected chunks come at L level, every other chunk at H level (or all L / all H). The
-prompt prefix and all-H set come from the shared hot-set cache (`hotset.py`, which also
-says why H parts are paged without their timestamp rows), so a repeated question on a hot
-video reads only its selected chunks' L-KVs from the store.
+The prompt prefix and the layout's base level (H for every chunk, or the gist level G for
+every group when the layout has G parts) come from the shared hot-set cache (`hotset.py`,
+which also says why H parts are paged without their timestamp rows); the other parts (the
+selected chunks at L; with a G base, the chunks at H) are read from the store per question.
 """
 
 from __future__ import annotations
@@ -12,18 +13,25 @@ from dataclasses import dataclass
 
 from videokv.engine.chunkkv import ChunkKV
 
-from .hotset import HotSetCache
+from .budget import Layout
+from .hotset import HotSetCache, as_part, part_rows, text_chunks_of
 
 
 @dataclass
 class PagedKV:
-    """parts: prefix then one ChunkKV per chunk in temporal order (pre-RoPE, host memory).
-    bytes_in_context: KV bytes of all parts; bytes_read: bytes read from the store now."""
+    """parts: prefix then one ChunkKV per layout part in temporal order (pre-RoPE, host
+    memory). bytes_in_context: KV bytes of all parts; bytes_read: bytes read from the store
+    now."""
 
     parts: list[ChunkKV]
     bytes_in_context: int
     bytes_read: int
-    levels: dict[int, str]
+    layout: Layout
+
+
+def base_level(layout: Layout) -> str:
+    """The level paged from the hot set: G when the layout uses the gist level, else H."""
+    return "G" if any(lvl == "G" for _, lvl in layout.parts) else "H"
 
 
 class KVPager:
@@ -38,15 +46,19 @@ class KVPager:
     def evict(self, video_id: str) -> None:
         self.hot.evict(video_id)
 
-    def load(self, video_id: str, n_chunks: int, levels: dict[int, str]) -> PagedKV:
-        """levels: chunk index -> "L" or "H" for every chunk 0..n_chunks-1."""
-        hot, read = self.hot.get(video_id, n_chunks)
-        want_l = sorted(i for i, lvl in levels.items() if lvl == "L")
-        l_parts = {}
-        if want_l:
-            with self.store.reader() as r:
-                for i in want_l:
-                    l_parts[i] = r.chunk(video_id, i, "L", fingerprint=self.fingerprint, copy=True)
-            read += sum(p.nbytes for p in l_parts.values())
-        parts = [hot.parts[0]] + [l_parts.get(i, hot.parts[i + 1]) for i in range(n_chunks)]
-        return PagedKV(parts, sum(p.nbytes for p in parts), read, levels)
+    def load(self, video_id: str, layout: Layout) -> PagedKV:
+        base = base_level(layout)
+        hot, read = self.hot.get(video_id, base)
+        parts: list[ChunkKV] = [hot.parts[0]]
+        with self.store.reader() as r:
+            text_chunks = text_chunks_of(r.video(video_id))
+            for i, lvl in layout.parts:
+                if lvl == base:
+                    parts.append(hot.parts[hot.position(i)])
+                    continue
+                v, rows = part_rows(r, video_id, i, lvl, self.fingerprint, self.h_text, text_chunks)
+                kv, kinds = (v.kv, v.kinds) if rows is None else (v.kv.index_select(3, rows), v.kinds[rows])
+                part = as_part(r, video_id, i, lvl, kv.clone(), kinds.clone(), r.video(video_id).fingerprint)
+                read += part.nbytes
+                parts.append(part)
+        return PagedKV(parts, sum(p.nbytes for p in parts), read, layout)

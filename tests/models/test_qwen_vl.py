@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from videokv.engine.prefill import timestamp_text
 from videokv.engine.rope import MRotary
 from videokv.models.loading import ModelSpec, UnsupportedModelError, load_backend
 from videokv.models.qwen_vl import QwenVLBackend, mrope_layout
@@ -65,7 +66,7 @@ def test_layout_matches_transformers_rope_index(vl, tokenizer, tmp_path):
     starts the text after a video at max(h, w) rather than one past the largest component)."""
     be = vl if vl.model_type == "qwen2_vl" else \
         tiny_qwen_vl_backend(tmp_path / "fps4", vl.model_type, tokenizer, sample_fps=4.0)  # 1 position/patch
-    chunks, videos = vl_chunks(be, n_chunks=3, frames=4)
+    chunks, videos = vl_chunks(be, n_chunks=3, frames=4, seconds=1.0)       # sampled at 4 fps
     before, suffix = be.prompt_parts("Be brief.", "What moved?")
     ref = vl_reference_inputs(be, chunks, videos, before, suffix)
     ids = ref["input_ids"][None]
@@ -77,6 +78,30 @@ def test_layout_matches_transformers_rope_index(vl, tokenizer, tmp_path):
         kw["second_per_grid_ts"] = torch.full((len(chunks),), 2 / 4.0)
     theirs, _ = be.model.model.get_rope_index(ids, **kw)
     assert torch.equal(theirs[:, 0], mrope_layout(ref["segments"]))
+
+
+def test_temporal_positions_follow_the_real_timestamps(tokenizer, tmp_path):
+    """Qwen2.5-VL spaces temporal patches by seconds: a chunk whose 4 frames span 16 s (a
+    frame cap sampling at 0.25 fps) gets the temporal positions the native model gives a
+    video with that many seconds per grid, not the configured 1 fps's."""
+    be = tiny_qwen_vl_backend(tmp_path / "q25", "qwen2_5_vl", tokenizer, sample_fps=1.0)
+    for seconds in (4.0, 16.0):
+        chunks, videos = vl_chunks(be, n_chunks=1, frames=4, seconds=seconds)
+        ref = vl_reference_inputs(be, chunks, videos, "", "")
+        ids = ref["input_ids"][None]
+        kw = {"video_grid_thw": ref["video_grid_thw"]}
+        params = inspect.signature(be.model.model.get_rope_index).parameters
+        if "mm_token_type_ids" in params:
+            kw["mm_token_type_ids"] = (ids == be.video_token_id).int() * 2
+        tp = be.vision.patcher.temporal_patch_size
+        kw["second_per_grid_ts"] = torch.tensor([tp * seconds / 4])
+        theirs, _ = be.model.model.get_rope_index(ids, **kw)
+        video = (ids[0] == be.video_token_id).nonzero().flatten()
+        _, _, local = be.chunk_tokens(timestamp_text(0.0), chunks[0].visual, 4, seconds)
+        ours = local[:, 1:-1][:, -len(video):]                  # the video tokens' in-chunk positions
+        native = theirs[:, 0, video] - theirs[:, 0, video[:1]]
+        assert torch.equal(ours - ours[:, :1], native), seconds
+    assert be.interval(4, 16.0) == 4 * be.interval(4, 4.0) == 4 * be.time_interval
 
 
 def test_ingest_and_ask_with_a_qwen_checkpoint_and_refusal_by_another_backend(tmp_path, tokenizer, monkeypatch):

@@ -13,6 +13,7 @@ from videokv.engine.prefill_device import DevicePrefill
 from videokv.ingest.pipeline import frames_to_tensor
 from videokv.models.selftest import random_chunks
 from videokv.models.tiny import tiny_backend
+from videokv.query.budget import Layout
 from videokv.query.device_pager import DevicePager, StagingBuffer, gather_rotate
 from videokv.query.hotset import HotSetCache
 from videokv.query.pager import KVPager
@@ -36,8 +37,8 @@ def test_device_pager_matches_cpu_path_and_reuses_staging(ingested):
                {i: "L" for i in range(n)}, {i: ("L" if i in (1, n - 1) else "H") for i in range(n)}]
     ptrs = []
     for j, levels in enumerate(layouts):
-        got = dp.load(res.video_id, n, levels)
-        paged = q.pager.load(res.video_id, n, levels)
+        got = dp.load(res.video_id, Layout.of(levels))
+        paged = q.pager.load(res.video_id, Layout.of(levels))
         _same_cache(got.cache, assemble(rt.backend, paged.parts))
         assert got.bytes_in_context == paged.bytes_in_context
         n_l = sum(v == "L" for v in levels.values())
@@ -51,13 +52,42 @@ def test_device_pager_matches_cpu_path_and_reuses_staging(ingested):
     # grown by the first L question and by the all-L one; the smaller one after it reused it
     assert ptrs[0] == 0 and dp.staging.grows == 2 and ptrs[2] == ptrs[3] != 0 and dp.staging.reuses == 1
     dp.evict(res.video_id)
-    assert res.video_id not in q.hot and dp.load(res.video_id, n, layouts[0]).bytes_read > 0
+    assert res.video_id not in q.hot and dp.load(res.video_id, Layout.of(layouts[0])).bytes_read > 0
     # with the H parts' text rows kept, both paths agree too
     kept = HotSetCache(rt.store, q.fingerprint, h_text="keep")
-    got = DevicePager(kept, rt.backend, device="cpu", pin=False).load(res.video_id, n, layouts[1])
-    paged = KVPager(kept).load(res.video_id, n, layouts[1])
+    got = DevicePager(kept, rt.backend, device="cpu", pin=False).load(res.video_id, Layout.of(layouts[1]))
+    paged = KVPager(kept).load(res.video_id, Layout.of(layouts[1]))
     _same_cache(got.cache, assemble(rt.backend, paged.parts))
-    assert got.bytes_in_context == paged.bytes_in_context > q.pager.load(res.video_id, n, layouts[1]).bytes_in_context
+    assert got.bytes_in_context == paged.bytes_in_context > q.pager.load(res.video_id, Layout.of(layouts[1])).bytes_in_context
+
+
+def test_layouts_with_the_gist_level_page_alike_on_both_paths(tmp_path, toy_video, embedded_backend):
+    """A pyramid layout (L, H, G parts and a chunk left out) pages from the G hot set plus the
+    staged L and H parts; the device path assembles exactly what the CPU path does, and a G
+    part is its group's H-KVs' visual rows pooled (engine.compress.gist)."""
+    from tests.conftest import make_runtime
+    from videokv.engine.compress import gist
+
+    rt = make_runtime(tmp_path / "home", gist_chunks=2)                    # 6 chunks: groups 0, 2, 4
+    rt.backend = embedded_backend
+    vid = rt.pipeline.ingest(toy_video[0]).video_id
+    store = rt.store
+    g2 = store.read_chunk(vid, 2, "G")
+    ref = gist([store.read_chunk(vid, i, "H") for i in (2, 3)], rt.config.gist_ratio)
+    assert torch.equal(g2.keys, ref.keys) and torch.equal(g2.values, ref.values) and g2.tokens == 2   # 2 x 8 H rows / 8
+    q = rt.queries
+    layout = Layout.of({0: "L", 1: "H", 2: "G", 5: "L"}, group=2)        # chunk 4 left out
+    assert layout.levels() == {"L": 2, "H": 1, "G": 2, "dropped": 1}
+    paged = q.pager.load(vid, layout)
+    assert [(p.index, p.level) for p in paged.parts] == [(-1, "full"), (0, "L"), (1, "H"), (2, "G"), (5, "L")]
+    assert paged.parts[3].t_end == store.get_video(vid).plan[3].t_end         # a G part spans its group
+    assert torch.equal(paged.parts[3].keys, g2.keys)
+    assert (paged.parts[2].kinds == TokenKind.VISUAL).all()                     # H without its stamp rows
+    dp = DevicePager(q.hot, rt.backend, device="cpu", pin=False, groups=2)
+    got = dp.load(vid, layout)
+    _same_cache(got.cache, assemble(rt.backend, paged.parts))
+    assert got.bytes_in_context == paged.bytes_in_context
+    assert got.bytes_read == sum(p.nbytes for p in paged.parts[1:] if p.level != "G")   # G hot, the rest staged
 
 
 def test_staging_buffer_grows_geometrically_and_views_typed():
@@ -107,25 +137,29 @@ def test_device_prefill_yields_what_host_prefill_does(tokenizer):
 
 
 def test_batched_vision_inputs_match_per_chunk(ingested, toy_video, monkeypatch):
-    from videokv.ingest.chunks import plan_chunks
-    from videokv.ingest.video import probe, sample_frames
+    from videokv.ingest import writer as W
+    from videokv.ingest.stream import stream_chunks
+    from videokv.ingest.text import TextOptions
+    from videokv.ingest.video import iter_frames, probe
 
     rt, _ = ingested
-    pipe = rt.pipeline
-    assert not pipe._batch_vision()                        # CPU: one tower call per chunk, as before
-    info = probe(toy_video[0])
-    s = sample_frames(toy_video[0], 1.0, 4096, size=rt.backend.vision.input_size, info=info)
-    plan = plan_chunks(s.timestamps, info.duration, 16, 1.0)
-    monkeypatch.setattr(pipe, "VISION_BATCH_FRAMES", 40)  # groups of 3 chunks (48 frames), then the rest
+    path = toy_video[0]
+    info = probe(path)
+    w = W.StreamWriter(rt.pipeline, "unused", path, info, TextOptions(), 1.0)
+    assert not w.batch_vision                              # CPU: one tower call per chunk, as before
+    w.batch_vision, w.wants_frames = True, True
+    monkeypatch.setattr(W, "VISION_BATCH_FRAMES", 40)     # groups of 3 chunks (48 frames), then the rest
+    chunks = list(stream_chunks(iter_frames(path, 1.0, size=rt.backend.vision.input_size, info=info), 16,
+                                info.duration, 1.0))
+    assert len(chunks) == 6
     calls = rt.backend.vision_calls
-    pending: dict = {}
-    got = list(pipe._batched_inputs(plan.chunks, s.frames, pending))
-    assert rt.backend.vision_calls - calls == 2 and sorted(pending) == list(range(len(plan)))
-    for c, ci in zip(plan.chunks, got):
-        ref = rt.backend.vision_tokens(frames_to_tensor(s.frames[c.frame_start:c.frame_end]))
-        assert ci.index == c.index and (ci.frame_start, ci.frame_end) == (c.frame_start, c.frame_end)
+    got = [ci for group in w.vision_groups(iter(chunks)) for ci in w.chunk_inputs(group)]
+    assert rt.backend.vision_calls - calls == 2 and sorted(w.pending) == list(range(len(chunks)))
+    for cf, ci in zip(chunks, got):
+        ref = rt.backend.vision_tokens(frames_to_tensor(cf.frames))
+        assert ci.index == cf.span.index and (ci.frame_start, ci.frame_end) == (cf.span.frame_start, cf.span.frame_end)
         assert torch.allclose(ci.visual, ref.reshape(-1, ref.shape[-1]), atol=1e-5)
-    assert np.isclose(got[1].t_start, plan.chunks[1].t_start)
+    assert np.isclose(got[1].t_start, chunks[1].span.t_start)
 
 
 def test_window0_chunks_packed_into_one_forward_match_one_by_one(tokenizer):

@@ -5,6 +5,7 @@ import torch
 
 from videokv.engine.prefill import timestamp_text
 from videokv.kvstore import Status
+from videokv.query.budget import Layout
 from videokv.query.engine import QueryError
 
 QUESTION = "What digit was shown on the red card?"
@@ -81,7 +82,7 @@ def test_h_parts_are_paged_without_text_rows_unless_kept(ingested):
     levels = {i: "L" if i in (0, 3) else "H" for i in range(6)}
     kinds = {}
     for h_text in ("drop", "keep"):
-        paged = KVPager(HotSetCache(rt.store, rt.queries.fingerprint, h_text=h_text)).load(res.video_id, 6, levels)
+        paged = KVPager(HotSetCache(rt.store, rt.queries.fingerprint, h_text=h_text)).load(res.video_id, Layout.of(levels))
         assert paged.bytes_in_context == expected_context_bytes(rt, rec, levels, h_text)
         kinds[h_text] = [int((p.kinds == TokenKind.TEXT).sum()) for p in paged.parts[1:]]
     stored = rt.store.read_chunk(res.video_id, 1, "H")      # the stored H-KV keeps its timestamp
@@ -89,7 +90,7 @@ def test_h_parts_are_paged_without_text_rows_unless_kept(ingested):
     assert all(n > 0 for n in kinds["keep"])
     assert [n > 0 for n in kinds["drop"]] == [levels[i] == "L" for i in range(6)]
     # the visual rows are the stored ones, in order
-    h = KVPager(HotSetCache(rt.store, rt.queries.fingerprint)).load(res.video_id, 6, levels).parts[2]
+    h = KVPager(HotSetCache(rt.store, rt.queries.fingerprint)).load(res.video_id, Layout.of(levels)).parts[2]
     stored = rt.store.read_chunk(res.video_id, 1, "H")
     vis = stored.kinds == TokenKind.VISUAL
     assert torch.equal(h.keys, stored.keys[:, :, vis]) and torch.equal(h.values, stored.values[:, :, vis])
@@ -106,7 +107,7 @@ def test_h_parts_of_chunks_with_a_text_line_keep_their_text_rows(ingested):
     levels = {i: "L" if i == 0 else "H" for i in range(6)}
     try:
         rt.store.update_video(res.video_id, extra={**(old or {}), "text_chunks": [2, 4]})
-        paged = KVPager(HotSetCache(rt.store, rt.queries.fingerprint)).load(res.video_id, 6, levels)
+        paged = KVPager(HotSetCache(rt.store, rt.queries.fingerprint)).load(res.video_id, Layout.of(levels))
         with_text = [i for i, p in enumerate(paged.parts[1:]) if (p.kinds == TokenKind.TEXT).any()]
         assert with_text == [0, 2, 4]                     # the L chunk, and the H chunks with a line
         assert paged.parts[3].tokens == rt.store.read_chunk(res.video_id, 2, "H").tokens
