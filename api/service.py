@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import Request
@@ -27,7 +26,8 @@ _BOOL = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": 
 
 
 class Service:
-    """Per-app state: settings, the runtime (model + store, loaded lazily), key ring, Celery."""
+    """Per-app state: settings, the runtime (the store; never the model), key ring, Celery, the
+    query workers' client."""
 
     def __init__(self, settings, runtime):
         self.settings = settings
@@ -36,11 +36,10 @@ class Service:
         self.uploads = Path(settings.home) / "uploads"
         self.register_lock = threading.Lock()
         self._celery = None
-        # Questions run on their own thread (one model, one question at a time), behind an
-        # admission limit: a backlog never occupies the pool the cheap endpoints use, and past
-        # VIDEOKV_MAX_QUEUED_QUESTIONS waiting a question is told to come back (503).
-        self._questions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videokv-question")
-        self._admitted = threading.BoundedSemaphore(settings.max_queued_questions + 1)
+        # Questions go to the query workers (this process holds no model), behind an admission
+        # limit: past VIDEOKV_MAX_QUEUED_QUESTIONS in flight a question is told to come back (503).
+        self._client, self._client_lock = None, threading.Lock()
+        self._admitted = threading.BoundedSemaphore(settings.max_queued_questions)
 
     @property
     def celery(self):
@@ -113,10 +112,10 @@ class Service:
             opts = self.text_options(up)
             embedded = opts.subtitles and opts.subtitle_file is None and has_subtitle_stream(up.path)
             key = content_key(up.sha256, opts, embedded, None if self.settings.share_kv_across_tenants else tenant)
+            fp = self.fingerprint()
         except Exception:
             up.discard()
             raise
-        fp = self.rt.config.fingerprint()
         with self.register_lock:
             rec = self.rt.store.create_video(
                 content_hash=key, fingerprint=fp, tenant=tenant, plan=[], filename=up.filename,
@@ -167,19 +166,58 @@ class Service:
             self.rt.queries.forget(rec.video_id)
 
     # ---------------------------------------------------------------- questions
-    def ask(self, video_id: str, body, on_token=None) -> dict:
-        ans = self.rt.queries.ask(video_id, body.question, top_k=body.top_k, mode=body.mode,
-                                  max_new_tokens=body.max_new_tokens, on_token=on_token, count_by=body.count_by)
-        return ans.to_dict()
+    @property
+    def questions(self):
+        """The client of the query workers (workers/questions.py), made on first use."""
+        with self._client_lock:
+            if self._client is None:
+                import redis
 
-    def submit_question(self, fn, *args) -> asyncio.Future:
-        """Run fn(*args) on the question thread; 503 + Retry-After when too many wait already."""
+                from videokv.workers.questions import QuestionClient
+                r = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+                self._client = QuestionClient(r, timeout_s=self.settings.question_timeout_s)
+            return self._client
+
+    def fingerprint(self) -> str:
+        """The model/config fingerprint the query workers answer with (uploads are keyed by it)."""
+        from videokv.workers.questions import announced_engine
+        try:
+            engine = announced_engine(self.questions.r)
+        except Exception as e:  # noqa: BLE001
+            raise Problem(503, f"Redis is unavailable ({type(e).__name__}); try again", code="queue_unavailable",
+                          headers={"Retry-After": "5"}) from None
+        if not engine:
+            raise Problem(503, "no query worker has announced its model yet: start `videokv query-worker`",
+                          code="no_query_worker", headers={"Retry-After": "10"})
+        return engine["fingerprint"]
+
+    async def ask(self, video_id: str, body, on_token=None) -> dict:
+        """The answer's dict, from a query worker; a failure is its problem (503s say when to
+        come back)."""
+        return await self._remote(lambda c: c.ask(video_id, body.question, stream=on_token is not None,
+                                                  on_token=on_token, top_k=body.top_k, mode=body.mode,
+                                                  max_new_tokens=body.max_new_tokens, count_by=body.count_by))
+
+    async def search(self, query: str, top_k: int, tenant: str, video_ids: list[str] | None) -> list[dict]:
+        return await self._remote(lambda c: c.search(query, top_k, tenant=tenant, video_ids=video_ids))
+
+    async def _remote(self, send):
+        """send(client) -> Future, admitted first: 503 + Retry-After when this process has
+        VIDEOKV_MAX_QUEUED_QUESTIONS in flight already."""
+        from videokv.workers.questions import QuestionFailed
         if not self._admitted.acquire(blocking=False):
-            raise Problem(503, f"{self.settings.max_queued_questions} questions are already waiting; try again "
+            raise Problem(503, f"{self.settings.max_queued_questions} questions are already in flight; try again "
                                "in a few seconds", code="busy", headers={"Retry-After": "5"})
-        fut = self._questions.submit(fn, *args)
-        fut.add_done_callback(lambda _f: self._admitted.release())
-        return asyncio.wrap_future(fut)
+        try:
+            return await asyncio.wrap_future(send(self.questions))
+        except QuestionFailed as e:
+            headers = {"Retry-After": "5"} if e.http_status == 503 else None
+            raise Problem(e.http_status, str(e), code=e.code, headers=headers) from None
+        except (OSError, ConnectionError) as e:
+            raise Problem(503, f"Redis is unavailable ({type(e).__name__}); try again", code="queue_unavailable",
+                          headers={"Retry-After": "5"}) from None
+        finally:
+            self._admitted.release()
 
 
 # -------------------------------------------------------------------- views

@@ -208,7 +208,8 @@ def reprefill(rt, path: Path, question: str, method: str, max_new_tokens: int, a
     chunk-based), nothing stored, then the question and its answer. Timed from the start."""
     import torch
 
-    from videokv.engine.decode import AssembledCache, GenerationConfig, assemble, generate
+    from videokv.engine.batch import generate
+    from videokv.engine.decode import AssembledCache, GenerationConfig, assemble
     from videokv.engine.prefill import ChunkInput
     from videokv.ingest.chunks import plan_chunks
     from videokv.ingest.pipeline import frames_to_tensor

@@ -8,7 +8,7 @@ free position N.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -62,41 +62,29 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
 
 
-def generate(backend: HFCausalBackend, cache: AssembledCache, suffix: str,
-             gen: GenerationConfig = GenerationConfig()) -> Iterator[str]:
-    """Stream the answer's text pieces. suffix: the text after the video (question + the
-    chat template's assistant opening). Stops at EOS, a stop string, or max_new_tokens."""
-    ids = backend.tokenize(suffix)
-    pos = cache.next_pos
-    out = backend.forward(backend.embed_text(ids), backend.make_cache(cache.keys, cache.values),
-                          positions=torch.arange(pos, pos + len(ids)), kv=False, logits="last")
-    pos += len(ids)
-    rng = torch.Generator().manual_seed(gen.seed) if gen.seed is not None else None
-    eos = backend.eos_token_ids
-    produced: list[int] = []
-    text_so_far = ""
-    for _ in range(gen.max_new_tokens):
-        tok = _pick(out.logits[-1], gen, rng)
-        if tok in eos:
-            return
-        produced.append(tok)
-        text = backend.tokenizer.decode(produced, skip_special_tokens=True)
-        piece, text_so_far = text[len(text_so_far):], text
-        hit = next((s for s in gen.stop if s in text), None)
+class TextOut:
+    """An answer's text as its tokens arrive: `feed(token)` -> (the new text piece, whether a
+    stop string ended it; the piece then stops before the stop string)."""
+
+    def __init__(self, backend: HFCausalBackend, stop: tuple[str, ...] = ()):
+        self.tokenizer, self.stop = backend.tokenizer, stop
+        self.produced: list[int] = []
+        self.text = ""
+
+    def feed(self, tok: int) -> tuple[str, bool]:
+        self.produced.append(tok)
+        text = self.tokenizer.decode(self.produced, skip_special_tokens=True)
+        piece, already = text[len(self.text):], len(self.text)
+        self.text = text
+        hit = next((s for s in self.stop if s in text), None)
         if hit is not None:
             keep = text[: text.index(hit)]
-            already = len(text) - len(piece)
-            if len(keep) > already:
-                yield keep[already:]
-            return
-        if piece:
-            yield piece
-        out = backend.forward(backend.embed_text(torch.tensor([tok])), out.cache,
-                              positions=torch.tensor([pos]), kv=False)
-        pos += 1
+            return (keep[already:] if len(keep) > already else ""), True
+        return piece, False
 
 
-def _pick(logits: torch.Tensor, gen: GenerationConfig, rng) -> int:
+def pick(logits: torch.Tensor, gen: GenerationConfig, rng) -> int:
+    """The next token from logits [vocab]: argmax (temperature 0), else sampled (top-p)."""
     if gen.temperature <= 0:
         return int(logits.argmax())
     probs = (logits.float() / gen.temperature).softmax(-1)

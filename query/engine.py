@@ -9,17 +9,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from videokv.engine.backend import HFCausalBackend
+from videokv.engine.batch import generate
 from videokv.engine.config import EngineConfig
-from videokv.engine.decode import GenerationConfig, assemble, generate
-from videokv.errors import VideoKVError
+from videokv.engine.decode import GenerationConfig, assemble
 from videokv.kvstore import Hit, KVStore, Status
 from videokv.oracles.base import RelevanceOracle
 
+from .answers import Answer, ContextTooLong, Evidence, QueryError, ReingestRequired, VideoNotReady  # noqa: F401
 from .budget import POLICIES, ChunkCosts, Layout, bilevel, chunk_costs, plan, uniform
 from .counting import SpanCounter, asks_count
 from .hotset import HotSetCache
@@ -30,65 +31,27 @@ MODES = ("bilevel", "dense", "sparse")
 COUNT_BY = ("oracle", "lm")
 
 
-class QueryError(VideoKVError):
-    """A question that cannot be answered as asked (bad mode, video not ready, ...)."""
-
-    code = "invalid_request"
-
-
-class VideoNotReady(QueryError):
-    code = "video_not_ready"
-    http_status = 409
-
-
-class ContextTooLong(QueryError):
-    """What the question would load does not fit the model's positions."""
-
-    code = "context_too_long"
-    http_status = 422
-
-
-class ReingestRequired(QueryError):
-    """The video's KVs were made with another model or config (fingerprint): never read them."""
-
-    code = "reingest_required"
-    http_status = 409
-
-
 @dataclass
-class Evidence:
-    chunk: int
-    t_start: float
-    t_end: float
-    score: float
-    level: str
+class Prepared:
+    """A question ready to decode (QueryEngine.prepare): its record, scores and layout, the
+    paged parts and the assembled cache, the text after the video (`suffix`), the generation
+    settings, the budget, perf_counter times [start, retrieved, paged], the context's stats;
+    or, for a question answered without decoding, `answer`."""
 
-
-@dataclass
-class Answer:
-    """levels: how many chunks the context held at each level ("L", "H", "G": in a group's
-    gist, "dropped": left out); policy: how they were chosen ("bilevel", "pyramid", "drop",
-    "dense", "sparse"; budget.py); context_tokens: positions of the assembled video context;
-    sample_fps: the rate the video was sampled at."""
-
-    answer: str
-    evidence: list[Evidence]
-    timings: dict[str, float]
-    kv_bytes_loaded: int
-    kv_bytes_read: int
-    context_tokens: int
-    video_prefill_runs: int = 0
-    mode: str = "bilevel"
-    video_id: str = ""
-    question: str = ""
-    extra: dict = field(default_factory=dict)
-    levels: dict = field(default_factory=dict)
-    policy: str = ""
-    context_budget: int = 0
-    sample_fps: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    rec: object
+    question: str
+    mode: str
+    scores: dict = field(default_factory=dict)
+    layout: Layout | None = None
+    paged: object = None
+    cache: object = None
+    suffix: str = ""
+    gen: GenerationConfig | None = None
+    budget: int = 0
+    times: list = field(default_factory=list)
+    vision_calls: int = 0
+    answer: Answer | None = None
+    stats: tuple = (0, 0, 0)      # kv_bytes_loaded, kv_bytes_read, context_tokens
 
 
 class QueryEngine:
@@ -185,12 +148,34 @@ class QueryEngine:
         count_by: who answers a "how many times" question: "oracle" (the span counter; the
         default when the engine has one) or "lm" (decoded like any other question).
         check_context: refuse (ContextTooLong) a context the model has no positions for; off
-        only to time what would not fit (bench query)."""
+        only to time what would not fit (bench query). One question at a time; the query
+        workers decode many at once (query/serving.py) through `prepare` and `finish`."""
+        with self._model_lock:
+            p = self.prepare(video_id, question, top_k=top_k, mode=mode, max_new_tokens=max_new_tokens, gen=gen,
+                             chunks=chunks, count_by=count_by, check_context=check_context, on_token=on_token)
+            if p.answer is not None:
+                return p.answer
+            pieces, first_token_at = [], None
+            for piece in generate(self.backend, p.cache, p.suffix, p.gen):
+                first_token_at = first_token_at or time.perf_counter()
+                pieces.append(piece)
+                if on_token:
+                    on_token(piece)
+        return self.finish(p, "".join(pieces), first_token_at)
+
+    def prepare(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
+                max_new_tokens: int = 48, gen: GenerationConfig | None = None, chunks: Sequence[int] | None = None,
+                count_by: str | None = None, check_context: bool = True,
+                on_token: Callable[[str], None] | None = None) -> Prepared:
+        """Everything before decoding (see `ask`): the question checked, retrieval, the layout
+        within the budget, the parts paged and assembled. A counting question answered by
+        the span counter comes back as `Prepared.answer`. Call it holding the model (on the
+        GPU, paging runs on the device)."""
         top_k = self.top_k if top_k is None else top_k
         rec = self._askable(video_id, question, mode, count_by, top_k)
         if (count_by or "oracle") == "oracle" and self.counter is not None and chunks is None \
                 and asks_count(question):
-            return self._count(rec, question, mode, on_token)
+            return Prepared(rec, question, mode, answer=self._count(rec, question, mode, on_token))
         vision_calls = self.backend.vision_calls
         t0 = time.perf_counter()
         _, suffix = self.backend.prompt_parts(self.config.system_prompt, question)
@@ -198,26 +183,27 @@ class QueryEngine:
         budget = self.budget(video_id, len(self.backend.tokenize(suffix)), gen.max_new_tokens)
         scores, layout = self._layout(rec, question, top_k, mode, chunks, budget)
         t1 = time.perf_counter()
-        with self._model_lock:
-            paged, cache = self._page(video_id, layout)
-            t2 = time.perf_counter()
-            if check_context:
-                self._check_fits(video_id, mode, cache, suffix, gen.max_new_tokens)
-            pieces, first_token_at = [], None
-            for piece in generate(self.backend, cache, suffix, gen):
-                first_token_at = first_token_at or time.perf_counter()
-                pieces.append(piece)
-                if on_token:
-                    on_token(piece)
-        t3 = time.perf_counter()
-        first_token_at = first_token_at or t3
+        paged, cache = self._page(video_id, layout)
+        if check_context:
+            self._check_fits(video_id, mode, cache, suffix, gen.max_new_tokens)
+        return Prepared(rec, question, mode, scores, layout, paged, cache, suffix, gen, budget,
+                        [t0, t1, time.perf_counter()], vision_calls,
+                        stats=(paged.bytes_in_context, paged.bytes_read, cache.tokens))
+
+    def finish(self, p: Prepared, text: str, first_token_at: float | None, end: float | None = None) -> Answer:
+        """The Answer of a prepared question decoded to `text` (first token at
+        `first_token_at`, done at `end`: perf_counter times)."""
+        end = end or time.perf_counter()
+        first_token_at = first_token_at or end
+        t0, t1, t2 = p.times
         t = {"retrieve_ms": (t1 - t0) * 1e3, "load_ms": (t2 - t1) * 1e3,
-             "prefill_ms": (first_token_at - t2) * 1e3, "decode_ms": (t3 - first_token_at) * 1e3,
+             "prefill_ms": (first_token_at - t2) * 1e3, "decode_ms": (end - first_token_at) * 1e3,
              "ttft_ms": (first_token_at - t0) * 1e3}
-        return Answer("".join(pieces).strip(), self._evidence(rec, scores, layout, mode),
-                      {k: round(v, 2) for k, v in t.items()}, paged.bytes_in_context, paged.bytes_read, cache.tokens,
-                      self.backend.vision_calls - vision_calls, mode, video_id, question,
-                      levels=layout.levels(), policy=layout.policy, context_budget=budget, sample_fps=rec.sample_fps)
+        return Answer(text.strip(), self._evidence(p.rec, p.scores, p.layout, p.mode),
+                      {k: round(v, 2) for k, v in t.items()}, *p.stats,
+                      self.backend.vision_calls - p.vision_calls, p.mode, p.rec.video_id, p.question,
+                      levels=p.layout.levels(), policy=p.layout.policy, context_budget=p.budget,
+                      sample_fps=p.rec.sample_fps)
 
     def budget(self, video_id: str, question_tokens: int, max_new_tokens: int) -> int:
         """Positions a question's video context may take: VIDEOKV_CONTEXT_BUDGET, at most the

@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": ("videokv.bench", "benchmarks: `videokv bench NAME --help`"),
     "serve": ("videokv.commands.serve", "serve the REST API (uvicorn; needs Redis and a worker)"),
     "worker": ("videokv.commands.worker", "run a Celery worker (queues ingest, query)"),
+    "query-worker": ("videokv.commands.query_worker", "answer the service's questions (owns the model; one per GPU)"),
     "keys": ("videokv.commands.serve", "API keys: create --tenant T | list | revoke PREFIX"),
     "train-vision": ("videokv.commands.train_vision", "train the toy-world tower + LLM adapter (--seed S)"),
     "eval-adapter": ("videokv.commands.train_vision", "accuracy of a toy-world adapter on held-out videos"),
@@ -24,7 +25,7 @@ COMMANDS = {
 
 def _usage() -> str:
     lines = ["usage: videokv COMMAND [ARGS]", "", "commands:"]
-    lines += [f"  {name:<10} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += [f"  {name:<12} {doc}" for name, (_, doc) in COMMANDS.items()]
     return "\n".join(lines)
 
 

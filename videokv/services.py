@@ -2,6 +2,7 @@
 
     uvicorn --factory videokv.services:api_app          (videokv serve)
     celery -A videokv.services worker -Q ingest,query    (videokv worker)
+    videokv query-worker                                 (one per GPU: the model, the questions)
 
 `api_app()` builds the FastAPI app; the module attribute `app` is the Celery app, made on
 first access (so importing this module for the API factory builds no Celery app).
@@ -25,6 +26,13 @@ def celery_app(settings=None):
     settings = settings or load_settings()
     configure(lambda: Runtime(settings))
     return make_app(settings)
+
+
+def query_worker(settings=None, max_batch: int | None = None) -> None:
+    """Serve questions with this process's model until SIGTERM (workers/query_worker.py)."""
+    from .workers.query_worker import serve
+    settings = settings or load_settings()
+    serve(Runtime(settings), max_batch or settings.query_max_batch)
 
 
 _celery = None

@@ -121,8 +121,13 @@ class Settings(BaseSettings):
     share_kv_across_tenants: bool = False
     # Largest JSON request body, in KiB (413 above; read no further).
     max_json_kb: int = 1024
-    # Questions waiting for the model in one API process before more get 503 + Retry-After.
+    # Questions in flight from one API process (queued or decoding on the query workers)
+    # before more get 503 + Retry-After.
     max_queued_questions: int = 64
+    # Questions a query worker decodes together (continuous batching); 1: one at a time.
+    query_max_batch: int = Field(16, ge=1, le=256)
+    # Longest a question may take through the query workers, queueing included (504 after).
+    question_timeout_s: float = Field(600.0, gt=0)
     # Batch jobs: at most this many rows (videos x questions).
     max_job_rows: int = 10000
     # /readyz reports unavailable below this much free disk under VIDEOKV_HOME, in MiB.

@@ -26,6 +26,7 @@ from videokv.kvstore.errors import IllegalTransition
 from . import jobs as J
 from .app import runtime
 from .leases import Leases, start_reaper
+from .questions import QuestionClient, QuestionFailed
 
 log = logging.getLogger("videokv.workers")
 
@@ -166,25 +167,57 @@ def run_job(self, job_id: str) -> dict:
         return {"job_id": job_id, "status": "CANCELLED"}
     started = time.monotonic()
     todo = [(vid, qi, q) for vid in job["video_ids"] for qi, q in enumerate(job["questions"]) if (vid, qi) not in done]
-    for vid, qi, q in todo:
+    # Rows go to the query workers several at a time: they are decoded in one batch there.
+    step = max(1, rt.settings.query_max_batch)
+    for at in range(0, len(todo), step):
         if time.monotonic() - started > JOB_SLICE_S:
             self.apply_async((job_id,))                  # the rest, behind what queued meanwhile
             return {"job_id": job_id, "status": "RUNNING", "rows": len(done), "continued": True}
         try:
-            ans = rt.queries.ask(vid, q, top_k=job["top_k"], mode=job["mode"], count_by=job.get("count_by"),
-                                 max_new_tokens=job["max_new_tokens"])
-            d = ans.to_dict()
-            row = _row(vid, qi, q, **{k: d[k] for k in ("answer", "evidence", "timings", "kv_bytes_loaded",
-                                                         "video_prefill_runs", "context_tokens", "mode")})
-        except VideoKVError as e:    # deleted or failed video, ...: a row that says why
-            row = _row(vid, qi, q, error=str(e))
-            errors += 1
-        J.append_result(job_id, row, home)
-        done.add((vid, qi))
+            rows = _answer_rows(rt, job, todo[at:at + step])
+        except QuestionFailed as e:                      # no query worker, or it died: later
+            J.update_job(job_id, home, status="WAITING", error=f"{e} (retrying)")
+            raise self.retry(countdown=5, max_retries=720)
+        for (vid, qi, _q), row in zip(todo[at:at + step], rows):
+            errors += bool(row["error"])
+            J.append_result(job_id, row, home)
+            done.add((vid, qi))
         if J.update_job(job_id, home, done=len(done), errors=errors)["status"] in J.FINAL:
             return {"job_id": job_id, "status": "CANCELLED", "rows": len(done)}
     J.update_job(job_id, home, status="DONE")
     return {"job_id": job_id, "status": "DONE", "rows": len(done), "errors": errors}
+
+
+_client = None
+
+
+def _questions(rt):
+    """This process's client of the query workers (workers/questions.py)."""
+    global _client
+    if _client is None:
+        import redis
+        _client = QuestionClient(redis.Redis.from_url(rt.settings.redis_url, socket_timeout=10),
+                                 timeout_s=rt.settings.question_timeout_s)
+    return _client
+
+
+def _answer_rows(rt, job: dict, todo: list[tuple[str, int, str]]) -> list[dict]:
+    """The result rows of (video, question index, question) sent together; a question the
+    workers refuse (a deleted video, ...) is a row that says why. Raises QuestionFailed when
+    the query workers could not answer (none running, one died): the job retries later."""
+    futures = [_questions(rt).ask(vid, q, top_k=job["top_k"], mode=job["mode"], count_by=job.get("count_by"),
+                                  max_new_tokens=job["max_new_tokens"]) for vid, _qi, q in todo]
+    rows = []
+    for (vid, qi, q), fut in zip(todo, futures):
+        try:
+            d = fut.result()
+            rows.append(_row(vid, qi, q, **{k: d[k] for k in ("answer", "evidence", "timings", "kv_bytes_loaded",
+                                                               "video_prefill_runs", "context_tokens", "mode")}))
+        except QuestionFailed as e:
+            if e.http_status >= 500:
+                raise
+            rows.append(_row(vid, qi, q, error=str(e)))
+    return rows
 
 
 @shared_task(name="videokv.reindex")

@@ -43,9 +43,13 @@ def router(svc, models) -> APIRouter:
         except Exception as e:
             checks["lmdb"] = f"error: {type(e).__name__}: {e}"
         try:
-            checks["model"] = f"ok ({svc.rt.config.fingerprint()})"
+            from videokv.workers.questions import live_workers
+            alive = live_workers(svc.questions.r)
+            fps = sorted({b.get("fingerprint", "") for b in alive.values()})
+            checks["query_workers"] = (f"ok ({len(alive)} running, fingerprint {', '.join(fps)})" if alive else
+                                       "error: no query worker is running (start `videokv query-worker`)")
         except Exception as e:
-            checks["model"] = f"error: {type(e).__name__}: {e}"
+            checks["query_workers"] = f"error: {type(e).__name__}: {e}"
         ok = all(v.startswith("ok") for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 

@@ -34,47 +34,45 @@ def router(svc, models) -> APIRouter:
                                + (f" ({rec.reason})" if rec.reason else "") + ": ask again once it is READY",
                           code="video_not_ready")
         if not body.stream:
-            return await svc.submit_question(svc.ask, video_id, body)
+            return await svc.ask(video_id, body)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-
-        def work():
-            try:
-                d = svc.ask(video_id, body, on_token=lambda p: loop.call_soon_threadsafe(q.put_nowait, ("token", p)))
-                loop.call_soon_threadsafe(q.put_nowait, ("answer", d))
-            except Exception as e:  # reported in-stream: headers are already sent
-                loop.call_soon_threadsafe(q.put_nowait, ("error", {"detail": str(e), "type": type(e).__name__}))
-
-        fut = svc.submit_question(work)        # admitted (or 503) before the stream starts
+        # Tokens arrive on the query client's reader thread; the end comes after the last of them.
+        answer = asyncio.ensure_future(svc.ask(video_id, body, on_token=lambda p: loop.call_soon_threadsafe(
+            q.put_nowait, ("token", p))))
+        answer.add_done_callback(lambda _f: q.put_nowait(("end", None)))
+        head = await q.get()        # refused before any token (404, 503, ...): a problem, not a stream
+        if head[0] == "end" and answer.exception() is not None:
+            raise answer.exception()
 
         async def gen():
-            while True:
-                kind, data = await q.get()
-                if kind == "token":
-                    yield sse("token", {"text": data})
-                else:
-                    yield sse(kind, data)
-                    break
-            await fut
+            kind, text = head
+            while kind == "token":
+                yield sse("token", {"text": text})
+                kind, text = await q.get()
+            try:
+                yield sse("answer", answer.result())
+            except Problem as e:            # headers are sent: the failure is an event
+                yield sse("error", {"status": e.status, "code": e.code, "detail": e.detail})
 
         return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @r.post("/v1/search", response_model=SearchResults, responses=problems(404))
-    def search(body: SearchRequest, t: str = Depends(tenant)):
+    async def search(body: SearchRequest, t: str = Depends(tenant)):
         svc.check_question(body.query, "query")
         recs = {v: svc.owned(v, t) for v in body.video_ids} if body.video_ids is not None else {}
-        # Not on the question thread: embedding a query never waits behind decoding.
-        hits = svc.rt.queries.search(body.query, body.top_k, tenant=t,
-                                     video_ids=list(recs) if body.video_ids is not None else None)
+        # The query workers embed the query on their search thread, never behind decoding.
+        hits = await svc.search(body.query, body.top_k, t, list(recs) if body.video_ids is not None else None)
         out = []
         for h in hits:
-            rec = recs.get(h.video_id) or recs.setdefault(h.video_id, svc.rt.store.get_video(h.video_id))
+            vid, chunk = h["video_id"], h["chunk"]
+            rec = recs.get(vid) or recs.setdefault(vid, svc.rt.store.get_video(vid))
             if rec.tenant != t:     # the store scopes by tenant already; never leak
                 continue
-            span = rec.plan[h.chunk] if 0 <= h.chunk < len(rec.plan) else None
-            out.append({"video_id": h.video_id, "filename": rec.filename, "chunk": h.chunk,
+            span = rec.plan[chunk] if 0 <= chunk < len(rec.plan) else None
+            out.append({"video_id": vid, "filename": rec.filename, "chunk": chunk,
                         "t_start": span.t_start if span else None, "t_end": span.t_end if span else None,
-                        "score": h.score})
+                        "score": h["score"]})
         return {"query": body.query, "results": out}
 
     return r

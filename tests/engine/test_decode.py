@@ -1,5 +1,6 @@
+from videokv.engine.batch import generate
 from videokv.engine.config import EngineConfig
-from videokv.engine.decode import GenerationConfig, assemble, generate
+from videokv.engine.decode import GenerationConfig, assemble
 from videokv.engine.prefill import ChunkPrefiller
 
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from videokv.bench.memtrack import PeakTensorMemory
+from videokv.engine.batch import generate
 from videokv.engine.config import CompressionConfig, EngineConfig, PrefillConfig
-from videokv.engine.decode import GenerationConfig, assemble, generate, question_logits
+from videokv.engine.decode import GenerationConfig, assemble, question_logits
 from videokv.engine.prefill import ChunkPrefiller
 from videokv.models.selftest import random_chunks
 from videokv.models.tiny import tiny_backend

@@ -104,6 +104,42 @@ class Worker:
         self._fh.close()
 
 
+class QueryWorkerProcess:
+    """`videokv query-worker` as a subprocess; started once it heartbeats in Redis."""
+
+    def __init__(self, env: dict, log: Path, max_batch: int | None = None):
+        self.env, self.log, self.proc, self.max_batch = env, log, None, max_batch
+
+    def start(self, timeout: float = 120) -> "QueryWorkerProcess":
+        import redis
+
+        from videokv.workers.questions import live_workers
+        self._fh = open(self.log, "ab")
+        extra = ["--max-batch", str(self.max_batch)] if self.max_batch else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "videokv.cli", "query-worker", *extra], env=self.env,
+                                     cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT)
+        r = redis.Redis.from_url(self.env["VIDEOKV_REDIS_URL"])
+        deadline = time.monotonic() + timeout
+        while not any(b.get("pid") == self.proc.pid for b in live_workers(r).values()):
+            assert self.proc.poll() is None, f"the query worker exited: see {self.log}"
+            assert time.monotonic() < deadline, "the query worker did not start"
+            time.sleep(0.2)
+        return self
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._fh.close()
+
+
 class ApiServer:
     """`uvicorn videokv.services:api_app` as a subprocess on a free loopback port."""
 
@@ -185,7 +221,14 @@ def worker(service_env):
 
 
 @pytest.fixture(scope="session")
-def app_client(service_env):
+def query_worker(service_env):
+    q = QueryWorkerProcess(service_env["env"], service_env["work"] / "query-worker.log").start()
+    yield q
+    q.stop()
+
+
+@pytest.fixture(scope="session")
+def app_client(service_env, query_worker):
     from fastapi.testclient import TestClient
 
     from videokv.services import api_app

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import ApiServer, RedisServer, Worker, service_process_env
+from .conftest import ApiServer, QueryWorkerProcess, RedisServer, Worker, service_process_env
 from .test_hardening import H, wait_for
 
 
@@ -31,9 +31,11 @@ def full(tmp_path_factory):
     redis.start()
     env = service_process_env(home, redis.url, chunk_frames=16, ingest_max_retries=0, min_free_mb=8)
     ns = {"work": work, "home": home, "env": env, "redis": redis, "key": KeyRing(home).create("acme"),
-          "api": ApiServer(env, work / "api.log").start(), "worker": Worker(env, work / "worker.log").start()}
+          "api": ApiServer(env, work / "api.log").start(), "worker": Worker(env, work / "worker.log").start(),
+          "query_worker": QueryWorkerProcess(env, work / "query-worker.log").start()}
     yield ns
     ns["api"].stop()
+    ns["query_worker"].stop()
     if ns.get("worker"):
         ns["worker"].stop()
     redis.stop()

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from .conftest import ApiServer, RedisServer, Worker, service_process_env
+from .conftest import ApiServer, QueryWorkerProcess, RedisServer, Worker, service_process_env
 
 MAX_QUEUED = 8
 
@@ -37,9 +37,11 @@ def hard(tmp_path_factory):
     ring = KeyRing(home)
     ns = {"work": work, "home": home, "env": env, "redis": redis,
           "keys": {"alice": ring.create("alice"), "bob": ring.create("bob")},
-          "worker": Worker(env, work / "worker.log").start(), "api": ApiServer(env, work / "api.log").start()}
+          "worker": Worker(env, work / "worker.log").start(), "api": ApiServer(env, work / "api.log").start(),
+          "query_worker": QueryWorkerProcess(env, work / "query-worker.log").start()}
     yield ns
     ns["api"].stop()
+    ns["query_worker"].stop()
     ns["worker"].stop()
     redis.stop()
 

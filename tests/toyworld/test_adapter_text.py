@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from videokv.engine.batch import generate
 from videokv.engine.config import EngineConfig
-from videokv.engine.decode import GenerationConfig, assemble, generate
+from videokv.engine.decode import GenerationConfig, assemble
 from videokv.engine.prefill import ChunkInput, ChunkPrefiller, text_line
 from videokv.models import lora
 from videokv.models.tiny import tiny_backend

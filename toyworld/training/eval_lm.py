@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from videokv.engine.backend import HFCausalBackend
+from videokv.engine.batch import generate
 from videokv.engine.config import EngineConfig
-from videokv.engine.decode import GenerationConfig, assemble, generate
+from videokv.engine.decode import GenerationConfig, assemble
 from videokv.engine.prefill import ChunkInput, ChunkPrefiller
 from videokv.toyworld.captions import caption_ids, piece_ids
 from videokv.toyworld.grading import counts_in

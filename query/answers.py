@@ -1,0 +1,68 @@
+"""What a question gets back (`Answer`, its `Evidence`) and the ways it can be refused."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from videokv.errors import VideoKVError
+
+
+class QueryError(VideoKVError):
+    """A question that cannot be answered as asked (bad mode, video not ready, ...)."""
+
+    code = "invalid_request"
+
+
+class VideoNotReady(QueryError):
+    code = "video_not_ready"
+    http_status = 409
+
+
+class ContextTooLong(QueryError):
+    """What the question would load does not fit the model's positions."""
+
+    code = "context_too_long"
+    http_status = 422
+
+
+class ReingestRequired(QueryError):
+    """The video's KVs were made with another model or config (fingerprint): never read them."""
+
+    code = "reingest_required"
+    http_status = 409
+
+
+@dataclass
+class Evidence:
+    chunk: int
+    t_start: float
+    t_end: float
+    score: float
+    level: str
+
+
+@dataclass
+class Answer:
+    """levels: how many chunks the context held at each level ("L", "H", "G": in a group's
+    gist, "dropped": left out); policy: how they were chosen ("bilevel", "pyramid", "drop",
+    "dense", "sparse"; budget.py); context_tokens: positions of the assembled video context;
+    sample_fps: the rate the video was sampled at."""
+
+    answer: str
+    evidence: list[Evidence]
+    timings: dict[str, float]
+    kv_bytes_loaded: int
+    kv_bytes_read: int
+    context_tokens: int
+    video_prefill_runs: int = 0
+    mode: str = "bilevel"
+    video_id: str = ""
+    question: str = ""
+    extra: dict = field(default_factory=dict)
+    levels: dict = field(default_factory=dict)
+    policy: str = ""
+    context_budget: int = 0
+    sample_fps: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,22 @@
+"""`videokv query-worker [--max-batch N]`: the process that owns the model on one device and
+answers the service's questions, decoded together (workers/query_worker.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="videokv query-worker",
+                                 description="Answer the API's questions and batch jobs' rows (Redis: VIDEOKV_REDIS_URL). "
+                                             "Run one per GPU; VIDEOKV_DEVICE picks it.")
+    ap.add_argument("--max-batch", type=int, default=None,
+                    help="questions decoded together (default VIDEOKV_QUERY_MAX_BATCH; 1: one at a time)")
+    ap.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from videokv.services import query_worker
+
+    query_worker(max_batch=args.max_batch)
+    return 0
