@@ -1,15 +1,23 @@
-"""`videokv bench service`: the whole service under concurrent load, on this machine.
+"""`videokv bench service`: questions/s and latency of the whole service under concurrent
+load, batched query workers against one question at a time, side by side in one run.
 
-Starts its own redis-server (free port), one Celery worker process and a real uvicorn API
-server on a free loopback port (VIDEOKV_AUTH=open, a temp VIDEOKV_HOME), uploads a small
-toy video and waits for READY, then fires at the same time --queries concurrent questions
-on that video and --uploads concurrent uploads of distinct small toy videos (each timed
-from the start of its upload to READY). Every request must succeed. Prints p50/p99 of
-query latency and of upload-to-READY, writes JSON to --out (`--json` prints it too) and
-exits 1 if any request failed. Everything it started is stopped at the end.
+Starts, on free loopback ports, a Celery worker (ingest) and two stacks over one
+VIDEOKV_HOME, each its own redis-server, uvicorn API process and `videokv query-worker`:
 
-Questions are answered in the API process one at a time (see docs/service.md), so the
-query p99 grows with --queries; ingests run one at a time on the one worker process.
+    batched    the query worker decodes the questions in flight together (--max-batch)
+    baseline   the same worker with batching off (--max-batch 1)
+
+It uploads --videos toy videos and waits for READY, warms both stacks, then for each
+--concurrency c asks each stack in turn: c clients, each posting --per-client questions one
+after the other (mixed over the videos; answers of --max-new-tokens, decoded by the LM).
+Per stack and c: questions/s (questions over the wall time), p50/p99 latency. Also
+`api_hop_ms`: the median, at concurrency 1 on the batched stack, of a question's latency at
+the client less the worker's own time for it (`timings.worker_ms`: from taking it off the
+stream to its answer), i.e. the API -> worker -> API overhead over the in-process path.
+
+Outputs: --out JSON (default runs/bench_service.json; `--json` prints it), a PNG and a
+markdown table next to it; the targets of issue 23 are checked and printed; exit 1 when a
+request failed. Everything it started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -25,14 +33,17 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from ._common import line_chart, machine, write_outputs
+
 HOST = "127.0.0.1"
-QUESTIONS = ["What color is the ball?", "What happens at the start?", "How many objects are there?",
-             "What moves to the left?", "When does something appear?"]
+QUESTIONS = ["What digit was shown on the red card?", "What color was the first card?",
+             "Which shape moved to the left?", "What happened at the end of the video?",
+             "What was the last object to appear?", "Describe the scene at the start."]
+STACKS = ("batched", "baseline")
 
 
 def _free_port() -> int:
@@ -56,38 +67,124 @@ def _wait(pred, timeout: float, what: str, proc: subprocess.Popen | None = None)
         time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+def _stop(proc: subprocess.Popen | None, timeout: float = 40) -> None:
     if proc is None or proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)       # the worker's pool children too
+        os.killpg(proc.pid, signal.SIGTERM)       # a worker's pool children too
+        proc.wait(timeout)
     except ProcessLookupError:
         return
-    try:
-        proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
 
 
 def _pct(xs: list[float]) -> dict:
-    if not xs:
-        return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
     a = np.asarray(xs) * 1000
-    return {"n": len(xs), "p50_ms": round(float(np.percentile(a, 50)), 1),
-            "p99_ms": round(float(np.percentile(a, 99)), 1), "max_ms": round(float(a.max()), 1)}
+    return {"n": len(xs), "p50_ms": round(float(np.percentile(a, 50)), 1) if len(a) else None,
+            "p99_ms": round(float(np.percentile(a, 99)), 1) if len(a) else None}
+
+
+class Services:
+    """The processes of one run; spawn() starts one in its own session, stop() ends all."""
+
+    def __init__(self, work: Path, env: dict):
+        self.work, self.env, self.procs, self.logs = work, env, [], []
+        self.root = str(Path(__file__).resolve().parent.parent)
+
+    def spawn(self, cmd: list[str], name: str, **env) -> subprocess.Popen:
+        log = open(self.work / f"{name}.log", "ab")
+        self.logs.append(log)
+        p = subprocess.Popen(cmd, env={**self.env, **env}, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def redis(self, name: str) -> str:
+        import redis as redis_py
+        port = _free_port()
+        p = self.spawn([shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", HOST,
+                        "--save", "", "--appendonly", "no", "--dir", str(self.work)], name)
+        _wait(lambda: redis_py.Redis(host=HOST, port=port, socket_connect_timeout=0.2).ping(), 10, name, p)
+        return f"redis://{HOST}:{port}/0"
+
+    def stack(self, name: str, max_batch: int, threads: int) -> dict:
+        """redis + query worker + API; returns {url, redis_url, worker, api}."""
+        redis_url = self.redis(f"redis-{name}")
+        port = _free_port()
+        w = self.spawn([sys.executable, "-m", "videokv.cli", "query-worker", "--max-batch", str(max_batch)],
+                       f"query-worker-{name}", VIDEOKV_REDIS_URL=redis_url, OMP_NUM_THREADS=str(threads))
+        a = self.spawn([sys.executable, "-m", "uvicorn", "videokv.services:api_app", "--factory", "--host", HOST,
+                        "--port", str(port), "--log-level", "warning"], f"api-{name}", VIDEOKV_REDIS_URL=redis_url)
+        return {"url": f"http://{HOST}:{port}", "redis_url": redis_url, "worker": w, "api": a}
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            _stop(p)
+        for log in self.logs:
+            log.close()
+
+
+def _ready(client, stack: dict, timeout: float) -> None:
+    _wait(lambda: client.get(stack["url"] + "/readyz").status_code == 200, timeout, "stack ready", stack["worker"])
+
+
+def _upload(client, url: str, paths: list[Path], timeout: float) -> list[str]:
+    ids = []
+    for p in paths:
+        r = client.post(url + "/v1/videos", files={"file": (p.name, p.read_bytes(), "video/mp4")})
+        if r.status_code not in (200, 202):
+            raise RuntimeError(f"upload {p.name}: {r.status_code} {r.text[:300]}")
+        ids.append(r.json()["id"])
+    for vid in ids:
+        _wait(lambda: client.get(f"{url}/v1/videos/{vid}").json()["status"] == "READY", timeout, f"video {vid} READY")
+    return ids
+
+
+def load(client, url: str, vids: list[str], c: int, per_client: int, max_new_tokens: int) -> dict:
+    """c clients, each asking per_client questions in turn; latencies, worker times, wall."""
+    lat, worker_ms, errors = [], [], []
+    gate = threading.Barrier(c)
+
+    def one_client(k: int) -> None:
+        gate.wait(60)
+        for j in range(per_client):
+            i = k * per_client + j
+            t = time.perf_counter()
+            r = client.post(f"{url}/v1/videos/{vids[i % len(vids)]}/query",
+                            json={"question": QUESTIONS[i % len(QUESTIONS)], "max_new_tokens": max_new_tokens,
+                                  "count_by": "lm"})
+            if r.status_code != 200:
+                errors.append(f"{r.status_code} {r.text[:200]}")
+                continue
+            lat.append(time.perf_counter() - t)
+            worker_ms.append(r.json()["timings"].get("worker_ms"))
+
+    threads = [threading.Thread(target=one_client, args=(k,)) for k in range(c)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    hop = [lt * 1e3 - w for lt, w in zip(lat, worker_ms) if w is not None]
+    return {**_pct(lat), "qps": round(len(lat) / wall, 3), "wall_s": round(wall, 2), "errors": errors,
+            "hop_ms": round(float(np.median(hop)), 2) if hop else None}
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv bench service", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--queries", type=int, default=20, help="concurrent questions (default 20)")
-    ap.add_argument("--uploads", type=int, default=3, help="concurrent uploads of distinct videos (default 3)")
-    ap.add_argument("--minutes", type=float, default=0.25, help="length of each toy video (default 0.25)")
-    ap.add_argument("--max-new-tokens", type=int, default=8, help="longest answer, in tokens")
-    ap.add_argument("--timeout", type=float, default=210, help="overall bound in seconds (default 210)")
+    ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32],
+                    help="concurrent clients, each level measured on both stacks (default 1,8,32)")
+    ap.add_argument("--per-client", type=int, default=0,
+                    help="questions each client asks in turn (0: 12 at concurrency 1, else max(2, 64 / c))")
+    ap.add_argument("--max-batch", type=int, default=32, help="the batched worker's VIDEOKV_QUERY_MAX_BATCH")
+    ap.add_argument("--videos", type=int, default=2, help="toy videos asked about (default 2)")
+    ap.add_argument("--minutes", type=float, default=0.5, help="length of each toy video (default 0.5)")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="answer length, in tokens (default 32)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of each query worker (default 2)")
+    ap.add_argument("--timeout", type=float, default=1800, help="overall bound in seconds")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir, removed)")
     ap.add_argument("--json", action="store_true", help="print the JSON result")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_service.json"), help="JSON result")
@@ -97,150 +194,99 @@ def main(argv: list[str]) -> int:
     from videokv.toyworld.synth import render_video
 
     t_start = time.monotonic()
-    deadline = t_start + args.timeout
-    left = lambda: max(1.0, deadline - time.monotonic())   # noqa: E731
     work = Path(tempfile.mkdtemp(prefix="videokv-bench-service-")) if args.dir is None else args.dir
     work.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen] = []
-    logs = []
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "VIDEOKV_HOME": str(work / "home"), "VIDEOKV_AUTH": "open",
+           "VIDEOKV_DEVICE": os.environ.get("VIDEOKV_DEVICE", "cpu"), "OMP_NUM_THREADS": "1",
+           "VIDEOKV_MAX_QUEUED_QUESTIONS": "256", "PYTHONPATH": os.pathsep.join(
+               p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    svc = Services(work, env)
+    result: dict = {"failed": 0, "errors": []}
     try:
-        redis_port, api_port = _free_port(), _free_port()
-        redis_url = f"redis://{HOST}:{redis_port}/0"
-        env = {**os.environ, "VIDEOKV_HOME": str(work / "home"), "VIDEOKV_REDIS_URL": redis_url,
-               "VIDEOKV_AUTH": "open", "VIDEOKV_DEVICE": os.environ.get("VIDEOKV_DEVICE", "cpu"),
-               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-
-        def spawn(cmd, name):
-            log = open(work / f"{name}.log", "ab")
-            logs.append(log)
-            p = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-            procs.append(p)
-            return p
-
-        redis_exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        rp = spawn([redis_exe, "--port", str(redis_port), "--bind", HOST, "--save", "", "--appendonly", "yes",
-                    "--dir", str(work)], "redis")
-        import redis as redis_py
-        _wait(lambda: redis_py.Redis(host=HOST, port=redis_port, socket_connect_timeout=0.2).ping(), 10,
-              "redis-server", rp)
-        wp = spawn([sys.executable, "-m", "celery", "-A", "videokv.services", "worker", "-Q", "ingest,query",
-                    "-c", "1", "--pool=prefork", "--loglevel=INFO", "--without-gossip", "--without-mingle",
-                    "--without-heartbeat", "-n", f"bench{os.getpid()}@%h"], "worker")
-        apip = spawn([sys.executable, "-m", "uvicorn", "videokv.services:api_app", "--factory", "--host", HOST,
-                      "--port", str(api_port), "--log-level", "warning"], "api")
-
-        # Toy videos while the servers start.
-        vids = work / "videos"
-        vids.mkdir(exist_ok=True)
-        paths = []
-        for i in range(1 + args.uploads):
-            p = vids / f"toy{i}.mp4"
-            render_video(p, args.minutes, 1, 100 + i, size=(160, 120))
-            paths.append(p)
-
-        base = f"http://{HOST}:{api_port}"
-        client = httpx.Client(base_url=base, timeout=httpx.Timeout(120.0, connect=10.0), trust_env=False,
-                              limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
-        _wait(lambda: client.get("/healthz").status_code == 200, left(), "API server", apip)
-        t0 = time.monotonic()
-        r = client.get("/readyz", timeout=left())        # loads the model in the API process
-        if r.status_code != 200:
-            raise RuntimeError(f"/readyz: {r.status_code} {r.text}")
-        ready_s = time.monotonic() - t0
-
-        def upload_until_ready(path: Path) -> float:
-            t = time.monotonic()
-            with open(path, "rb") as f:
-                r = client.post("/v1/videos", files={"file": (path.name, f, "video/mp4")})
-            if r.status_code != 202:
-                raise RuntimeError(f"upload {path.name}: {r.status_code} {r.text[:300]}")
-            vid = r.json()["id"]
-            while True:
-                if wp.poll() is not None:
-                    raise RuntimeError("the worker exited")
-                v = client.get(f"/v1/videos/{vid}").json()
-                if v["status"] == "READY":
-                    return time.monotonic() - t
-                if v["status"] == "FAILED":
-                    raise RuntimeError(f"video {vid} FAILED: {v.get('error')}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"video {vid} still {v['status']} at the deadline")
-                time.sleep(0.1)
-
-        t0 = time.monotonic()
-        r = client.post("/v1/videos", files={"file": (paths[0].name, paths[0].read_bytes(), "video/mp4")})
-        if r.status_code != 202:
-            raise RuntimeError(f"warm-up upload: {r.status_code} {r.text[:300]}")
-        warm_vid = r.json()["id"]
-        _wait(lambda: client.get(f"/v1/videos/{warm_vid}").json()["status"] == "READY", left(),
-              "warm-up video READY", wp)
-        warm_ingest_s = time.monotonic() - t0
-
-        def ask(i: int) -> float:
-            t = time.monotonic()
-            r = client.post(f"/v1/videos/{warm_vid}/query", json={"question": QUESTIONS[i % len(QUESTIONS)],
-                                                                  "max_new_tokens": args.max_new_tokens})
-            if r.status_code != 200:
-                raise RuntimeError(f"query {i}: {r.status_code} {r.text[:300]}")
-            if r.json().get("video_prefill_runs") != 0:
-                raise RuntimeError(f"query {i}: ran a video prefill")
-            return time.monotonic() - t
-
-        n = args.queries + args.uploads
-        gate = threading.Barrier(n)
-
-        def gated(fn, x):
-            gate.wait(30)
-            return fn(x)
-
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            qf = [pool.submit(gated, ask, i) for i in range(args.queries)]
-            uf = [pool.submit(gated, upload_until_ready, p) for p in paths[1:]]
-            q_lat, u_lat, errors = [], [], []
-            for lat, futs in ((q_lat, qf), (u_lat, uf)):
-                for f in futs:
-                    try:
-                        lat.append(f.result(timeout=left()))
-                    except Exception as e:
-                        errors.append(f"{type(e).__name__}: {e}")
-        load_s = time.monotonic() - t0
+        stacks = {"batched": svc.stack("batched", args.max_batch, args.threads),
+                  "baseline": svc.stack("baseline", 1, args.threads)}
+        svc.spawn([sys.executable, "-m", "celery", "-A", "videokv.services", "worker", "-Q", "ingest,query", "-c", "1",
+                   "--pool=prefork", "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                   "-n", f"bench{os.getpid()}@%h"], "ingest-worker", VIDEOKV_REDIS_URL=stacks["batched"]["redis_url"])
+        (work / "videos").mkdir(exist_ok=True)
+        paths = [work / "videos" / f"toy{i}.mp4" for i in range(args.videos)]
+        for i, p in enumerate(paths):
+            render_video(p, args.minutes, 2, 300 + i, size=(160, 120))
+        client = httpx.Client(timeout=httpx.Timeout(600.0, connect=10.0), trust_env=False,
+                              limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
+        for s in stacks.values():
+            _ready(client, s, 300)
+        vids = _upload(client, stacks["batched"]["url"], paths, 600)
+        for s in stacks.values():                         # warm: model pages, hot sets, both paths
+            load(client, s["url"], vids, 2, 2, args.max_new_tokens)
+        levels = {}
+        for c in args.concurrency:
+            per = args.per_client or (12 if c == 1 else max(2, 64 // c))
+            levels[str(c)] = {name: load(client, s["url"], vids, c, per, args.max_new_tokens)
+                              for name, s in stacks.items()}
+            row = levels[str(c)]
+            print(f"[service] c={c}: batched {row['batched']['qps']} q/s p99 {row['batched']['p99_ms']} ms; "
+                  f"baseline {row['baseline']['qps']} q/s p99 {row['baseline']['p99_ms']} ms", flush=True)
         client.close()
-        result = {
-            "queries": {**_pct(q_lat), "requested": args.queries, "ok": len(q_lat)},
-            "uploads_to_ready": {**_pct(u_lat), "requested": args.uploads, "ok": len(u_lat)},
-            "failed": len(errors), "errors": errors[:20],
-            "load_wall_s": round(load_s, 2), "api_readyz_s": round(ready_s, 2),
-            "warmup_ingest_s": round(warm_ingest_s, 2), "total_s": round(time.monotonic() - t_start, 2),
-            "config": {"video_minutes": args.minutes, "size": [160, 120], "max_new_tokens": args.max_new_tokens,
-                       "worker_processes": 1, "api_processes": 1, "cpus": os.cpu_count(),
-                       "omp_threads": env["OMP_NUM_THREADS"], "device": env["VIDEOKV_DEVICE"]},
-        }
+        errors = [e for lv in levels.values() for r in lv.values() for e in r["errors"]]
+        result = {"levels": levels, "failed": len(errors), "errors": errors[:20]}
+        for c in args.concurrency:
+            lv = levels[str(c)]
+            result[f"batched_speedup_c{c}"] = round(lv["batched"]["qps"] / lv["baseline"]["qps"], 2)
+        result["api_hop_ms"] = levels[str(args.concurrency[0])]["batched"]["hop_ms"]
     except Exception as e:
-        result = {"failed": -1, "errors": [f"{type(e).__name__}: {e}"], "total_s": round(time.monotonic() - t_start, 2),
-                  "logs": str(work)}
+        result = {"failed": -1, "errors": [f"{type(e).__name__}: {e}"], "logs": str(work)}
     finally:
-        for p in reversed(procs):
-            _stop(p)
-        for log in logs:
-            log.close()
+        svc.stop()
+    result.update(total_s=round(time.monotonic() - t_start, 2), machine=machine(env["VIDEOKV_DEVICE"]),
+                  config={"max_batch": args.max_batch, "max_new_tokens": args.max_new_tokens, "videos": args.videos,
+                          "video_minutes": args.minutes, "worker_threads": args.threads,
+                          "concurrency": args.concurrency})
+    result["targets"] = targets(result)
     if args.dir is None and result.get("failed") == 0:
         shutil.rmtree(work, ignore_errors=True)
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if "levels" in result:
+        write_outputs(result, args.out, None, plot, markdown, markdown)
     else:
-        for name in ("queries", "uploads_to_ready"):
-            if name in result:
-                s = result[name]
-                print(f"{name:17s} ok {s['ok']}/{s['requested']}  p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  "
-                      f"max {s['max_ms']} ms")
-        print(f"failed: {result['failed']}  total {result['total_s']} s  -> {args.out}")
-        for e in result["errors"]:
-            print(f"  error: {e}", file=sys.stderr)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"failed: {result['errors']} (logs in {work})", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=1))
     return 0 if result["failed"] == 0 else 1
+
+
+def targets(r: dict) -> dict:
+    """Issue 23's targets, where this run measured them."""
+    out = {}
+    if "batched_speedup_c8" in r:
+        out["batched_speedup_c8>=3"] = {"value": r["batched_speedup_c8"], "ok": r["batched_speedup_c8"] >= 3}
+        lv = r["levels"]["8"]
+        out["p99_c8<=baseline"] = {"value": [lv["batched"]["p99_ms"], lv["baseline"]["p99_ms"]],
+                                   "ok": lv["batched"]["p99_ms"] <= lv["baseline"]["p99_ms"]}
+    if r.get("api_hop_ms") is not None:
+        out["api_hop_ms<=15"] = {"value": r["api_hop_ms"], "ok": r["api_hop_ms"] <= 15}
+    return out
+
+
+def markdown(r: dict) -> str:
+    lines = ["| concurrency | batched q/s | baseline q/s | speedup | batched p50 / p99 ms | baseline p50 / p99 ms |",
+             "|---|---|---|---|---|---|"]
+    for c, lv in r["levels"].items():
+        b, o = lv["batched"], lv["baseline"]
+        lines.append(f"| {c} | {b['qps']} | {o['qps']} | {r[f'batched_speedup_c{c}']}x | {b['p50_ms']} / {b['p99_ms']} "
+                     f"| {o['p50_ms']} / {o['p99_ms']} |")
+    lines.append(f"\napi_hop_ms (API -> worker -> API over the worker's own time, c=1, median): {r['api_hop_ms']}")
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    from PIL import Image
+    img = Image.new("RGB", (900, 380), "white")
+    cs = [int(c) for c in r["levels"]]
+    line_chart(img, (0, 0, 450, 380), {s: [(c, r["levels"][str(c)][s]["qps"]) for c in cs] for s in STACKS},
+               "questions/s", "concurrent clients", "", xlog=True)
+    line_chart(img, (450, 0, 900, 380), {s: [(c, r["levels"][str(c)][s]["p99_ms"]) for c in cs] for s in STACKS},
+               "p99 latency", "concurrent clients", "ms", xlog=True)
+    img.save(path)

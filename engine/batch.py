@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .backend import HFCausalBackend
 from .decode import AssembledCache, GenerationConfig, TextOut, pick
@@ -167,17 +168,16 @@ def _forward(backend: HFCausalBackend, seqs: list[Sequence], ids: list[torch.Ten
 
 def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
     """q [T, q_heads, D] (the last T of the L keys' positions) over keys, values
-    [kv_heads, L, D], causal within the T -> [T, q_heads * D]. Query heads are grouped over
-    their shared K,V head (as repeat_kv orders them) without copying K,V."""
+    [kv_heads, L, D], causal within the T -> [T, q_heads * D]. One fused kernel; query heads
+    share their K,V head (grouped-query attention) without copying K,V."""
     T, nq, D = q.shape
-    nkv, L = keys.shape[0], keys.shape[1]
-    qg = q.view(T, nkv, nq // nkv, D).permute(1, 2, 0, 3)                                   # [kv, rep, T, D]
-    scores = (qg @ keys.transpose(1, 2)[:, None]).float() * scaling                         # [kv, rep, T, L]
-    if T > 1:
-        late = torch.arange(L, device=q.device)[None, :] > (L - T + torch.arange(T, device=q.device))[:, None]
-        scores = scores.masked_fill(late, float("-inf"))
-    out = scores.softmax(-1).to(values.dtype) @ values[:, None]                             # [kv, rep, T, D]
-    return out.permute(2, 0, 1, 3).reshape(T, nq * D)
+    L = keys.shape[1]
+    mask = None
+    if T > 1:           # bottom-right causal: query t sees keys up to L - T + t
+        mask = torch.arange(L, device=q.device)[None, :] <= (L - T + torch.arange(T, device=q.device))[:, None]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask,
+                                         scale=scaling, enable_gqa=nq != keys.shape[0])          # [1, nq, T, D]
+    return out[0].transpose(0, 1).reshape(T, nq * D)
 
 
 def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
