@@ -58,8 +58,17 @@ def test_16_concurrent_questions_match_one_at_a_time(service_env, api, keys, two
     t0 = time.monotonic()
     for t in threads:
         t.start()
+    # Search while the worker decodes them: it runs on its own thread, not behind the batch.
+    time.sleep(1.0)
+    ts = time.monotonic()
+    found = httpx.post(api.url + "/v1/search", headers=auth(keys["acme"]), timeout=60,
+                       json={"query": "a red card", "top_k": 3, "video_ids": two_videos})
+    search_s = time.monotonic() - ts
     for t in threads:
         t.join(240)
+    finished_s = time.monotonic() - t0
+    assert found.status_code == 200 and found.json()["results"], found.text
+    assert search_s < finished_s / 3, (search_s, finished_s)
     assert len(got) == 16 and all(r.status_code == 200 for r in got.values()), [r.text for r in got.values()]
     # One at a time, in this process, through the embedded path (`videokv ask`: no Redis).
     rt = make_runtime(service_env["home"], chunk_frames=CHUNK_FRAMES)
