@@ -136,8 +136,8 @@ def machine(device) -> dict:
 
 
 def max_rss_mb() -> float:
-    import resource
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    from videokv.ingest.pipeline import peak_rss_mb
+    return round(peak_rss_mb(), 1)
 
 
 # ----------------------------------------------------------------------------- GPU

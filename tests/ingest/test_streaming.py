@@ -87,3 +87,20 @@ def test_no_silent_cap_and_a_capped_ingest_reports_its_rate(tmp_path, toy_video,
     assert out["status"] == "READY" and out["frames"] == 48 and out["chunks"] == 3
     assert out["sample_fps"] == pytest.approx(0.5) and out["duration_s"] == pytest.approx(96, abs=0.5)
     assert out["peak_rss_mb"] > 100 and out["frames_per_s"] > 0
+
+
+def test_peak_rss_is_the_process_own_not_its_parents(tmp_path):
+    """`ingest --json`'s peak_rss_mb: a child started by a big process reports its own peak
+    (getrusage's ru_maxrss carries the parent's across fork and exec: a bench once read 4.8 GB
+    for a 1 GB ingest)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from videokv.ingest.pipeline import peak_rss_mb
+    ballast = np.ones(1 << 30, dtype=np.uint8)          # 1 GiB resident in this process
+    assert peak_rss_mb() >= 1024
+    child = subprocess.run([sys.executable, "-c", "from videokv.ingest.pipeline import peak_rss_mb; "
+                            "print(peak_rss_mb())"], capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 512 < ballast.nbytes >> 20
