@@ -60,7 +60,7 @@ def toy_video(videos: Path, minutes: float, seed: int, fps: float, chunk_seconds
     questions. A video whose ground truth records the same spec is reused, not re-rendered
     (same bytes: the ingest pipeline then deduplicates it)."""
     from videokv.toyworld import scenario
-    from videokv.toyworld.synth import GENERATOR_VERSION, encode_video
+    from videokv.toyworld.synth import GENERATOR_VERSION
 
     n_frames = int(round(minutes * 60 * fps))
     if n_frames < 1:
@@ -70,26 +70,39 @@ def toy_video(videos: Path, minutes: float, seed: int, fps: float, chunk_seconds
     path, truth_path = videos / f"{name}.mp4", videos / f"{name}.json"
     spec = {"layout": VIDEO_LAYOUT, "generator": GENERATOR_VERSION, "seed": seed, "n_frames": n_frames,
             "fps": fps, "events": events, "size": list(SIZE)}
-    if path.exists() and truth_path.exists():
-        try:
-            truth = json.loads(truth_path.read_text())
-            if truth.get("spec") == spec:
-                return path, truth, True, 0.0
-        except (OSError, ValueError):
-            pass
+    truth = reusable_truth(truth_path, spec) if path.exists() else None
+    if truth is not None:
+        return path, truth, True, 0.0
     t = time.perf_counter()
     world = scenario.build_world(seed, n_frames, events, fps, SIZE)
     questions = scenario.make_questions(world, np.random.default_rng([seed, 1]), chunk_seconds)
-    videos.mkdir(parents=True, exist_ok=True)
+    truth = render_world(path, world, n_frames, fps, spec, {
+        "events": [e.to_dict() for e in sorted(world.events, key=lambda e: e.start_frame)], "questions": questions})
+    return path, truth, False, time.perf_counter() - t
+
+
+def reusable_truth(truth_path: Path, spec: dict) -> dict | None:
+    """The ground truth at `truth_path` when it records `spec` (its video can be reused)."""
+    try:
+        truth = json.loads(truth_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return truth if truth.get("spec") == spec else None
+
+
+def render_world(path: Path, world, n_frames: int, fps: float, spec: dict, fields: dict) -> dict:
+    """Encode the toy world's frames to `path` (atomically) and write its ground truth next
+    to it ({spec, video, **fields}); returns the truth."""
+    from videokv.toyworld.synth import encode_video
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
     codec = encode_video(tmp, (world.render(i) for i in range(n_frames)), fps, SIZE)
     os.replace(tmp, path)
     truth = {"spec": spec, "video": {"path": path.name, "codec": codec, "fps": fps, "n_frames": n_frames,
-                                     "duration": n_frames / fps, "width": SIZE[0], "height": SIZE[1]},
-             "events": [e.to_dict() for e in sorted(world.events, key=lambda e: e.start_frame)],
-             "questions": questions}
-    truth_path.write_text(json.dumps(truth, indent=1) + "\n")
-    return path, truth, False, time.perf_counter() - t
+                                     "duration": n_frames / fps, "width": SIZE[0], "height": SIZE[1]}, **fields}
+    path.with_suffix(".json").write_text(json.dumps(truth, indent=1) + "\n")
+    return truth
 
 
 def pick_question(truth: dict) -> dict:

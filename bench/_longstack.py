@@ -15,15 +15,14 @@ two remaining shapes. Which clusters ask about an attribute rotates with the rep
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
-SIZE = (320, 240)
+from ._common import SIZE, render_world, reusable_truth
+
 LAYOUT_VERSION = 1
 ATTRIBUTE_CLUSTERS = 3
 
@@ -126,7 +125,7 @@ def make(videos: Path, hours: float, depths: list[float], repeat: int, seed: int
     """(video path, ground truth, reused, render seconds); a video whose ground truth records
     the same spec is reused (the same bytes: its ingest is deduplicated)."""
     from videokv.toyworld import scenario
-    from videokv.toyworld.synth import GENERATOR_VERSION, encode_video
+    from videokv.toyworld.synth import GENERATOR_VERSION
 
     n_frames = int(round(hours * 3600 * fps))
     name = f"long-{hours:g}h-r{repeat}-s{seed}"
@@ -134,26 +133,16 @@ def make(videos: Path, hours: float, depths: list[float], repeat: int, seed: int
     hseed = int(np.random.SeedSequence([seed, n_frames, repeat, 7]).generate_state(1)[0])
     spec = {"layout": LAYOUT_VERSION, "generator": GENERATOR_VERSION, "seed": seed, "haystack_seed": hseed,
             "hours": hours, "repeat": repeat, "depths": depths, "fps": fps, "n_frames": n_frames, "size": list(SIZE)}
-    if path.exists() and truth_path.exists():
-        try:
-            truth = json.loads(truth_path.read_text())
-            if truth.get("spec") == spec:
-                return path, truth, True, 0.0
-        except (OSError, ValueError):
-            pass
+    truth = reusable_truth(truth_path, spec) if path.exists() else None
+    if truth is not None:
+        return path, truth, True, 0.0
     t = time.perf_counter()
     rng = np.random.default_rng([hseed, 2])
     needles, clusters = layout(rng, n_frames, fps, depths, repeat)
     world = scenario.build_needle_world(hseed, n_frames, fps, SIZE, needles)
     qs = questions(world, clusters, rng, chunk_seconds)
-    videos.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    codec = encode_video(tmp, (world.render(i) for i in range(n_frames)), fps, SIZE)
-    os.replace(tmp, path)
-    truth = {"spec": spec, "video": {"path": path.name, "codec": codec, "fps": fps, "n_frames": n_frames,
-                                     "duration": n_frames / fps, "width": SIZE[0], "height": SIZE[1]},
-             "clusters": clusters, "events": [{**e.to_dict(), "depth": round((e.start_frame + e.end_frame) / 2
-                                                                            / n_frames, 4)} for e in world.events],
-             "questions": qs}
-    truth_path.write_text(json.dumps(truth, indent=1) + "\n")
+    truth = render_world(path, world, n_frames, fps, spec, {
+        "clusters": clusters, "questions": qs,
+        "events": [{**e.to_dict(), "depth": round((e.start_frame + e.end_frame) / 2 / n_frames, 4)}
+                   for e in world.events]})
     return path, truth, False, time.perf_counter() - t

@@ -139,14 +139,7 @@ def transcribe(path: str | os.PathLike, info=None, options: tuple[str, ...] = DE
         with wave.open(str(wav)) as w:
             if w.getnframes() < RATE // 10:
                 return []  # under 0.1 s: nothing to recognise
-        cmd = [PROGRAM, "-infile", str(wav), "-time", "yes", "-logfn", os.devnull, *options]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        except FileNotFoundError:
-            raise ToolMissing("speech", PROGRAM, PACKAGES) from None
-        if done.returncode != 0:
-            raise RuntimeError(f"{PROGRAM} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
-        return parse_output(done.stdout, offset)
+        return _pocketsphinx(wav, offset, options)
 
 
 def _recognise(samples: np.ndarray, offset: float, workdir: Path, options: tuple[str, ...]) -> list[TextSegment]:
@@ -159,6 +152,11 @@ def _recognise(samples: np.ndarray, offset: float, workdir: Path, options: tuple
         out.setsampwidth(2)
         out.setframerate(RATE)
         out.writeframes(samples.astype("<i2").tobytes())
+    return _pocketsphinx(wav, offset, options)
+
+
+def _pocketsphinx(wav: Path, offset: float, options: tuple[str, ...]) -> list[TextSegment]:
+    """PocketSphinx over a WAV file; segment times + `offset` seconds."""
     cmd = [PROGRAM, "-infile", str(wav), "-time", "yes", "-logfn", os.devnull, *options]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
