@@ -209,7 +209,10 @@ class Service:
             raise Problem(503, f"{self.settings.max_queued_questions} questions are already in flight; try again "
                                "in a few seconds", code="busy", headers={"Retry-After": "5"})
         try:
-            return await asyncio.wrap_future(send(self.questions))
+            # Sent from a thread: a slow or unreachable Redis never stalls the event loop
+            # (/healthz is answered there).
+            fut = await asyncio.get_running_loop().run_in_executor(None, send, self.questions)
+            return await asyncio.wrap_future(fut)
         except QuestionFailed as e:
             headers = {"Retry-After": "5"} if e.http_status == 503 else None
             raise Problem(e.http_status, str(e), code=e.code, headers=headers) from None

@@ -102,6 +102,7 @@ class QuestionClient:
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._alive: tuple[float, dict] = (-1e9, {})
         self._reader = threading.Thread(target=self._read, name="videokv-replies", daemon=True)
         self._reader.start()
 
@@ -118,8 +119,17 @@ class QuestionClient:
         return self._submit({"kind": "search", "query": query, "top_k": top_k, "tenant": tenant,
                              "video_ids": video_ids}, None)
 
+    def alive(self) -> dict[str, dict]:
+        """The live query workers, as the reader thread last saw them (at most ~1 s old;
+        asked of Redis when older, or when none were seen: a worker just started counts)."""
+        at, alive = self._alive
+        if not alive or time.monotonic() - at > 2.0:
+            alive = live_workers(self.r)
+            self._alive = (time.monotonic(), alive)
+        return alive
+
     def _submit(self, payload: dict, on_token) -> Future:
-        if not live_workers(self.r):
+        if not self.alive():
             raise QuestionFailed("no query worker is running: start one with `videokv query-worker`", "no_query_worker",
                                  503)
         rid = secrets.token_hex(8)
@@ -196,6 +206,7 @@ class QuestionClient:
             alive = live_workers(self.r)
         except Exception:                  # noqa: BLE001
             return
+        self._alive = (now, alive)
         for rid, p in pending:
             if now > p.deadline:
                 self._done(rid)

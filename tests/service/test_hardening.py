@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -69,29 +71,36 @@ def wait_for(hard, key: str, vid: str, statuses=("READY", "FAILED"), timeout: fl
         time.sleep(0.2)
 
 
+_PROBE = """
+import sys, time, httpx
+worst, n = 0.0, 0
+with httpx.Client(timeout=30) as c:
+    while not sys.stdin.closed:
+        t = time.perf_counter()
+        assert c.get(sys.argv[1]).status_code == 200
+        worst, n = max(worst, time.perf_counter() - t), n + 1
+        print(worst, n, flush=True)
+        time.sleep(0.05)
+"""
+
+
 class HealthProbe:
-    """Polls /healthz from a thread; `worst` is the slowest answer while it ran, in seconds."""
+    """Polls /healthz from a process of its own (so the test's own client threads do not
+    add their GIL waits to what it measures); `worst` is the slowest answer while it ran,
+    in seconds, `n` how many it made."""
 
     def __init__(self, url: str):
-        self.url, self.worst, self.n, self._stop = url + "/healthz", 0.0, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        with httpx.Client(timeout=30) as c:
-            while not self._stop.is_set():
-                t = time.perf_counter()
-                assert c.get(self.url).status_code == 200
-                self.worst = max(self.worst, time.perf_counter() - t)
-                self.n += 1
-                time.sleep(0.05)
+        self.url, self.worst, self.n = url + "/healthz", 0.0, 0
 
     def __enter__(self):
-        self._thread.start()
+        self._proc = subprocess.Popen([sys.executable, "-c", _PROBE, self.url], stdout=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(30)
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=30)
+        last = [ln for ln in out.splitlines() if ln.strip()][-1].split()
+        self.worst, self.n = float(last[0]), int(last[1])
 
 
 @pytest.fixture(scope="module")
