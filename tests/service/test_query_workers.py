@@ -157,22 +157,17 @@ def test_a_worker_killed_mid_answer_is_retried_or_a_503(own_stack, keys, two_vid
     import redis as redis_lib
     rc = redis_lib.Redis.from_url(env["VIDEOKV_REDIS_URL"])
     deadline = time.monotonic() + 30
+    live = {second.proc.pid: second, third.proc.pid: third}
     busy = None
-    while busy is None and time.monotonic() < deadline:            # the worker that took it
-        for w in (second, third):
-            beat = rc.get(f"videokv:qworker:{next(k for k in _ids(rc) if _pid(rc, k) == w.proc.pid)}")
-            if beat and json.loads(beat)["in_flight"]:
-                busy = w
-        time.sleep(0.1)
+    while busy is None and time.monotonic() < deadline:        # the worker that took it (the group's
+        for entry in rc.xpending_range("videokv:questions", "qworkers", min="-", max="+", count=10):
+            busy = busy or live.get(_pid(rc, entry["consumer"].decode()))     # pending list; the dead
+        time.sleep(0.01)                                                     # first worker's entry stays)
     assert busy is not None
     busy.kill()
     th.join(120)
     assert not th.is_alive() and out["r"].status_code == 200, out
     assert out["r"].json()["answer"]
-
-
-def _ids(rc):
-    return [x.decode() for x in rc.smembers("videokv:qworkers")]
 
 
 def _pid(rc, wid):
