@@ -55,8 +55,6 @@ class QuestionServer:
         self._inbox: queue.Queue[Ticket | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="videokv-model", daemon=True)
         self._stop = False
-        self.steps = 0                 # decode steps run
-        self.stepped_tokens = 0        # sequences x steps: steps * mean batch size
         self._thread.start()
 
     # ------------------------------------------------------------------ API
@@ -66,14 +64,6 @@ class QuestionServer:
         t = Ticket(video_id, question, params, on_token)
         self._inbox.put(t)
         return t.future
-
-    def ask(self, video_id: str, question: str, **params):
-        """submit and wait: the Answer."""
-        return self.submit(video_id, question, **params).result()
-
-    @property
-    def waiting(self) -> int:
-        return self._inbox.qsize()
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop = True
@@ -90,8 +80,6 @@ class QuestionServer:
             seqs = [s for _, s in active]
             with self.engine._model_lock:
                 batch.step(self.engine.backend, seqs)
-            self.steps += 1
-            self.stepped_tokens += len(seqs)
             for t, s in active:
                 self._emit(t, s)
             active[:] = [(t, s) for t, s in active if not self._finished(t, s)]

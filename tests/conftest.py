@@ -59,3 +59,20 @@ def ingested(tmp_path_factory, toy_video, embedded_backend):
     rt.backend = embedded_backend
     result = rt.pipeline.ingest(toy_video[0])
     return rt, result
+
+
+def write_rotated_video(path, frames, fps: int = 4) -> None:
+    """An H.264 file of `frames` ([H, W, 3] uint8 each) stored as given, with a 90-degree
+    display rotation (how phones store portrait video)."""
+    import av
+
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.set_display_rotation(90)
+        for i, a in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(a, format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode())

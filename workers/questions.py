@@ -101,7 +101,6 @@ class QuestionClient:
         self.stream = reply_stream(self.id)
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
-        self._closed = False
         self._alive: tuple[float, dict] = (-1e9, {})
         self._reader = threading.Thread(target=self._read, name="videokv-replies", daemon=True)
         self._reader.start()
@@ -143,18 +142,10 @@ class QuestionClient:
     def _send(self, payload: dict) -> None:
         self.r.xadd(REQUESTS, {"m": json.dumps(payload)}, maxlen=100_000, approximate=True)
 
-    def close(self) -> None:
-        self._closed = True
-        self._reader.join(3)
-        try:
-            self.r.delete(self.stream)
-        except Exception:   # noqa: BLE001 - Redis gone: its key expires anyway
-            pass
-
     # ------------------------------------------------------------------ replies
     def _read(self) -> None:
         last, checked = "$", 0.0
-        while not self._closed:
+        while True:                         # a daemon thread; the reply stream expires an hour after use
             try:
                 got = self.r.xread({self.stream: last}, block=500, count=256)
             except Exception as e:          # noqa: BLE001 - Redis blips: keep trying, questions time out

@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from tests.conftest import write_rotated_video
 from videokv.ingest import video
 from videokv.ingest.video import content_hash, iter_frames, probe, sample_frames
 
@@ -129,22 +130,13 @@ def test_a_single_keyframe_file_is_decoded_once_not_once_per_sample(make_video):
 def test_rotation_metadata_turns_frames_upright(tmp_path):
     """A phone video stored sideways with a display rotation is sampled upright, as ffmpeg
     shows it (autorotate), and probe reports its displayed size."""
-    import av
 
     from videokv.ingest.video import probe, sample_frames
 
     path = tmp_path / "portrait.mp4"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=4)
-        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
-        s.set_display_rotation(90)
-        for i in range(8):
-            a = np.zeros((32, 64, 3), np.uint8)
-            a[:, :32] = 255                                     # stored: the left half is white
-            f = av.VideoFrame.from_ndarray(a, format="rgb24")
-            f.pts = i
-            c.mux(s.encode(f))
-        c.mux(s.encode())
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32] = 255                                        # stored: the left half is white
+    write_rotated_video(path, [stored] * 8)
     info = probe(path)
     assert (info.width, info.height, info.rotation) == (32, 64, 1)
     got = sample_frames(path, 1.0, 100, info=info).frames[0]

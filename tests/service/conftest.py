@@ -104,6 +104,16 @@ class Worker:
         self._fh.close()
 
 
+def terminate(proc: subprocess.Popen | None, wait_s: float) -> None:
+    """SIGTERM a test's service process; SIGKILL it after `wait_s` seconds."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 class QueryWorkerProcess:
     """`videokv query-worker` as a subprocess; started once it heartbeats in Redis."""
 
@@ -131,12 +141,7 @@ class QueryWorkerProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc, 40)        # it finishes the questions in flight first
         self._fh.close()
 
 
@@ -169,12 +174,7 @@ class ApiServer:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc, 15)
         self._fh.close()
 
 

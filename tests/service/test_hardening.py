@@ -17,6 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import write_rotated_video
+
 from .conftest import ApiServer, QueryWorkerProcess, RedisServer, Worker, service_process_env
 
 MAX_QUEUED = 8
@@ -347,19 +349,10 @@ def test_12_subtitle_errors_name_the_users_file(hard, clips):
 def test_12_portrait_video_frames_come_out_upright(hard, tmp_path):
     import io
 
-    import av
     from PIL import Image
 
     path = tmp_path / "phone.mp4"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=4)
-        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
-        s.set_display_rotation(90)
-        for i in range(40):
-            f = av.VideoFrame.from_ndarray(np.full((64, 96, 3), 40 * (i % 5), np.uint8), format="rgb24")
-            f.pts = i
-            c.mux(s.encode(f))
-        c.mux(s.encode())
+    write_rotated_video(path, [np.full((64, 96, 3), 40 * (i % 5), np.uint8) for i in range(40)])
     k = hard["keys"]["alice"]
     v = upload(hard, k, path).json()
     wait_for(hard, k, v["id"], timeout=90)
