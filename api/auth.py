@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -17,6 +18,10 @@ from pathlib import Path
 from videokv.errors import VideoKVError
 
 PREFIX = "vkv_"
+# A front API (api/front/) checks the caller's key itself and tells the shard whose tenant it
+# acts for; a shard believes it only next to the cluster token (VIDEOKV_CLUSTER_TOKEN).
+TENANT_HEADER = "x-videokv-tenant"
+CLUSTER_HEADER = "x-videokv-cluster-token"
 
 
 class AuthError(VideoKVError):
@@ -96,3 +101,17 @@ class KeyRing:
         if entry is None:
             raise AuthError("invalid API key")
         return entry["tenant"]
+
+
+def trusted_tenant(settings, token: str | None, tenant: str) -> str:
+    """The tenant a front API names, if it sent the cluster token; else a 401."""
+    expected = settings.cluster_token
+    if not expected or not token or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise AuthError(f"{TENANT_HEADER} is accepted only from the front API, with the cluster token "
+                        "(VIDEOKV_CLUSTER_TOKEN)")
+    from videokv.kvstore import keys as K
+    try:
+        K.check_token("tenant", tenant)
+    except ValueError as e:
+        raise AuthError(str(e)) from None
+    return tenant

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from videokv.query.engine import COUNT_BY, MODES
+from videokv.query.answers import COUNT_BY, MODES
 
 Mode = Literal[MODES]
 CountBy = Literal[COUNT_BY]
@@ -100,6 +100,7 @@ class Video(BaseModel):
     events_url: str
     text_channels: dict[str, Any] = Field(description="per text channel (ocr, asr, subtitle): what ran")
     transcript_url: str
+    shard: str | None = Field(None, description="the shard holding the video's KV (null on a single host)")
 
 
 class UploadedVideo(Video):
@@ -108,6 +109,8 @@ class UploadedVideo(Video):
 
 class VideoList(BaseModel):
     videos: list[Video]
+    missing_shards: list[str] = Field([], description="shards that did not answer in time (their videos "
+                                                      "are not listed); always empty on a single host")
 
 
 class TranscriptSegment(BaseModel):
@@ -160,11 +163,14 @@ class SearchHit(BaseModel):
     t_start: float | None
     t_end: float | None
     score: float
+    shard: str | None = Field(None, description="the shard holding the video (null on a single host)")
 
 
 class SearchResults(BaseModel):
     query: str
     results: list[SearchHit]
+    missing_shards: list[str] = Field([], description="shards that did not answer in time (their videos' "
+                                                      "hits are missing); always empty on a single host")
 
 
 class Job(BaseModel):
@@ -184,6 +190,8 @@ class Job(BaseModel):
     updated: float
     status_url: str
     results_url: str
+    shards: dict[str, Any] = Field({}, description="per shard, its part of the job (through the front API of a "
+                                                   "sharded service; empty on a single host)")
 
 
 class Problem(BaseModel):

@@ -15,8 +15,9 @@ from pathlib import Path
 from fastapi import Request
 
 from videokv.kvstore import Status, VideoNotFoundError, VideoRecord
+from videokv.workers.shards import Names
 
-from .auth import KeyRing
+from .auth import CLUSTER_HEADER, TENANT_HEADER, KeyRing, trusted_tenant
 from .problems import Problem
 from .schemas import VIDEO_ID
 from .upload import Received
@@ -40,6 +41,7 @@ class Service:
         # limit: past VIDEOKV_MAX_QUEUED_QUESTIONS in flight a question is told to come back (503).
         self._client, self._client_lock = None, threading.Lock()
         self._admitted = threading.BoundedSemaphore(settings.max_queued_questions)
+        self.names = Names(settings.shard)
 
     @property
     def celery(self):
@@ -54,7 +56,11 @@ class Service:
 
     # ---------------------------------------------------------------- auth
     def tenant(self, request: Request) -> str:
-        """The caller's tenant (from its API key); "default" with VIDEOKV_AUTH=open."""
+        """The caller's tenant (from its API key); "default" with VIDEOKV_AUTH=open. A shard's
+        API also serves the front API, which names the tenant it checked (api/front/)."""
+        forwarded = request.headers.get(TENANT_HEADER)
+        if forwarded is not None:
+            return trusted_tenant(self.settings, request.headers.get(CLUSTER_HEADER), forwarded)
         if self.settings.auth == "open":
             return "default"
         return self.keys.tenant(request.headers.get("authorization"))
@@ -154,7 +160,7 @@ class Service:
         if rec.status not in (Status.QUEUED, Status.INGESTING):
             return False
         try:
-            return Leases(self.settings.redis_url).requeue(rec.video_id,
+            return Leases(self.settings.redis_url, names=self.names).requeue(rec.video_id,
                                                           lambda vid: self.send("videokv.ingest_video", vid))
         except Exception:  # noqa: BLE001 - Redis down: the workers' reapers will see it
             return False
@@ -175,14 +181,14 @@ class Service:
 
                 from videokv.workers.questions import QuestionClient
                 r = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-                self._client = QuestionClient(r, timeout_s=self.settings.question_timeout_s)
+                self._client = QuestionClient(r, timeout_s=self.settings.question_timeout_s, names=self.names)
             return self._client
 
     def fingerprint(self) -> str:
         """The model/config fingerprint the query workers answer with (uploads are keyed by it)."""
         from videokv.workers.questions import announced_engine
         try:
-            engine = announced_engine(self.questions.r)
+            engine = announced_engine(self.questions.r, self.names)
         except Exception as e:  # noqa: BLE001
             raise Problem(503, f"Redis is unavailable ({type(e).__name__}); try again", code="queue_unavailable",
                           headers={"Retry-After": "5"}) from None
@@ -224,7 +230,7 @@ class Service:
 
 
 # -------------------------------------------------------------------- views
-def video_view(rec: VideoRecord) -> dict:
+def video_view(rec: VideoRecord, shard: str = "") -> dict:
     # While a video streams in, its plan is not written yet: the sampling plan's count stands in.
     total = rec.chunks_total or rec.chunks_expected
     progress = 1.0 if rec.status is Status.READY else (min(rec.chunks_done / total, 0.999) if total else 0.0)
@@ -235,7 +241,8 @@ def video_view(rec: VideoRecord) -> dict:
             "progress": round(progress, 4), "error": rec.reason if rec.status is Status.FAILED else "",
             "note": rec.reason if rec.status is not Status.FAILED else "",
             "created": rec.created, "updated": rec.updated, "status_url": url, "events_url": url + "/events",
-            "text_channels": (rec.extra or {}).get("text", {}), "transcript_url": url + "/transcript"}
+            "text_channels": (rec.extra or {}).get("text", {}), "transcript_url": url + "/transcript",
+            "shard": shard or None}
 
 
 def job_view(job: dict) -> dict:

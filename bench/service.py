@@ -15,6 +15,9 @@ Per stack and c: questions/s (questions over the wall time), p50/p99 latency. Al
 the client less the worker's own time for it (`timings.worker_ms`: from taking it off the
 stream to its answer), i.e. the API -> worker -> API overhead over the in-process path.
 
+`--shards N`: the sharded service instead, ingest throughput with 1 and N shards and the
+upload's cost through the front API (bench/_shards.py).
+
 Outputs: --out JSON (default runs/bench_service.json; `--json` prints it), a PNG and a
 markdown table next to it; the targets of issue 23 are checked and printed; exit 1 when a
 request failed. Everything it started is stopped at the end.
@@ -26,9 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,46 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from ._common import line_chart, machine, write_outputs
+from ._services import Services, wait_until
 
-HOST = "127.0.0.1"
 QUESTIONS = ["What digit was shown on the red card?", "What color was the first card?",
              "Which shape moved to the left?", "What happened at the end of the video?",
              "What was the last object to appear?", "Describe the scene at the start."]
 STACKS = ("batched", "baseline")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _wait(pred, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if pred():
-                return
-        except Exception:
-            pass
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
-        time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen | None, timeout: float = 40) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)       # a worker's pool children too
-        proc.wait(timeout)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 def _pct(xs: list[float]) -> dict:
@@ -86,48 +52,8 @@ def _pct(xs: list[float]) -> dict:
             "p99_ms": round(float(np.percentile(a, 99)), 1) if len(a) else None}
 
 
-class Services:
-    """The processes of one run; spawn() starts one in its own session, stop() ends all."""
-
-    def __init__(self, work: Path, env: dict):
-        self.work, self.env, self.procs, self.logs = work, env, [], []
-        self.root = str(Path(__file__).resolve().parent.parent)
-
-    def spawn(self, cmd: list[str], name: str, **env) -> subprocess.Popen:
-        log = open(self.work / f"{name}.log", "ab")
-        self.logs.append(log)
-        p = subprocess.Popen(cmd, env={**self.env, **env}, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def redis(self, name: str) -> str:
-        import redis as redis_py
-        port = _free_port()
-        p = self.spawn([shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", HOST,
-                        "--save", "", "--appendonly", "no", "--dir", str(self.work)], name)
-        _wait(lambda: redis_py.Redis(host=HOST, port=port, socket_connect_timeout=0.2).ping(), 10, name, p)
-        return f"redis://{HOST}:{port}/0"
-
-    def stack(self, name: str, max_batch: int, threads: int) -> dict:
-        """redis + query worker + API; returns {url, redis_url, worker, api}."""
-        redis_url = self.redis(f"redis-{name}")
-        port = _free_port()
-        w = self.spawn([sys.executable, "-m", "videokv.cli", "query-worker", "--max-batch", str(max_batch)],
-                       f"query-worker-{name}", VIDEOKV_REDIS_URL=redis_url, OMP_NUM_THREADS=str(threads))
-        a = self.spawn([sys.executable, "-m", "uvicorn", "videokv.services:api_app", "--factory", "--host", HOST,
-                        "--port", str(port), "--log-level", "warning"], f"api-{name}", VIDEOKV_REDIS_URL=redis_url)
-        return {"url": f"http://{HOST}:{port}", "redis_url": redis_url, "worker": w, "api": a}
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            _stop(p)
-        for log in self.logs:
-            log.close()
-
-
 def _ready(client, stack: dict, timeout: float) -> None:
-    _wait(lambda: client.get(stack["url"] + "/readyz").status_code == 200, timeout, "stack ready", stack["worker"])
+    wait_until(lambda: client.get(stack["url"] + "/readyz").status_code == 200, timeout, "stack ready", stack["worker"])
 
 
 def _upload(client, url: str, paths: list[Path], timeout: float) -> list[str]:
@@ -138,7 +64,7 @@ def _upload(client, url: str, paths: list[Path], timeout: float) -> list[str]:
             raise RuntimeError(f"upload {p.name}: {r.status_code} {r.text[:300]}")
         ids.append(r.json()["id"])
     for vid in ids:
-        _wait(lambda: client.get(f"{url}/v1/videos/{vid}").json()["status"] == "READY", timeout, f"video {vid} READY")
+        wait_until(lambda: client.get(f"{url}/v1/videos/{vid}").json()["status"] == "READY", timeout, f"video {vid} READY")
     return ids
 
 
@@ -174,6 +100,9 @@ def load(client, url: str, vids: list[str], c: int, per_client: int, max_new_tok
 
 
 def main(argv: list[str]) -> int:
+    if any(a == "--shards" or a.startswith("--shards=") for a in argv):
+        from ._shards import main as shards_main  # the sharded service (bench/_shards.py)
+        return shards_main(argv)
     ap = argparse.ArgumentParser(prog="videokv bench service", description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32],
                     help="concurrent clients, each level measured on both stacks (default 1,8,32)")

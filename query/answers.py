@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass, field
 
 from videokv.errors import VideoKVError
 
+# How a question's context is made (query/engine.py), and who answers "how many" questions;
+# here, with no torch, so the API can validate requests without loading the engine.
+MODES = ("bilevel", "dense", "sparse")
+COUNT_BY = ("oracle", "lm")
+
 
 class QueryError(VideoKVError):
     """A question that cannot be answered as asked (bad mode, video not ready, ...)."""

@@ -20,15 +20,12 @@ from videokv.engine.decode import GenerationConfig, assemble
 from videokv.kvstore import Hit, KVStore, Status
 from videokv.oracles.base import RelevanceOracle
 
-from .answers import Answer, ContextTooLong, Evidence, QueryError, ReingestRequired, VideoNotReady  # noqa: F401
+from .answers import COUNT_BY, MODES, Answer, ContextTooLong, Evidence, QueryError, ReingestRequired, VideoNotReady  # noqa: F401
 from .budget import POLICIES, ChunkCosts, Layout, bilevel, chunk_costs, plan, uniform
 from .counting import SpanCounter, asks_count
 from .hotset import HotSetCache
 from .pager import KVPager
 from .retrieval import Channel, search
-
-MODES = ("bilevel", "dense", "sparse")
-COUNT_BY = ("oracle", "lm")
 
 
 @dataclass

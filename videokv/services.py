@@ -1,6 +1,7 @@
 """The long-running services, wired from settings (the composition root for servers).
 
-    uvicorn --factory videokv.services:api_app          (videokv serve)
+    uvicorn --factory videokv.services:api_app          (videokv serve; a shard's: --shard NAME)
+    uvicorn --factory videokv.services:front_app        (videokv serve --front: over the shards)
     celery -A videokv.services worker -Q ingest,query    (videokv worker)
     videokv query-worker                                 (one per GPU: the model, the questions)
 
@@ -18,6 +19,12 @@ def api_app(settings=None):
     from .api.app import create_app
     settings = settings or load_settings()
     return create_app(settings, Runtime(settings))
+
+
+def front_app(settings=None):
+    """The front API of a sharded service (api/front/): no KV, no model; it routes to the shards."""
+    from .api.front.app import create_front_app
+    return create_front_app(settings or load_settings())
 
 
 def celery_app(settings=None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -133,6 +134,19 @@ class Settings(BaseSettings):
     # /readyz reports unavailable below this much free disk under VIDEOKV_HOME, in MiB.
     min_free_mb: int = 512
 
+    # Shards (docs/service.md "Shards"). The shard this process belongs to (its home holds
+    # that shard's videos; its queues and Redis keys are that shard's); empty: a single host.
+    shard: str = ""
+    # Where the front API reaches this shard's API (`videokv serve --shard`); empty: the
+    # address it listens on.
+    shard_url: str = ""
+    # The secret the front API and the shard APIs share: a shard API trusts the tenant a
+    # request names (X-Videokv-Tenant) only with it. Required for shards and the front.
+    cluster_token: str = ""
+    # The front API's deadline for one shard's reply to a view, list or search (seconds);
+    # past it the shard counts as missing.
+    shard_timeout_s: float = Field(5.0, gt=0)
+
     @property
     def models_dir(self) -> Path:
         return Path(self.model_cache) if self.model_cache else self.home / "models"
@@ -142,6 +156,14 @@ class Settings(BaseSettings):
     def _unset(cls, v):
         # An empty variable (VIDEOKV_MAX_FRAMES=) means unset, as it does in a shell.
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str) -> str:
+        v = v.strip()
+        if v and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", v):
+            raise ValueError(f"VIDEOKV_SHARD={v!r}: use 1-32 of a-z, 0-9, '-' and '_', starting with a letter or digit")
+        return v
 
     @field_validator("oracle")
     @classmethod

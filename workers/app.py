@@ -1,6 +1,7 @@
 """The Celery app, configured from settings (broker and result backend: VIDEOKV_REDIS_URL).
 
     videokv worker --queues ingest,query        (or: celery -A videokv.services worker -Q ingest,query)
+    videokv worker --shard A                    (a shard's worker: queues ingest.A, query.A)
 
 The app is built from settings by the composition root (`videokv.services`), which also
 tells this module how to make the process's Runtime (`configure`).
@@ -26,23 +27,25 @@ from collections.abc import Callable
 from celery import Celery
 from kombu import Queue
 
-INGEST_QUEUE = "ingest"
-QUERY_QUEUE = "query"
+from .shards import Names
 
 
 def make_app(settings) -> Celery:
+    """The app of settings.shard: its tasks go to that shard's queues (ingest.NAME,
+    query.NAME; a single host: ingest, query)."""
     s = settings
+    names = Names(s.shard)
     app = Celery("videokv", broker=s.redis_url, backend=s.redis_url, include=["videokv.workers.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(INGEST_QUEUE), Queue(QUERY_QUEUE)],
-        task_default_queue=QUERY_QUEUE,
+        task_queues=[Queue(names.ingest_queue), Queue(names.query_queue)],
+        task_default_queue=names.query_queue,
         task_routes={
-            "videokv.ingest_video": {"queue": INGEST_QUEUE},
-            "videokv.reindex": {"queue": INGEST_QUEUE},
-            "videokv.run_job": {"queue": QUERY_QUEUE},
+            "videokv.ingest_video": {"queue": names.ingest_queue},
+            "videokv.reindex": {"queue": names.ingest_queue},
+            "videokv.run_job": {"queue": names.query_queue},
         },
         task_serializer="json",
         result_serializer="json",

@@ -42,9 +42,11 @@ def results_path(job_id: str, home) -> Path:
 
 
 def create_job(tenant: str, video_ids: list[str], questions: list[str], *, top_k: int | None = None,
-               mode: str = "bilevel", count_by: str | None = None, max_new_tokens: int = 48, home) -> dict:
+               mode: str = "bilevel", count_by: str | None = None, max_new_tokens: int = 48, home,
+               job_id: str | None = None) -> dict:
+    """A new QUEUED job; job_id: given by the front API for a shard's part of its job."""
     now = time.time()
-    job = {"id": secrets.token_hex(8), "tenant": tenant, "video_ids": list(video_ids), "questions": list(questions),
+    job = {"id": job_id or secrets.token_hex(8), "tenant": tenant, "video_ids": list(video_ids), "questions": list(questions),
            "top_k": top_k, "mode": mode, "count_by": count_by, "max_new_tokens": max_new_tokens, "status": "QUEUED",
            "done": 0, "total": len(video_ids) * len(questions), "errors": 0, "error": "",
            "created": now, "updated": now}

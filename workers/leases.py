@@ -3,7 +3,8 @@ seconds rather than after Redis's visibility timeout (an hour by default).
 
 A worker ingesting a video holds a lease in Redis (`videokv:lease:<video>`, TTL `ttl` s),
 renewed by a thread every ttl/3 s while it works, and marks the video as started
-(`videokv:started`, a hash video -> owner). A host that vanishes renews nothing: its lease
+(`videokv:started`, a hash video -> owner). A shard's workers use their shard's keys
+(workers/shards.py), so a reaper only ever re-queues its own shard's videos. A host that vanishes renews nothing: its lease
 expires. Every worker runs a reaper (at start, then every `ttl/3` s) that re-sends the ingest
 task of each started video without a live lease (once per lapse: `videokv:requeue:<video>`).
 The re-delivered original task later finds the video READY, or leased by another worker,
@@ -19,9 +20,10 @@ import threading
 import uuid
 from contextlib import contextmanager
 
+from .shards import Names
+
 log = logging.getLogger("videokv.workers")
 
-STARTED = "videokv:started"
 TTL_S = 30
 
 
@@ -30,15 +32,14 @@ def owner_id() -> str:
 
 
 class Leases:
-    def __init__(self, redis_url: str, ttl: int = TTL_S):
+    def __init__(self, redis_url: str, ttl: int = TTL_S, names: Names = Names()):
         import redis
 
         self.r = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-        self.ttl = ttl
+        self.ttl, self.names = ttl, names
 
-    @staticmethod
-    def key(video_id: str) -> str:
-        return f"videokv:lease:{video_id}"
+    def key(self, video_id: str) -> str:
+        return self.names.lease(video_id)
 
     def alive(self, video_id: str) -> bool:
         return bool(self.r.exists(self.key(video_id)))
@@ -51,7 +52,7 @@ class Leases:
         if not self.r.set(self.key(video_id), me, nx=True, ex=self.ttl):
             yield False
             return
-        self.r.hset(STARTED, video_id, me)
+        self.r.hset(self.names.started, video_id, me)
         stop = threading.Event()
 
         def renew():
@@ -73,18 +74,18 @@ class Leases:
 
     def finished(self, video_id: str) -> None:
         """The video is READY, FAILED or deleted: nothing to watch any more."""
-        self.r.hdel(STARTED, video_id)
+        self.r.hdel(self.names.started, video_id)
 
     def stale(self) -> list[str]:
         """Started videos whose lease lapsed: their worker is gone."""
-        started = [v.decode() for v in self.r.hkeys(STARTED)]
+        started = [v.decode() for v in self.r.hkeys(self.names.started)]
         return [v for v in started if not self.alive(v)]
 
     def requeue(self, video_id: str, send) -> bool:
         """send(video_id) if the video was started and its lease lapsed, once per lapse."""
-        if not self.r.hexists(STARTED, video_id) or self.alive(video_id):
+        if not self.r.hexists(self.names.started, video_id) or self.alive(video_id):
             return False
-        if not self.r.set(f"videokv:requeue:{video_id}", "1", nx=True, ex=self.ttl):
+        if not self.r.set(self.names.requeue(video_id), "1", nx=True, ex=self.ttl):
             return False
         log.warning("video %s: its worker's lease lapsed; ingest re-queued", video_id)
         send(video_id)

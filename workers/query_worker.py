@@ -10,6 +10,7 @@ they travel).
     sender    one thread writes the replies, pipelined (a decode step's tokens for 32
               questions are one round trip, not 32)
     heartbeat SET videokv:qworker:{id} EX 5 every second, with the fingerprint and the load
+A shard's query worker (VIDEOKV_SHARD) reads and heartbeats under its shard's names only.
 """
 
 from __future__ import annotations
@@ -27,17 +28,20 @@ from concurrent.futures import ThreadPoolExecutor
 from videokv.errors import VideoKVError
 from videokv.query.serving import QuestionServer
 
-from .questions import ENGINE, GROUP, HEARTBEAT_S, LIVENESS_S, REQUESTS, WORKERS, worker_key
+from .questions import GROUP, HEARTBEAT_S, LIVENESS_S
+from .shards import Names
 
 log = logging.getLogger("videokv.query_worker")
 
 
 class QueryWorker:
     """engine: the QueryEngine (its model); redis: a redis.Redis; max_batch: questions decoded
-    together (1: one at a time, the baseline)."""
+    together (1: one at a time, the baseline); names: its shard's (workers/shards.py)."""
 
-    def __init__(self, engine, redis, max_batch: int = 16, name: str | None = None, model: str = ""):
+    def __init__(self, engine, redis, max_batch: int = 16, name: str | None = None, model: str = "",
+                 names: Names = Names()):
         self.engine, self.r, self.max_batch = engine, redis, max(1, int(max_batch))
+        self.names = names
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.model = model
         self.server = QuestionServer(engine, self.max_batch)
@@ -53,11 +57,11 @@ class QueryWorker:
     def run(self, drain_s: float = 30.0) -> None:
         """Serve until stop() (SIGTERM through the CLI), then finish what is in flight."""
         try:
-            self.r.xgroup_create(REQUESTS, GROUP, id="$", mkstream=True)
+            self.r.xgroup_create(self.names.questions, GROUP, id="$", mkstream=True)
         except Exception as e:              # noqa: BLE001 - BUSYGROUP: it exists already
             if "BUSYGROUP" not in str(e):
                 raise
-        self.r.hset(ENGINE, mapping={"fingerprint": self.engine.fingerprint, "model": self.model,
+        self.r.hset(self.names.engine, mapping={"fingerprint": self.engine.fingerprint, "model": self.model,
                                      "oracle": self.engine.oracle.identity, "announced_by": self.id})
         threads = [threading.Thread(target=f, name=f"videokv-{f.__name__.strip('_')}", daemon=True)
                    for f in (self._heartbeat, self._sender)]
@@ -72,8 +76,8 @@ class QueryWorker:
             self._closed.set()
             for t in threads:
                 t.join(2)
-            self.r.delete(worker_key(self.id))
-            self.r.srem(WORKERS, self.id)
+            self.r.delete(self.names.qworker(self.id))
+            self.r.srem(self.names.qworkers, self.id)
             self.server.close()
 
     def _drain(self, seconds: float) -> None:
@@ -91,8 +95,8 @@ class QueryWorker:
             beat = {"fingerprint": self.engine.fingerprint, "max_batch": self.max_batch, "in_flight": self._inflight,
                     "answered": self.answered, "pid": os.getpid()}
             try:
-                self.r.set(worker_key(self.id), json.dumps(beat), ex=LIVENESS_S)
-                self.r.sadd(WORKERS, self.id)
+                self.r.set(self.names.qworker(self.id), json.dumps(beat), ex=LIVENESS_S)
+                self.r.sadd(self.names.qworkers, self.id)
             except Exception as e:          # noqa: BLE001 - Redis blips: the next beat retries
                 log.warning("heartbeat failed: %s", e)
             self._closed.wait(HEARTBEAT_S)
@@ -105,7 +109,7 @@ class QueryWorker:
                     self._room.wait(0.5)
                 room = 2 * self.max_batch - self._inflight
             try:
-                got = self.r.xreadgroup(GROUP, self.id, {REQUESTS: ">"}, count=room, block=500)
+                got = self.r.xreadgroup(GROUP, self.id, {self.names.questions: ">"}, count=room, block=500)
             except Exception as e:          # noqa: BLE001
                 log.warning("reading questions failed: %s", e)
                 time.sleep(0.5)
@@ -173,8 +177,8 @@ class QueryWorker:
             streams = set()
             for where, body in batch:
                 if where == "ack":
-                    pipe.xack(REQUESTS, GROUP, body)
-                    pipe.xdel(REQUESTS, body)
+                    pipe.xack(self.names.questions, GROUP, body)
+                    pipe.xdel(self.names.questions, body)
                 else:
                     pipe.xadd(where, {"m": json.dumps(body)}, maxlen=10_000, approximate=True)
                     streams.add(where)
@@ -202,7 +206,10 @@ def serve(runtime, max_batch: int) -> None:
     import redis
     r = redis.Redis.from_url(runtime.settings.redis_url, socket_timeout=10)
     engine = runtime.queries            # loads the model now, before taking questions
-    w = QueryWorker(engine, r, max_batch, model=runtime.settings.model)
+    shard = runtime.settings.shard
+    w = QueryWorker(engine, r, max_batch, model=runtime.settings.model, names=Names(shard))
+    if shard:
+        log.info("query worker of shard %s", shard)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop())
     w.run()

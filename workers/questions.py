@@ -1,6 +1,7 @@
 """Questions between the API (or a batch job) and the query workers, over Redis streams.
 
-    requests  XADD videokv:questions {m: json}       read by the consumer group `qworkers`:
+    requests  XADD videokv:questions {m: json}       read by the consumer group `qworkers`
+              (a shard's: videokv:{shard}:questions, and so on; workers/shards.py):
               {id, kind: ask|search, reply: stream, stream: bool, ...the question}
     replies   XADD videokv:replies:{client} {m: json}, the client's own stream:
               {id, kind: accepted, worker}   a worker took it
@@ -35,18 +36,13 @@ from dataclasses import dataclass, field
 
 from videokv.errors import VideoKVError
 
+from .shards import Names
+
 log = logging.getLogger("videokv.questions")
 
-REQUESTS = "videokv:questions"
 GROUP = "qworkers"
-WORKERS = "videokv:qworkers"
-ENGINE = "videokv:engine"
 HEARTBEAT_S = 1.0
 LIVENESS_S = 5
-
-
-def worker_key(worker: str) -> str:
-    return f"videokv:qworker:{worker}"
 
 
 def reply_stream(client: str) -> str:
@@ -61,21 +57,22 @@ class QuestionFailed(VideoKVError):
         self.code, self.http_status = code, status
 
 
-def live_workers(r) -> dict[str, dict]:
-    """{worker id: its heartbeat (fingerprint, max_batch, in flight)} of workers alive now."""
-    ids = sorted(x.decode() for x in r.smembers(WORKERS))
+def live_workers(r, names: Names = Names()) -> dict[str, dict]:
+    """{worker id: its heartbeat (fingerprint, max_batch, in flight)} of this shard's workers
+    alive now."""
+    ids = sorted(x.decode() for x in r.smembers(names.qworkers))
     if not ids:
         return {}
-    beats = r.mget([worker_key(w) for w in ids])
+    beats = r.mget([names.qworker(w) for w in ids])
     gone = [w for w, b in zip(ids, beats) if b is None]
     if gone:
-        r.srem(WORKERS, *gone)
+        r.srem(names.qworkers, *gone)
     return {w: json.loads(b) for w, b in zip(ids, beats) if b is not None}
 
 
-def announced_engine(r) -> dict | None:
-    """The engine the query workers last announced ({fingerprint, model, ...}), if any."""
-    raw = r.hgetall(ENGINE)
+def announced_engine(r, names: Names = Names()) -> dict | None:
+    """The engine this shard's query workers last announced ({fingerprint, model, ...}), if any."""
+    raw = r.hgetall(names.engine)
     return {k.decode(): v.decode() for k, v in raw.items()} or None
 
 
@@ -93,10 +90,11 @@ class _Pending:
 
 class QuestionClient:
     """Sends questions to the query workers and routes their replies. redis: a redis.Redis
-    (thread-safe); timeout_s: the longest a question may take, queueing included."""
+    (thread-safe); timeout_s: the longest a question may take, queueing included; names: the
+    shard whose workers answer (workers/shards.py)."""
 
-    def __init__(self, redis, timeout_s: float = 600.0, retries: int = 1):
-        self.r, self.timeout_s, self.retries = redis, timeout_s, retries
+    def __init__(self, redis, timeout_s: float = 600.0, retries: int = 1, names: Names = Names()):
+        self.r, self.timeout_s, self.retries, self.names = redis, timeout_s, retries, names
         self.id = secrets.token_hex(8)
         self.stream = reply_stream(self.id)
         self._pending: dict[str, _Pending] = {}
@@ -123,7 +121,7 @@ class QuestionClient:
         asked of Redis when older, or when none were seen: a worker just started counts)."""
         at, alive = self._alive
         if not alive or time.monotonic() - at > 2.0:
-            alive = live_workers(self.r)
+            alive = live_workers(self.r, self.names)
             self._alive = (time.monotonic(), alive)
         return alive
 
@@ -140,7 +138,7 @@ class QuestionClient:
         return p.future
 
     def _send(self, payload: dict) -> None:
-        self.r.xadd(REQUESTS, {"m": json.dumps(payload)}, maxlen=100_000, approximate=True)
+        self.r.xadd(self.names.questions, {"m": json.dumps(payload)}, maxlen=100_000, approximate=True)
 
     # ------------------------------------------------------------------ replies
     def _read(self) -> None:
@@ -194,7 +192,7 @@ class QuestionClient:
             return
         now = time.monotonic()
         try:
-            alive = live_workers(self.r)
+            alive = live_workers(self.r, self.names)
         except Exception:                  # noqa: BLE001
             return
         self._alive = (now, alive)

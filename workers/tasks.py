@@ -5,8 +5,9 @@
   already committed; `put_chunk` updates `chunks_done` in the catalog). A user error in the
   file (VideoError, ...) -> FAILED with its message, no retry; anything else is retried with
   exponential backoff, then FAILED with the last error.
-- `run_job(job_id)`: a batch of videos x questions; rows appended to HOME/jobs/ID.jsonl,
-  progress in HOME/jobs/ID.json; a re-delivered job skips rows already written.
+- `run_job(job_id[, spec])`: a batch of videos x questions; rows appended to HOME/jobs/ID.jsonl,
+  progress in HOME/jobs/ID.json; a re-delivered job skips rows already written. With a spec:
+  a shard's part of a front API job, created here on first delivery.
 - `reindex()`: rebuild and snapshot the FAISS index of this runtime's oracle.
 """
 
@@ -27,6 +28,7 @@ from . import jobs as J
 from .app import runtime
 from .leases import Leases, start_reaper
 from .questions import QuestionClient, QuestionFailed
+from .shards import Heartbeat, Names, front_job_key
 
 log = logging.getLogger("videokv.workers")
 
@@ -55,7 +57,7 @@ def ingest_video(self, video_id: str) -> dict:
     """Ingest under a lease (workers/leases.py): a second delivery of the same video while a
     live worker holds it does nothing."""
     rt = runtime()
-    leases = Leases(rt.settings.redis_url)
+    leases = Leases(rt.settings.redis_url, names=Names(rt.settings.shard))
     with leases.hold(video_id) as held:
         if not held:
             return {"video_id": video_id, "status": "INGESTING", "note": "another worker holds its lease"}
@@ -122,10 +124,15 @@ def _why(e: BaseException) -> str:
 @worker_ready.connect
 def _start_lease_reaper(sender=None, **_) -> None:
     """Each worker re-queues the ingests whose worker died (its lease lapsed): at start, then
-    every few seconds (workers/leases.py)."""
+    every few seconds (workers/leases.py). A shard's worker also heartbeats in the shard
+    registry (workers/shards.py) and re-queues only its shard's videos."""
     app = sender.app
-    start_reaper(Leases(runtime().settings.redis_url),
+    settings = runtime().settings
+    start_reaper(Leases(settings.redis_url, names=Names(settings.shard)),
                  lambda vid: app.send_task("videokv.ingest_video", args=[vid]))
+    if settings.shard:
+        import redis
+        Heartbeat(redis.Redis.from_url(settings.redis_url, socket_timeout=5), settings.shard, "worker").start()
 
 
 def _row(video_id: str, qi: int, question: str, **fields) -> dict:
@@ -140,13 +147,18 @@ JOB_SLICE_S = 5.0
 
 
 @shared_task(bind=True, name="videokv.run_job", max_retries=None)
-def run_job(self, job_id: str) -> dict:
+def run_job(self, job_id: str, spec: dict | None = None) -> dict:
+    """spec: a shard's part of a front API job (its tenant, videos on this shard, questions,
+    parameters), made into this shard's job record on first delivery; so a part queued while
+    the shard was down runs when it comes back."""
     rt = runtime()
     home = rt.settings.home
     try:
         job = J.load_job(job_id, home)
     except J.JobNotFound:
-        return {"job_id": job_id, "status": "DELETED"}
+        if spec is None:
+            return {"job_id": job_id, "status": "DELETED"}
+        job = _create_part(rt, job_id, spec)
     if job["status"] in J.FINAL:
         return {"job_id": job_id, "status": job["status"]}
     # Wait (without holding the worker) for videos still being ingested.
@@ -188,6 +200,16 @@ def run_job(self, job_id: str) -> dict:
     return {"job_id": job_id, "status": "DONE", "rows": len(done), "errors": errors}
 
 
+def _create_part(rt, job_id: str, spec: dict) -> dict:
+    job = J.create_job(spec["tenant"], spec["video_ids"], spec["questions"], top_k=spec.get("top_k"),
+                       mode=spec.get("mode", "bilevel"), count_by=spec.get("count_by"),
+                       max_new_tokens=spec.get("max_new_tokens", 48), home=rt.settings.home, job_id=job_id)
+    # Cancelled at the front before this shard saw it (it was down): the part starts cancelled.
+    if _questions(rt).r.hget(front_job_key(job_id), "status") == b"CANCELLED":
+        job = J.cancel_job(job_id, rt.settings.home)
+    return job
+
+
 _client = None
 
 
@@ -197,7 +219,7 @@ def _questions(rt):
     if _client is None:
         import redis
         _client = QuestionClient(redis.Redis.from_url(rt.settings.redis_url, socket_timeout=10),
-                                 timeout_s=rt.settings.question_timeout_s)
+                                 timeout_s=rt.settings.question_timeout_s, names=Names(rt.settings.shard))
     return _client
 
 

@@ -44,7 +44,7 @@ def router(svc, models) -> APIRouter:
             checks["lmdb"] = f"error: {type(e).__name__}: {e}"
         try:
             from videokv.workers.questions import live_workers
-            alive = live_workers(svc.questions.r)
+            alive = live_workers(svc.questions.r, svc.names)
             fps = sorted({b.get("fingerprint", "") for b in alive.values()})
             checks["query_workers"] = (f"ok ({len(alive)} running, fingerprint {', '.join(fps)})" if alive else
                                        "error: no query worker is running (start `videokv query-worker`)")

@@ -72,7 +72,7 @@ def router(svc, models) -> APIRouter:
             span = rec.plan[chunk] if 0 <= chunk < len(rec.plan) else None
             out.append({"video_id": vid, "filename": rec.filename, "chunk": chunk,
                         "t_start": span.t_start if span else None, "t_end": span.t_end if span else None,
-                        "score": h["score"]})
+                        "score": h["score"], "shard": svc.settings.shard or None})
         return {"query": body.query, "results": out}
 
     return r

@@ -44,17 +44,17 @@ def router(svc, models) -> APIRouter:
     async def upload(request: Request, t: str = Depends(tenant)):
         up = await receive_file(request, svc.uploads, settings.max_upload_mb << 20)
         rec, dedup = await run_in_threadpool(svc.register, up, t)
-        body = {**video_view(rec), "deduplicated": dedup}
+        body = {**video_view(rec, settings.shard), "deduplicated": dedup}
         return JSONResponse(body, status_code=200 if dedup else 202, headers={"Location": body["status_url"]})
 
     @r.get("", response_model=VideoList)
     def list_videos(t: str = Depends(tenant)):
         recs = sorted(svc.rt.store.list_videos(t), key=lambda rec: rec.created)
-        return {"videos": [video_view(rec) for rec in recs]}
+        return {"videos": [video_view(rec, settings.shard) for rec in recs]}
 
     @r.get("/{video_id}", response_model=Video, responses=problems(404))
     def get_video(video_id: str, t: str = Depends(tenant)):
-        return video_view(svc.owned(video_id, t))
+        return video_view(svc.owned(video_id, t), settings.shard)
 
     @r.delete("/{video_id}", status_code=204, response_class=Response, responses=problems(404))
     def delete_video(video_id: str, t: str = Depends(tenant)):
@@ -76,7 +76,7 @@ def router(svc, models) -> APIRouter:
                 except VideoNotFoundError:
                     yield sse("deleted", {"id": video_id})
                     return
-                view = video_view(rec)
+                view = video_view(rec, settings.shard)
                 key = (view["status"], view["chunks_done"], view["chunks_total"])
                 if key != last:
                     last = key

@@ -72,13 +72,13 @@ class RedisServer:
 class Worker:
     """`celery -A videokv.services worker` as a subprocess (prefork, one child)."""
 
-    def __init__(self, env: dict, log: Path):
-        self.env, self.log, self.proc = env, log, None
+    def __init__(self, env: dict, log: Path, queues: str = "ingest,query"):
+        self.env, self.log, self.proc, self.queues = env, log, None, queues
 
     def start(self) -> "Worker":
         self._fh = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "videokv.services", "worker", "-Q", "ingest,query",
+            [sys.executable, "-m", "celery", "-A", "videokv.services", "worker", "-Q", self.queues,
              "-c", "1", "--pool=prefork", "--loglevel=INFO", "--without-gossip", "--without-mingle",
              "--without-heartbeat", "-n", f"w{time.monotonic_ns()}@%h"],
             env=self.env, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT)
@@ -120,17 +120,23 @@ class QueryWorkerProcess:
     def __init__(self, env: dict, log: Path, max_batch: int | None = None):
         self.env, self.log, self.proc, self.max_batch = env, log, None, max_batch
 
-    def start(self, timeout: float = 120) -> "QueryWorkerProcess":
-        import redis
-
-        from videokv.workers.questions import live_workers
+    def start(self, timeout: float = 120, wait: bool = True) -> "QueryWorkerProcess":
         self._fh = open(self.log, "ab")
         extra = ["--max-batch", str(self.max_batch)] if self.max_batch else []
         self.proc = subprocess.Popen([sys.executable, "-m", "videokv.cli", "query-worker", *extra], env=self.env,
                                      cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT)
+        return self.wait(timeout) if wait else self
+
+    def wait(self, timeout: float = 120) -> "QueryWorkerProcess":
+        """Until it heartbeats (under its shard's names, VIDEOKV_SHARD)."""
+        import redis
+
+        from videokv.workers.questions import live_workers
+        from videokv.workers.shards import Names
         r = redis.Redis.from_url(self.env["VIDEOKV_REDIS_URL"])
+        names = Names(self.env.get("VIDEOKV_SHARD", ""))
         deadline = time.monotonic() + timeout
-        while not any(b.get("pid") == self.proc.pid for b in live_workers(r).values()):
+        while not any(b.get("pid") == self.proc.pid for b in live_workers(r, names).values()):
             assert self.proc.poll() is None, f"the query worker exited: see {self.log}"
             assert time.monotonic() < deadline, "the query worker did not start"
             time.sleep(0.2)
@@ -146,22 +152,26 @@ class QueryWorkerProcess:
 
 
 class ApiServer:
-    """`uvicorn videokv.services:api_app` as a subprocess on a free loopback port."""
+    """`uvicorn videokv.services:api_app` (or another app factory) as a subprocess on a free
+    loopback port."""
 
-    def __init__(self, env: dict, log: Path):
-        self.env, self.log, self.proc = env, log, None
+    def __init__(self, env: dict, log: Path, factory: str = "videokv.services:api_app"):
+        self.env, self.log, self.proc, self.factory = env, log, None, factory
         self.port = free_port()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> "ApiServer":
-        import httpx
+    def start(self, timeout: float = 60, wait: bool = True) -> "ApiServer":
         self._fh = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "videokv.services:api_app", "--factory",
+        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", self.factory, "--factory",
                                       "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
                                      env=self.env, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT)
+        return self.wait(timeout) if wait else self
+
+    def wait(self, timeout: float = 60) -> "ApiServer":
+        import httpx
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, f"the API exited: see {self.log}"

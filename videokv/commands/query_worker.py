@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 
 def main(argv: list[str]) -> int:
@@ -14,7 +15,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-batch", type=int, default=None,
                     help="questions decoded together (default VIDEOKV_QUERY_MAX_BATCH; 1: one at a time)")
     ap.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    ap.add_argument("--shard", help="answer this shard's questions (VIDEOKV_SHARD) from its VIDEOKV_HOME")
     args = ap.parse_args(argv)
+    if args.shard:
+        os.environ["VIDEOKV_SHARD"] = args.shard
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from videokv.services import query_worker
 

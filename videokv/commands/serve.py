@@ -1,8 +1,10 @@
-"""`videokv serve` (the REST API under uvicorn) and `videokv keys create|list|revoke`."""
+"""`videokv serve [--shard NAME | --front]` (the REST API under uvicorn) and `videokv keys create|list|revoke`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 
 
@@ -12,19 +14,36 @@ def main_serve(argv: list[str]) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     ap.add_argument("--port", type=int, default=8000, help="port to listen on")
     ap.add_argument("--log-level", default="info", help="uvicorn log level (debug, info, warning, ...)")
+    role = ap.add_mutually_exclusive_group()
+    role.add_argument("--shard", help="serve this shard's videos to the front API (VIDEOKV_SHARD; needs "
+                                      "VIDEOKV_CLUSTER_TOKEN; advertised at VIDEOKV_SHARD_URL, default http://HOST:PORT)")
+    role.add_argument("--front", action="store_true", help="the front API of a sharded service: routes to the "
+                                                           "shards registered in Redis (needs VIDEOKV_CLUSTER_TOKEN)")
     args = ap.parse_args(argv)
     import uvicorn
 
     from videokv.runtime import load_settings
+    from videokv.settings import get_settings
 
+    if args.shard:
+        os.environ["VIDEOKV_SHARD"] = args.shard
     s = load_settings()
-    print(f"videokv serve: http://{args.host}:{args.port} (docs /docs), auth={s.auth}, home={s.home}, "
+    if s.shard and not s.shard_url:
+        host = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host
+        os.environ["VIDEOKV_SHARD_URL"] = f"http://{host}:{args.port}"
+    if (s.shard or args.front) and not s.cluster_token:
+        print("videokv serve: set VIDEOKV_CLUSTER_TOKEN (the same secret on the front and every shard)",
+              file=sys.stderr)
+        return 2
+    what = "front API" if args.front else (f"shard {s.shard!r} API" if s.shard else "API")
+    print(f"videokv serve: {what} on http://{args.host}:{args.port} (docs /docs), auth={s.auth}, home={s.home}, "
           f"redis={s.redis_url}", file=sys.stderr)
     if s.auth == "open":
         print("videokv serve: WARNING: VIDEOKV_AUTH=open: no API keys, every caller is tenant 'default'",
               file=sys.stderr)
-    uvicorn.run("videokv.services:api_app", factory=True, host=args.host, port=args.port,
-                log_level=args.log_level)
+    get_settings.cache_clear()          # the uvicorn factory reads the variables set above
+    uvicorn.run("videokv.services:front_app" if args.front else "videokv.services:api_app", factory=True,
+                host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

@@ -1,8 +1,9 @@
-"""`videokv worker [--queues ingest,query] [--concurrency N]`: a Celery worker process."""
+"""`videokv worker [--queues ingest,query] [--concurrency N] [--shard NAME]`: a Celery worker process."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def main_worker(argv: list[str]) -> int:
@@ -12,12 +13,23 @@ def main_worker(argv: list[str]) -> int:
     ap.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
                     help="Celery pool: prefork (a child process per task slot), solo, threads")
     ap.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    ap.add_argument("--shard", help="the shard this worker belongs to (VIDEOKV_SHARD): it takes that shard's "
+                                    "queues (ingest.NAME, query.NAME) and its VIDEOKV_HOME holds that shard's KV")
     args = ap.parse_args(argv)
+    if args.shard:
+        os.environ["VIDEOKV_SHARD"] = args.shard
+    from videokv.runtime import load_settings
     from videokv.services import celery_app
+    from videokv.workers.shards import Names
 
+    names = Names(load_settings().shard)
+    queues = ",".join({"ingest": names.ingest_queue, "query": names.query_queue}.get(q.strip(), q.strip())
+                      for q in args.queues.split(","))
     app = celery_app()
 
-    app.worker_main(["worker", "-Q", args.queues, "-c", str(args.concurrency), "--pool", args.pool,
+    # A node name per process: several workers (shards) may run on one host.
+    node = f"{names.shard or 'videokv'}-{os.getpid()}@%h"
+    app.worker_main(["worker", "-Q", queues, "-n", node, "-c", str(args.concurrency), "--pool", args.pool,
                      "--loglevel", args.loglevel])
     return 0
 

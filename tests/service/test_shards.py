@@ -1,0 +1,238 @@
+"""Two shards on one machine, as two hosts would run them: each its own home, shard API,
+Celery worker and query worker; one Redis; a front API whose home holds no KV (only the API
+keys). Uploads spread over both shards, every endpoint answers for every video through the
+front, tenants stay apart across shards; a shard killed with SIGKILL costs only its own
+videos (503 naming it) and its queued work runs, once, when it comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import CHUNK_FRAMES, ApiServer, QueryWorkerProcess, RedisServer, Worker, auth, service_process_env
+
+TOKEN = "cluster-secret-for-tests"
+QUESTIONS = ["What color was the first card?", "What happened at the end?"]
+
+
+class Shard:
+    """One shard's processes (API, Celery worker, query worker) over its own home."""
+
+    def __init__(self, name: str, work: Path, redis_url: str):
+        self.name, self.work = name, work
+        self.env = service_process_env(work / f"home-{name}", redis_url, chunk_frames=CHUNK_FRAMES, shard=name,
+                                       cluster_token=TOKEN)
+        self.api = None
+
+    def start(self, wait: bool = True) -> "Shard":
+        self.api = ApiServer(self.env, self.work / f"api-{self.name}.log")
+        self.env["VIDEOKV_SHARD_URL"] = self.api.url
+        self.api.start(wait=False)
+        self.worker = Worker(self.env, self.work / f"worker-{self.name}.log",
+                             queues=f"ingest.{self.name},query.{self.name}").start()
+        self.qworker = QueryWorkerProcess(self.env, self.work / f"qworker-{self.name}.log").start(wait=False)
+        return self.wait() if wait else self
+
+    def wait(self) -> "Shard":
+        self.api.wait()
+        self.qworker.wait()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL every process of the shard, as a host that loses power."""
+        for pid in self.worker.children():
+            os.kill(pid, signal.SIGKILL)
+        for proc in (self.api.proc, self.worker.proc, self.qworker.proc):
+            proc.kill()
+            proc.wait(10)
+
+    def stop(self) -> None:
+        self.api.stop()
+        self.qworker.stop()
+        self.worker.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    work = tmp_path_factory.mktemp("shards")
+    redis = RedisServer(work)
+    redis.start()
+    shards = {n: Shard(n, work, redis.url).start(wait=False) for n in ("a", "b")}
+    front_env = service_process_env(work / "home-front", redis.url, cluster_token=TOKEN, shard_timeout_s=3)
+    front = ApiServer(front_env, work / "front.log", factory="videokv.services:front_app").start()
+    for s in shards.values():
+        s.wait()
+    from videokv.api.auth import KeyRing
+    ring = KeyRing(work / "home-front")
+    keys = {"acme": ring.create("acme"), "globex": ring.create("globex")}
+    yield {"front": front, "shards": shards, "keys": keys, "work": work, "redis": redis}
+    front.stop()
+    for s in shards.values():
+        s.stop()
+    redis.stop()
+
+
+@pytest.fixture(scope="module")
+def uploaded(cluster, tmp_path_factory):
+    """Three videos per tenant through the front, all READY: {tenant: {video id: shard}}, and
+    their files under "paths"."""
+    from videokv.toyworld.synth import render_video
+    d = tmp_path_factory.mktemp("shard-videos")
+    front, keys = cluster["front"], cluster["keys"]
+    out, paths = {"acme": {}, "globex": {}}, {}
+    c = httpx.Client(base_url=front.url, timeout=60)
+    for i in range(6):
+        tenant = ("acme", "globex")[i % 2]
+        path = d / f"v{i}.mp4"
+        render_video(path, 0.1, 1, seed=100 + i)
+        r = c.post("/v1/videos", headers=auth(keys[tenant]), files={"file": (path.name, path.read_bytes())})
+        assert r.status_code == 202, r.text
+        out[tenant][r.json()["id"]] = r.json()["shard"]
+        paths[r.json()["id"]] = path
+    deadline = time.monotonic() + 180
+    for tenant, vids in out.items():
+        for vid in vids:
+            while (v := c.get(f"/v1/videos/{vid}", headers=auth(keys[tenant])).json())["status"] != "READY":
+                assert v["status"] != "FAILED" and time.monotonic() < deadline, v
+                time.sleep(0.3)
+    return {**out, "paths": paths}
+
+
+def test_two_shards_serve_every_endpoint_and_keep_tenants_apart(cluster, uploaded):
+    front, keys = cluster["front"], cluster["keys"]
+    c = httpx.Client(base_url=front.url, timeout=120)
+    paths = uploaded.pop("paths")
+    placed = {vid: shard for vids in uploaded.values() for vid, shard in vids.items()}
+    assert set(placed.values()) == {"a", "b"}, placed                     # both shards hold some
+    # The front's home holds no KV: only its keys and (empty) upload staging.
+    assert not list((cluster["work"] / "home-front").rglob("*.mdb"))
+    spans = [t for t, vids in uploaded.items() if set(vids.values()) == {"a", "b"}]
+    assert spans, uploaded                                                 # a tenant on both shards
+    for tenant, vids in uploaded.items():
+        other = keys["globex" if tenant == "acme" else "acme"]
+        h = auth(keys[tenant])
+        listed = c.get("/v1/videos", headers=h).json()
+        assert {v["id"]: v["shard"] for v in listed["videos"]} == vids and listed["missing_shards"] == []
+        for vid, shard in vids.items():
+            assert c.get(f"/v1/videos/{vid}", headers=h).json()["shard"] == shard
+            assert c.get(f"/v1/videos/{vid}/transcript", headers=h).status_code == 200
+            frame = c.get(f"/v1/videos/{vid}/frame", params={"t": 1.0, "max_side": 64}, headers=h)
+            assert frame.status_code == 200 and frame.content[:2] == b"\xff\xd8"
+            ev = c.get(f"/v1/videos/{vid}/events", headers=h)
+            assert ev.status_code == 200 and "event: ready" in ev.text
+            ans = c.post(f"/v1/videos/{vid}/query", headers=h,
+                         json={"question": QUESTIONS[0], "max_new_tokens": 6, "count_by": "lm"})
+            assert ans.status_code == 200 and ans.json()["answer"], ans.text
+            for path in ("", "/transcript", "/events"):                  # never another tenant's
+                assert c.get(f"/v1/videos/{vid}{path}", headers=auth(other)).status_code == 404
+        found = c.post("/v1/search", headers=h, json={"query": "a red card", "top_k": 100}).json()
+        assert found["missing_shards"] == [] and found["results"]
+        assert {x["video_id"] for x in found["results"]} == set(vids)      # all its videos, none other
+        assert {x["shard"] for x in found["results"]} == set(vids.values())
+    # Streamed through the front: token events, then the answer.
+    tenant = spans[0]
+    vid = next(iter(uploaded[tenant]))
+    with c.stream("POST", f"/v1/videos/{vid}/query", headers=auth(keys[tenant]),
+                  json={"question": QUESTIONS[1], "max_new_tokens": 6, "stream": True}) as s:
+        text = "".join(s.iter_text())
+    assert s.headers["content-type"].startswith("text/event-stream")
+    assert "event: token" in text and "event: answer" in text
+    # A batch job over both shards completes, every row once.
+    job = _run_job(c, keys[tenant], list(uploaded[tenant]))
+    assert job["status"] == "DONE" and set(job["shards"]) == {"a", "b"}, job
+    rows = c.get(job["results_url"], headers=auth(keys[tenant])).text.splitlines()
+    assert len(rows) == len(uploaded[tenant]) * len(QUESTIONS)
+    csv_rows = c.get(job["results_url"], params={"format": "csv"}, headers=auth(keys[tenant])).text.splitlines()
+    assert len(csv_rows) == 1 + len(rows)
+    # Re-uploading the same bytes finds the same video on the same shard.
+    again = c.post("/v1/videos", headers=auth(keys[tenant]), files={"file": ("again.mp4", paths[vid].read_bytes())})
+    assert again.status_code == 200 and again.json()["id"] == vid and again.json()["shard"] == placed[vid]
+
+
+def _run_job(c, key, vids, until=lambda job: job["status"] in ("DONE", "FAILED", "CANCELLED"),
+             timeout=120) -> dict:
+    r = c.post("/v1/jobs", headers=auth(key), json={"video_ids": vids, "questions": QUESTIONS,
+                                                    "max_new_tokens": 6, "count_by": "lm"})
+    assert r.status_code == 202, r.text
+    return _wait_job(c, key, r.json()["status_url"], until, timeout)
+
+
+def _wait_job(c, key, url, until, timeout) -> dict:
+    deadline = time.monotonic() + timeout
+    while not until(job := c.get(url, headers=auth(key)).json()):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+    return job
+
+
+def test_a_dead_shard_is_503_for_its_videos_only_and_its_queued_job_runs_when_it_returns(cluster, uploaded):
+    front, keys, shards = cluster["front"], cluster["keys"], cluster["shards"]
+    c = httpx.Client(base_url=front.url, timeout=120)
+    tenant = next(t for t, vids in uploaded.items() if set(vids.values()) == {"a", "b"})
+    h = auth(keys[tenant])
+    on = {s: [v for v, sh in uploaded[tenant].items() if sh == s] for s in ("a", "b")}
+    shards["b"].kill()
+    t0 = time.monotonic()
+    while (r := c.get(f"/v1/videos/{on['b'][0]}", headers=h)).status_code != 503:
+        assert time.monotonic() - t0 < 5, r.text
+        time.sleep(0.1)
+    assert time.monotonic() - t0 < 5
+    p = r.json()
+    assert p["code"] == "shard_unavailable" and p["shard"] == "b" and "'b'" in p["detail"]
+    assert int(r.headers["retry-after"]) > 0
+    assert c.post(f"/v1/videos/{on['b'][0]}/query", headers=h, json={"question": QUESTIONS[0]}).status_code == 503
+    # Shard A answers as before.
+    ans = c.post(f"/v1/videos/{on['a'][0]}/query", headers=h,
+                 json={"question": QUESTIONS[0], "max_new_tokens": 6, "count_by": "lm"})
+    assert ans.status_code == 200 and ans.json()["answer"]
+    listed = c.get("/v1/videos", headers=h).json()
+    assert listed["missing_shards"] == ["b"] and {v["id"] for v in listed["videos"]} == set(on["a"])
+    found = c.post("/v1/search", headers=h, json={"query": "a red card", "top_k": 100}).json()
+    assert found["missing_shards"] == ["b"] and {x["video_id"] for x in found["results"]} == set(on["a"])
+    # A job over both shards while B is down: A's part runs, B's waits on B's queue.
+    job = _run_job(c, keys[tenant], on["a"] + on["b"], until=lambda j: j["shards"]["a"]["status"] == "DONE",
+                   timeout=60)
+    assert job["status"] == "WAITING" and job["shards"]["b"]["status"] == "UNAVAILABLE" and "'b'" in job["error"]
+    assert c.get(job["results_url"], headers=h).status_code == 503
+    # B comes back: its part runs, every row exactly once.
+    shards["b"].start()
+    done = _wait_job(c, keys[tenant], job["status_url"], lambda j: j["status"] in ("DONE", "FAILED"), 120)
+    assert done["status"] == "DONE", done
+    rows = [httpx.Response(200, content=line).json()
+            for line in c.get(job["results_url"], headers=h).text.splitlines()]
+    keys_seen = [(r["video_id"], r["question_index"]) for r in rows]
+    assert sorted(keys_seen) == sorted((v, q) for v in on["a"] + on["b"] for q in range(len(QUESTIONS)))
+    assert all(r["answer"] and not r["error"] for r in rows), rows
+    assert c.get(f"/v1/videos/{on['b'][0]}", headers=h).json()["status"] == "READY"
+
+
+def test_placement_keeps_content_on_its_shard_and_moves_about_1_in_n_when_a_shard_is_added():
+    from videokv.workers.shards import rendezvous
+    contents = [f"{i:064x}" for i in range(3000)]
+    three = {c: rendezvous(c, ["a", "b", "c"])[0] for c in contents}
+    assert three == {c: rendezvous(c, ["c", "a", "b"])[0] for c in contents}       # order of shards: no matter
+    counts = [sum(1 for s in three.values() if s == n) for n in "abc"]
+    assert min(counts) > 850, counts                                                # spread evenly
+    four = {c: rendezvous(c, ["a", "b", "c", "d"])[0] for c in contents}
+    moved = [c for c in contents if four[c] != three[c]]
+    assert all(four[c] == "d" for c in moved)                                      # only to the new shard
+    assert 0.2 < len(moved) / len(contents) < 0.3, len(moved)                      # about 1/4
+    # A shard down: its contents go to their next shard, the others stay.
+    two = {c: rendezvous(c, ["a", "b"])[0] for c in contents}
+    assert all(two[c] == three[c] for c in contents if three[c] != "c")
+
+
+def test_a_bad_shard_name_is_a_sentence_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    r = subprocess.run([sys.executable, "-m", "videokv.cli", "worker", "--shard", "Bad Name"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "VIDEOKV_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "VIDEOKV_SHARD='Bad Name'" in r.stderr, r.stderr
