@@ -1,5 +1,5 @@
-# videokv: one image for the API and the workers (CPU torch; the GPU worker in
-# docker-compose.yml uses the same image with an NVIDIA device reservation: build with
+# videokv: one image for the API and the workers (CPU torch; the GPU services of
+# docker-compose.gpu.yml use the same image with NVIDIA device reservations: build with
 # --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 for CUDA wheels).
 FROM python:3.11-slim-bookworm
 
