@@ -160,7 +160,7 @@ class Service:
         if rec.status not in (Status.QUEUED, Status.INGESTING):
             return False
         try:
-            return Leases(self.settings.redis_url, names=self.names).requeue(rec.video_id,
+            return Leases(self.settings.redis_url, self.settings.lease_ttl_s, names=self.names).requeue(rec.video_id,
                                                           lambda vid: self.send("videokv.ingest_video", vid))
         except Exception:  # noqa: BLE001 - Redis down: the workers' reapers will see it
             return False

@@ -48,23 +48,15 @@ def safe_filename(name: str | None) -> str:
     return name or "upload.bin"
 
 
-class _Sink:
-    def __init__(self, tmp_dir: Path, limit: int, field: str = "file"):
-        self.tmp_dir, self.limit, self.field = tmp_dir, limit, field
+class PartHeaders:
+    """The header callbacks of a streaming multipart parse: each part's headers collected
+    before its data (`on_headers_finished` -> the subclass's `_hdone`)."""
+
+    def __init__(self):
         self.header_field = b""
         self.header_value = b""
         self.headers: dict[bytes, bytes] = {}
-        self.fh = None
-        self.path: Path | None = None
-        self.filename = ""
-        self.size = 0
-        self.digest = hashlib.sha256()
-        self.found = False
-        self.writing = False
-        self.fields: dict[str, str] = {}
-        self.subtitles: Path | None = None
-        self.subtitles_name = ""
-        self.target = None              # what the current part's data goes to
+
     def callbacks(self) -> dict:
         return {
             "on_part_begin": self._part_begin, "on_header_field": self._hfield, "on_header_value": self._hvalue,
@@ -72,8 +64,13 @@ class _Sink:
             "on_part_end": self._part_end,
         }
 
+    def disposition(self) -> tuple[str, dict]:
+        """The current part's form name and its Content-Disposition options."""
+        _, opts = parse_options_header(self.headers.get(b"content-disposition", b""))
+        return opts.get(b"name", b"").decode("utf-8", "replace"), opts
+
     def _part_begin(self):
-        self.headers, self.header_field, self.header_value, self.writing = {}, b"", b"", False
+        self.headers, self.header_field, self.header_value = {}, b"", b""
 
     def _hfield(self, data, start, end):
         self.header_field += data[start:end]
@@ -85,9 +82,29 @@ class _Sink:
         self.headers[self.header_field.lower()] = self.header_value
         self.header_field, self.header_value = b"", b""
 
+
+class _Sink(PartHeaders):
+    def __init__(self, tmp_dir: Path, limit: int, field: str = "file"):
+        super().__init__()
+        self.tmp_dir, self.limit, self.field = tmp_dir, limit, field
+        self.fh = None
+        self.path: Path | None = None
+        self.filename = ""
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.found = False
+        self.writing = False
+        self.fields: dict[str, str] = {}
+        self.subtitles: Path | None = None
+        self.subtitles_name = ""
+        self.target = None              # what the current part's data goes to
+
+    def _part_begin(self):
+        super()._part_begin()
+        self.writing = False
+
     def _hdone(self):
-        _, opts = parse_options_header(self.headers.get(b"content-disposition", b""))
-        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        name, opts = self.disposition()
         self.target = None
         if name == self.field and not self.found and b"filename" in opts:
             self.found = self.writing = True
@@ -139,7 +156,9 @@ class _Sink:
             self.writing = False
 
 
-async def receive_file(request: Request, uploads: Path, limit: int) -> Received:
+def multipart_boundary(request: Request, limit: int) -> bytes:
+    """The upload's multipart boundary; 415 when it is not multipart, 413 when its declared
+    length is over `limit` bytes (plus 1 MiB for the other parts)."""
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in opts:
         raise Problem(415, "upload the video as multipart/form-data with a `file` part "
@@ -148,13 +167,18 @@ async def receive_file(request: Request, uploads: Path, limit: int) -> Received:
     if declared and declared.isdigit() and int(declared) > limit + (1 << 20):
         raise Problem(413, f"the upload ({int(declared) // (1 << 20)} MiB) is larger than the limit of "
                            f"{limit // (1 << 20)} MiB (VIDEOKV_MAX_UPLOAD_MB)", code="too_large")
+    return opts[b"boundary"]
+
+
+async def receive_file(request: Request, uploads: Path, limit: int) -> Received:
+    boundary = multipart_boundary(request, limit)
     tmp_dir = uploads / "tmp" / secrets.token_hex(8)
     try:
         tmp_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise insufficient_storage(e) if e.errno in (errno.ENOSPC, errno.EDQUOT) else e from None
     sink = _Sink(tmp_dir, limit)
-    parser = MultipartParser(opts[b"boundary"], sink.callbacks())
+    parser = MultipartParser(boundary, sink.callbacks())
     try:
         async for block in request.stream():
             parser.write(block)

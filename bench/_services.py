@@ -3,12 +3,14 @@ it, stop them all (SIGTERM to the process group, then SIGKILL)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,3 +89,36 @@ class Services:
             stop_process(p)
         for log in self.logs:
             log.close()
+
+
+def work_dir(given: Path | None, prefix: str) -> Path:
+    """--dir, or a temp dir (removed by finish() after a run that did not fail)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix)) if given is None else given
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def process_env(**extra) -> dict:
+    """The environment of the services a benchmark starts: open auth, VIDEOKV_DEVICE (cpu by
+    default), one torch thread unless told, this checkout first on the Python path."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "VIDEOKV_AUTH": "open", "VIDEOKV_DEVICE": os.environ.get("VIDEOKV_DEVICE", "cpu"),
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", ""))
+                                                                  if p), **extra}
+
+
+def finish(result: dict, args, work: Path, measured: str, plot, markdown) -> int:
+    """Outputs of a run (JSON, PNG, table when `measured` is in the result, else the failure
+    as JSON with where the logs are), the temp dir removed after success; the exit code."""
+    from ._common import write_outputs
+    if args.dir is None and result.get("failed") == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    if measured in result:
+        write_outputs(result, args.out, None, plot, markdown, markdown)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"failed: {result['errors']} (logs in {work})", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    return 0 if result["failed"] == 0 else 1

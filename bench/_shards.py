@@ -5,40 +5,41 @@ Each phase starts its own redis-server, a front API (`videokv serve --front`) an
 the processes a shard host runs: its API (`videokv serve --shard`), a Celery worker
 (`videokv worker --shard`) and a query worker, each shard over its own home. The same --videos
 toy videos are uploaded through the front (placement spreads them) and the clock runs from
-the first upload to the last video READY: videos/min.
+the first upload to the last video READY: videos/min. Before the clock, every ingest worker
+process gets one small video of its own (it loads the model on its first task).
 
 The machine's cores are split evenly between the shards' ingest workers (torch threads), so
-the phases have the same compute: on one machine the ratio measures the overhead of sharding
-(front hop, placement, more processes), not scaling, which needs the shards on their own
-hosts.
+the phases have the same compute; a third phase runs 1 shard with as many ingest worker
+processes as the N shards have, so that the last ratio isolates sharding itself (front hop,
+placement, more registries) from process-level parallelism. On one machine these ratios
+measure overhead, not scaling, which needs the shards on their own hosts.
 
 Upload cost: one --upload-mb file (a valid video: raw frames in AVI, made by ffmpeg)
-posted straight to a shard's API and through the front (received, hashed and staged there,
-then streamed to the shard), best of --repeats each; seconds, MB/s, the ratio, and the
-front's peak RSS (it never holds the file in memory).
+posted straight to a shard's API and through the front (placed by its first 4 MiB, then
+streamed through to the shard), best of --repeats each, with the ingest workers stopped (the
+upload's own ingest would compete); seconds, MB/s, the ratio, and the front's peak RSS (it
+never holds the file in memory or on disk).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from ._common import machine, write_outputs
-from ._services import HOST, Services, free_port, wait_until
+from ._common import machine
+from ._services import HOST, Services, finish, free_port, process_env, stop_process, wait_until, work_dir
 
 TOKEN = secrets.token_hex(16)
 
 
-def cluster(svc: Services, phase: str, shards: int, threads: int) -> dict:
-    """A redis-server, a front API and `shards` shards; returns {front, redis_url, shards}."""
+def cluster(svc: Services, phase: str, shards: int, threads: int, processes: int = 1) -> dict:
+    """A redis-server, a front API and `shards` shards, each with `processes` ingest worker
+    processes of `threads` torch threads; returns {front, url, redis_url, shards}."""
     redis_url = svc.redis(f"redis-{phase}")
     common = {"VIDEOKV_REDIS_URL": redis_url, "VIDEOKV_CLUSTER_TOKEN": TOKEN}
     out = {"redis_url": redis_url, "shards": {}}
@@ -49,10 +50,11 @@ def cluster(svc: Services, phase: str, shards: int, threads: int) -> dict:
                "VIDEOKV_HOME": str(svc.work / f"home-{name}")}
         api = svc.spawn([sys.executable, "-m", "uvicorn", "videokv.services:api_app", "--factory", "--host", HOST,
                          "--port", str(port), "--log-level", "warning"], f"api-{name}", **env)
-        svc.spawn([sys.executable, "-m", "videokv.cli", "worker", "--shard", name], f"worker-{name}",
+        worker = svc.spawn([sys.executable, "-m", "videokv.cli", "worker", "--shard", name, "--concurrency",
+                            str(processes)], f"worker-{name}",
                   OMP_NUM_THREADS=str(threads), **env)
         svc.spawn([sys.executable, "-m", "videokv.cli", "query-worker", "--shard", name], f"query-worker-{name}", **env)
-        out["shards"][name] = {"url": f"http://{HOST}:{port}", "api": api}
+        out["shards"][name] = {"url": f"http://{HOST}:{port}", "api": api, "worker": worker}
     port = free_port()
     out["front"] = svc.spawn([sys.executable, "-m", "uvicorn", "videokv.services:front_app", "--factory", "--host", HOST,
                               "--port", str(port), "--log-level", "warning"], f"front-{phase}", **common,
@@ -84,6 +86,26 @@ def ingest_rate(client, c: dict, paths: list[Path], timeout: float) -> dict:
             "per_shard": per_shard}
 
 
+def warm_up(client, c: dict, procs: int, videos: Path, timeout: float) -> None:
+    """Each ingest worker process loads the model on its first task: give every process of
+    every shard one small video first (straight to the shard's API), outside the clock."""
+    from videokv.toyworld.synth import render_video
+    headers = {"X-Videokv-Tenant": "warmup", "X-Videokv-Cluster-Token": TOKEN}
+    pending = []
+    for i, shard in enumerate(c["shards"].values()):
+        for j in range(procs):
+            p = videos / f"warm{i}-{j}.mp4"
+            if not p.exists():
+                render_video(p, 0.1, 1, 900 + 10 * i + j, size=(160, 120))
+            r = client.post(shard["url"] + "/v1/videos", files={"file": (p.name, p.read_bytes())}, headers=headers)
+            if r.status_code not in (200, 202):
+                raise RuntimeError(f"warm-up upload: {r.status_code} {r.text[:300]}")
+            pending.append((shard["url"], r.json()["id"]))
+    for url, vid in pending:
+        wait_until(lambda: client.get(f"{url}/v1/videos/{vid}", headers=headers).json()["status"] == "READY",
+                   timeout, f"warm-up video {vid}")
+
+
 def make_big_video(path: Path, mb: int) -> None:
     """A valid video of about `mb` MB: raw 1280x720 YUV 4:2:0 frames (1.3 MiB each) in AVI."""
     frames = max(1, (mb << 20) // (1280 * 720 * 3 // 2))
@@ -107,9 +129,12 @@ def upload_cost(client, c: dict, path: Path, repeats: int) -> dict:
         return dt
 
     direct, front = [], []
-    for _ in range(repeats):
-        direct.append(post(shard["url"], headers))
-        front.append(post(c["url"], {}))
+    for i in range(repeats):                    # alternating which goes first
+        for way in (("direct", "front") if i % 2 == 0 else ("front", "direct")):
+            if way == "direct":
+                direct.append(post(shard["url"], headers))
+            else:
+                front.append(post(c["url"], {}))
     d, f = min(direct), min(front)
     hwm = _vm_hwm_mb(c["front"].pid)
     return {"bytes": size, "direct_s": round(d, 3), "front_s": round(f, 3), "direct_mb_s": round(size / d / 1e6, 1),
@@ -131,10 +156,14 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv bench service --shards N", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", type=int, default=2, help="shards of the second phase (the first has 1)")
     ap.add_argument("--videos", type=int, default=8, help="toy videos ingested per phase (default 8)")
-    ap.add_argument("--minutes", type=float, default=0.5, help="length of each toy video (default 0.5)")
+    ap.add_argument("--minutes", type=float, default=2.0, help="length of each toy video (default 2)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="torch threads split over the shards")
+    ap.add_argument("--no-same-processes", dest="same_processes", action="store_false",
+                    help="skip the phase of 1 shard with as many worker processes as N shards have")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="measure from cold worker processes (model loads on the clock)")
     ap.add_argument("--upload-mb", type=int, default=1024, help="size of the upload-cost file, MB (0: skip)")
-    ap.add_argument("--repeats", type=int, default=2, help="upload-cost repeats, best kept (default 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="upload-cost repeats, best kept (default 3)")
     ap.add_argument("--timeout", type=float, default=1800, help="bound per phase in seconds")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir, removed)")
     ap.add_argument("--json", action="store_true", help="print the JSON result")
@@ -145,11 +174,8 @@ def main(argv: list[str]) -> int:
     from videokv.toyworld.synth import render_video
 
     t_start = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="videokv-bench-shards-")) if args.dir is None else args.dir
-    work.mkdir(parents=True, exist_ok=True)
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "VIDEOKV_AUTH": "open", "VIDEOKV_DEVICE": os.environ.get("VIDEOKV_DEVICE", "cpu"),
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    work = work_dir(args.dir, "videokv-bench-shards-")
+    env = process_env()
     result: dict = {"failed": 0, "errors": []}
     client = httpx.Client(timeout=httpx.Timeout(900.0, connect=10.0), trust_env=False)
     try:
@@ -158,14 +184,22 @@ def main(argv: list[str]) -> int:
         for i, p in enumerate(paths):
             render_video(p, args.minutes, 2, 500 + i, size=(160, 120))
         phases = {}
-        for n in (1, args.shards):
+        n = args.shards
+        # (label, shards, worker processes per shard); the cores are split over all processes.
+        arms = [("1", 1, 1)] + ([(f"1x{n}proc", 1, n)] if args.same_processes else []) + [(str(n), n, 1)]
+        for label, shards, procs in arms:
             svc = Services(work, env)
             try:
-                c = cluster(svc, f"s{n}x", n, max(1, args.cores // n))
-                _ready(client, c, n)
-                phases[str(n)] = ingest_rate(client, c, paths, args.timeout)
-                print(f"[shards] {n} shard(s): {phases[str(n)]}", flush=True)
-                if n == args.shards and args.upload_mb:
+                c = cluster(svc, f"p{len(phases)}s", shards, max(1, args.cores // (shards * procs)), procs)
+                _ready(client, c, shards)
+                if args.warmup:
+                    warm_up(client, c, procs, work / "videos", args.timeout)
+                phases[label] = {**ingest_rate(client, c, paths, args.timeout), "shards": shards,
+                                 "worker_processes": shards * procs}
+                print(f"[shards] {label}: {phases[label]}", flush=True)
+                if shards == n and args.upload_mb:
+                    for sh in c["shards"].values():       # no ingest competes with the uploads
+                        stop_process(sh["worker"])
                     big = work / "big.avi"
                     make_big_video(big, args.upload_mb)
                     result["upload"] = upload_cost(client, c, big, args.repeats)
@@ -173,8 +207,10 @@ def main(argv: list[str]) -> int:
                     print(f"[shards] upload: {result['upload']}", flush=True)
             finally:
                 svc.stop()
-        result.update(phases=phases, failed=0, ratio=round(phases[str(args.shards)]["videos_per_min"]
-                                                          / phases["1"]["videos_per_min"], 3))
+        rate = {k: p["videos_per_min"] for k, p in phases.items()}
+        result.update(phases=phases, failed=0, ratio=round(rate[str(n)] / rate["1"], 3))
+        if args.same_processes:
+            result["ratio_same_processes"] = round(rate[str(n)] / rate[f"1x{n}proc"], 3)
     except Exception as e:
         result = {"failed": -1, "errors": [f"{type(e).__name__}: {e}"], "logs": str(work)}
     finally:
@@ -183,27 +219,20 @@ def main(argv: list[str]) -> int:
                   config={"shards": args.shards, "videos": args.videos, "video_minutes": args.minutes,
                           "cores": args.cores, "upload_mb": args.upload_mb})
     result["targets"] = {}
-    if args.dir is None and result.get("failed") == 0:
-        shutil.rmtree(work, ignore_errors=True)
-    if "phases" in result:
-        write_outputs(result, args.out, None, plot, markdown, markdown)
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"failed: {result['errors']} (logs in {work})", file=sys.stderr)
-    if args.json:
-        print(json.dumps(result, indent=1))
-    return 0 if result["failed"] == 0 else 1
+    return finish(result, args, work, "phases", plot, markdown)
 
 
 def markdown(r: dict) -> str:
-    lines = ["| shards | videos | wall s | videos/min | per shard |", "|---|---|---|---|---|"]
-    for n, p in r["phases"].items():
-        lines.append(f"| {n} | {p['videos']} | {p['wall_s']} | {p['videos_per_min']} | "
+    lines = ["| shards | ingest worker processes | videos | wall s | videos/min | per shard |",
+             "|---|---|---|---|---|---|"]
+    for p in r["phases"].values():
+        lines.append(f"| {p['shards']} | {p['worker_processes']} | {p['videos']} | {p['wall_s']} | {p['videos_per_min']} | "
                      f"{', '.join(f'{k}: {v}' for k, v in p['per_shard'].items())} |")
     n = r["config"]["shards"]
-    lines.append(f"\n{n} shards / 1 shard: {r['ratio']}x (one machine, its cores split between the shards: "
-                 "this is the overhead of sharding, not scaling)")
+    same = (f"; against 1 shard with as many worker processes: {r['ratio_same_processes']}x"
+            if "ratio_same_processes" in r else "")
+    lines.append(f"\n{n} shards / 1 shard: {r['ratio']}x{same} (one machine, its cores split over the processes: "
+                 "the overhead of sharding, not scaling)")
     u = r.get("upload")
     if u:
         lines.append(f"\nupload of {u['bytes'] / 1e9:.2f} GB on loopback: straight to a shard {u['direct_s']} s "
@@ -214,9 +243,10 @@ def markdown(r: dict) -> str:
 
 def plot(r: dict, path: Path) -> None:
     from PIL import Image, ImageDraw
-    img = Image.new("RGB", (640, 320), "white")
+    img = Image.new("RGB", (680, 320), "white")
     d = ImageDraw.Draw(img)
-    items = [(f"{n} shard(s)", p["videos_per_min"]) for n, p in r["phases"].items()]
+    items = [(f"{p['shards']} shard(s), {p['worker_processes']} proc", p["videos_per_min"])
+             for p in r["phases"].values()]
     top = max(v for _, v in items) or 1
     d.text((20, 10), "ingest throughput (videos/min), one machine", fill="black")
     for i, (label, v) in enumerate(items):

@@ -26,19 +26,16 @@ request failed. Everything it started is stopped at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._common import line_chart, machine, write_outputs
-from ._services import Services, wait_until
+from ._common import line_chart, machine
+from ._services import Services, finish, process_env, wait_until, work_dir
 
 QUESTIONS = ["What digit was shown on the red card?", "What color was the first card?",
              "Which shape moved to the left?", "What happened at the end of the video?",
@@ -123,13 +120,8 @@ def main(argv: list[str]) -> int:
     from videokv.toyworld.synth import render_video
 
     t_start = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="videokv-bench-service-")) if args.dir is None else args.dir
-    work.mkdir(parents=True, exist_ok=True)
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "VIDEOKV_HOME": str(work / "home"), "VIDEOKV_AUTH": "open",
-           "VIDEOKV_DEVICE": os.environ.get("VIDEOKV_DEVICE", "cpu"), "OMP_NUM_THREADS": "1",
-           "VIDEOKV_MAX_QUEUED_QUESTIONS": "256", "PYTHONPATH": os.pathsep.join(
-               p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    work = work_dir(args.dir, "videokv-bench-service-")
+    env = process_env(VIDEOKV_HOME=str(work / "home"), VIDEOKV_MAX_QUEUED_QUESTIONS="256")
     svc = Services(work, env)
     result: dict = {"failed": 0, "errors": []}
     try:
@@ -173,17 +165,7 @@ def main(argv: list[str]) -> int:
                           "video_minutes": args.minutes, "worker_threads": args.threads,
                           "concurrency": args.concurrency})
     result["targets"] = targets(result)
-    if args.dir is None and result.get("failed") == 0:
-        shutil.rmtree(work, ignore_errors=True)
-    if "levels" in result:
-        write_outputs(result, args.out, None, plot, markdown, markdown)
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"failed: {result['errors']} (logs in {work})", file=sys.stderr)
-    if args.json:
-        print(json.dumps(result, indent=1))
-    return 0 if result["failed"] == 0 else 1
+    return finish(result, args, work, "levels", plot, markdown)
 
 
 def targets(r: dict) -> dict:

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     auth: Literal["keys", "open"] = "keys"
     # Seconds before Redis re-delivers a task whose worker vanished without acking it.
     visibility_timeout: int = 3600
+    # Seconds an ingest's lease in Redis outlives its worker (renewed every third of it): a
+    # worker that dies has its ingest re-queued this long after (workers/leases.py).
+    lease_ttl_s: int = Field(30, ge=3)
     # Retries (exponential backoff) of an ingest that failed with a transient error.
     ingest_max_retries: int = 3
     # Longest accepted question, in characters; longest answer a request may ask for, in tokens.

@@ -19,11 +19,12 @@ Registry (read by the front API, docs/service.md "Shards"):
                                         process of the shard (role: api, worker); query
                                         workers are counted from their own heartbeats
 
-Placement is rendezvous hashing of the upload's SHA-256 over the shards whose API is alive:
-the same bytes go to the same shard while the set of shards does not change, and adding a
-shard moves only the uploads whose top score becomes the new shard (about 1/n of them).
-The front also remembers where each content went (`videokv:placed:{sha256}`), so bytes
-uploaded before a shard was added keep landing where their KV already is.
+Placement is rendezvous hashing of the upload's placement key (the SHA-256 of its first
+4 MiB: api/front/upload.py) over the shards whose API is alive: the same bytes go to the
+same shard while the set of shards does not change, and adding a shard moves only the
+uploads whose top score becomes the new shard (about 1/n of them). The front also remembers
+where each key went (`videokv:placed:{key}`), so bytes uploaded before a shard was added
+keep landing where their KV already is.
 """
 
 from __future__ import annotations
@@ -190,6 +191,6 @@ def front_job_key(job_id: str) -> str:
     return f"videokv:job:{job_id}"
 
 
-def placed_key(sha256: str) -> str:
-    return f"videokv:placed:{sha256}"
+def placed_key(key: str) -> str:
+    return f"videokv:placed:{key}"
 

@@ -57,7 +57,7 @@ def ingest_video(self, video_id: str) -> dict:
     """Ingest under a lease (workers/leases.py): a second delivery of the same video while a
     live worker holds it does nothing."""
     rt = runtime()
-    leases = Leases(rt.settings.redis_url, names=Names(rt.settings.shard))
+    leases = Leases(rt.settings.redis_url, rt.settings.lease_ttl_s, names=Names(rt.settings.shard))
     with leases.hold(video_id) as held:
         if not held:
             return {"video_id": video_id, "status": "INGESTING", "note": "another worker holds its lease"}
@@ -128,7 +128,7 @@ def _start_lease_reaper(sender=None, **_) -> None:
     registry (workers/shards.py) and re-queues only its shard's videos."""
     app = sender.app
     settings = runtime().settings
-    start_reaper(Leases(settings.redis_url, names=Names(settings.shard)),
+    start_reaper(Leases(settings.redis_url, settings.lease_ttl_s, names=Names(settings.shard)),
                  lambda vid: app.send_task("videokv.ingest_video", args=[vid]))
     if settings.shard:
         import redis

@@ -2,11 +2,10 @@
 
     uvicorn --factory videokv.services:front_app        (or: videokv serve --front)
 
-It holds no KV and no model; its home keeps only the API keys and uploads in transit. It
+It holds no KV and no model; its home keeps only the API keys. It
 checks each caller's key, then:
-- an upload is received here (hashed as it streams in), placed on a shard (pool.placement)
-  and streamed to that shard's API, which probes, registers and queues it on its own
-  ingest queue; the upload is deleted here once the shard has it;
+- an upload is placed on a shard by its first bytes and streamed through to that shard's
+  API (api/front/upload.py), which probes, registers and queues it on its own ingest queue;
 - a request for one video goes to the shard the placement map names (a 503 naming the shard,
   with Retry-After, when it is down);
 - listing and search ask every up shard in parallel, each within VIDEOKV_SHARD_TIMEOUT_S,
@@ -19,7 +18,6 @@ checks each caller's key, then:
 # (`body: SearchRequest` names a local) as classes.
 
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -30,14 +28,10 @@ from videokv.api.auth import KeyRing
 from videokv.api.limits import BodyLimit
 from videokv.api.problems import Problem
 from videokv.api.schemas import request_models
-from videokv.api.upload import Received, receive_file
 
 from . import jobs
 from .pool import HOP_HEADERS, ShardPool, ShardUnreachable, shard_unavailable, valid_id
-
-# A question may take up to VIDEOKV_QUESTION_TIMEOUT_S on its shard; an upload's probe and
-# registration happen after the whole file arrived.
-UPLOAD_REPLY_S = 300.0
+from .upload import forward_upload
 
 
 def create_front_app(settings) -> FastAPI:
@@ -45,7 +39,6 @@ def create_front_app(settings) -> FastAPI:
         raise ValueError("the front API needs VIDEOKV_CLUSTER_TOKEN, the secret its shards' APIs share with it")
     pool = ShardPool(settings)
     keys = KeyRing(settings.home)
-    staging = Path(settings.home) / "uploads"
 
     @asynccontextmanager
     async def lifespan(app):
@@ -92,15 +85,14 @@ def create_front_app(settings) -> FastAPI:
     # ---------------------------------------------------------------- videos
     @app.post("/v1/videos", status_code=202)
     async def upload(request: Request, t: str = Depends(tenant)):
-        up = await receive_file(request, staging, settings.max_upload_mb << 20)
-        try:
-            resp, shard = await _upload_to_shard(pool, up, t)
-        finally:
-            up.discard()
+        resp, shard, key = await forward_upload(request, pool, t, settings.max_upload_mb << 20)
         body = resp.json()
         if resp.status_code in (200, 202):
-            await pool.placed(up.sha256, body["id"], shard, t)
+            await pool.placed(key, body["id"], shard, t)
         headers = {"Location": body["status_url"]} if "status_url" in body else None
+        for h in ("retry-after", "www-authenticate"):
+            if h in resp.headers:
+                headers = {**(headers or {}), h: resp.headers[h]}
         return JSONResponse(body, status_code=resp.status_code, headers=headers,
                             media_type=resp.headers.get("content-type"))
 
@@ -168,32 +160,3 @@ def create_front_app(settings) -> FastAPI:
     jobs.install(app, pool, models, settings, tenant)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_kb << 10)
     return app
-
-
-async def _upload_to_shard(pool: ShardPool, up: Received, tenant: str):
-    """Stream the received file to its shard (the next one in placement order if that one
-    cannot be reached): (the shard's response, the shard's name)."""
-    order = await pool.placement(up.sha256)
-    if not order:
-        raise Problem(503, "no shard is up to store this upload; try again shortly", code="no_shard",
-                      headers={"Retry-After": "10"})
-    states = await pool.states()
-    last = None
-    for name in order[:2]:
-        with open(up.path, "rb") as fh:
-            files = {"file": (up.filename, fh, "application/octet-stream")}
-            sub = open(up.subtitles, "rb") if up.subtitles is not None else None
-            if sub is not None:
-                files["subtitles_file"] = (up.subtitles_name or "subtitles.srt", sub, "text/plain")
-            try:
-                resp = await pool.send(states[name], "POST", "/v1/videos", tenant, files=files, data=up.fields or {},
-                                       read_timeout=UPLOAD_REPLY_S)
-                await resp.aread()
-                return resp, name
-            except ShardUnreachable as e:
-                last = e
-            finally:
-                if sub is not None:
-                    sub.close()
-    raise shard_unavailable(last.name, last.why)
-

@@ -71,21 +71,22 @@ class ShardPool:
     async def up(self) -> list[ShardState]:
         return [s for s in (await self.states()).values() if s.up]
 
-    async def placement(self, sha256: str) -> list[str]:
-        """The live shards to try for new bytes, best first: where these bytes went before (its
+    async def placement(self, key: str) -> list[str]:
+        """The live shards to try for an upload whose placement key (the SHA-256 of its first
+        bytes, api/front/upload.py) is `key`, best first: where such bytes went before (their
         KV may be there already), then rendezvous order."""
         live = [s.name for s in await self.up()]
-        before = await asyncio.to_thread(self.r.get, placed_key(sha256))
-        order = rendezvous(sha256, live)
+        before = await asyncio.to_thread(self.r.get, placed_key(key))
+        order = rendezvous(key, live)
         if before is not None and before.decode() in live:
             order.remove(before.decode())
             order.insert(0, before.decode())
         return order
 
-    async def placed(self, sha256: str, video_id: str, shard: str, tenant: str) -> None:
+    async def placed(self, key: str, video_id: str, shard: str, tenant: str) -> None:
         def write():
             pipe = self.r.pipeline()
-            pipe.set(placed_key(sha256), shard)
+            pipe.set(placed_key(key), shard)
             pipe.hset(VIDEO_SHARD, video_id, json.dumps({"shard": shard, "tenant": tenant}))
             pipe.execute()
         await asyncio.to_thread(write)

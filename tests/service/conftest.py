@@ -18,6 +18,9 @@ from tests.conftest import MODEL_CACHE, ROOT
 
 CHUNK_FRAMES = 4          # more, smaller chunks: progress and mid-ingest kills are observable
 MAX_UPLOAD_MB = 2
+# A killed worker's ingest is re-queued when its lease lapses: shorter than the default 30 s,
+# so the tests that kill workers wait less (still several renewals long).
+LEASE_TTL_S = 10
 
 
 def free_port() -> int:
@@ -193,7 +196,7 @@ def service_process_env(home: Path, redis_url: str, **settings) -> dict:
     one torch thread, VIDEOKV_<KEY> for each of `settings`."""
     env = {**os.environ, "VIDEOKV_HOME": str(home), "VIDEOKV_MODEL_CACHE": str(MODEL_CACHE),
            "VIDEOKV_REDIS_URL": redis_url, "VIDEOKV_AUTH": "keys", "VIDEOKV_DEVICE": "cpu",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "VIDEOKV_LEASE_TTL_S": str(LEASE_TTL_S)}
     env.update({f"VIDEOKV_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
@@ -207,7 +210,7 @@ def service_env(tmp_path_factory):
     env = {**os.environ, "VIDEOKV_HOME": str(home), "VIDEOKV_MODEL_CACHE": str(MODEL_CACHE),
            "VIDEOKV_REDIS_URL": redis.url, "VIDEOKV_CHUNK_FRAMES": str(CHUNK_FRAMES),
            "VIDEOKV_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "VIDEOKV_AUTH": "keys", "VIDEOKV_DEVICE": "cpu",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "VIDEOKV_LEASE_TTL_S": str(LEASE_TTL_S)}
     yield {"env": env, "home": home, "redis": redis, "work": work}
     redis.stop()
 

@@ -109,8 +109,9 @@ def test_two_shards_serve_every_endpoint_and_keep_tenants_apart(cluster, uploade
     paths = uploaded.pop("paths")
     placed = {vid: shard for vids in uploaded.values() for vid, shard in vids.items()}
     assert set(placed.values()) == {"a", "b"}, placed                     # both shards hold some
-    # The front's home holds no KV: only its keys and (empty) upload staging.
-    assert not list((cluster["work"] / "home-front").rglob("*.mdb"))
+    # The front's home holds no KV and no upload (they stream through): only its keys.
+    assert sorted(p.name for p in (cluster["work"] / "home-front").rglob("*") if p.is_file()) == [
+        "api_keys.json", "api_keys.lock"]
     spans = [t for t, vids in uploaded.items() if set(vids.values()) == {"a", "b"}]
     assert spans, uploaded                                                 # a tenant on both shards
     for tenant, vids in uploaded.items():
@@ -128,8 +129,10 @@ def test_two_shards_serve_every_endpoint_and_keep_tenants_apart(cluster, uploade
             ans = c.post(f"/v1/videos/{vid}/query", headers=h,
                          json={"question": QUESTIONS[0], "max_new_tokens": 6, "count_by": "lm"})
             assert ans.status_code == 200 and ans.json()["answer"], ans.text
-            for path in ("", "/transcript", "/events"):                  # never another tenant's
+            for path in ("", "/transcript", "/events", "/frame?t=1"):      # never another tenant's
                 assert c.get(f"/v1/videos/{vid}{path}", headers=auth(other)).status_code == 404
+            assert c.post(f"/v1/videos/{vid}/query", headers=auth(other), json={"question": "?"}).status_code == 404
+            assert c.delete(f"/v1/videos/{vid}", headers=auth(other)).status_code == 404
         found = c.post("/v1/search", headers=h, json={"query": "a red card", "top_k": 100}).json()
         assert found["missing_shards"] == [] and found["results"]
         assert {x["video_id"] for x in found["results"]} == set(vids)      # all its videos, none other
@@ -149,6 +152,13 @@ def test_two_shards_serve_every_endpoint_and_keep_tenants_apart(cluster, uploade
     assert len(rows) == len(uploaded[tenant]) * len(QUESTIONS)
     csv_rows = c.get(job["results_url"], params={"format": "csv"}, headers=auth(keys[tenant])).text.splitlines()
     assert len(csv_rows) == 1 + len(rows)
+    # Bad uploads are refused with the single host's problems (the front's or the shard's).
+    h = auth(keys[tenant])
+    assert c.post("/v1/videos", headers=h, content=b"x").status_code == 415
+    assert c.post("/v1/videos", headers=h, files={"ocr": (None, "true")}).json()["code"] == "no_file"
+    junk = c.post("/v1/videos", headers=h, files={"file": ("junk.mp4", b"not a video" * 100)})
+    assert junk.status_code == 422 and junk.json()["code"] == "not_a_video", junk.text
+    assert c.post("/v1/videos", files={"file": ("a.mp4", b"x")}).status_code == 401
     # Re-uploading the same bytes finds the same video on the same shard.
     again = c.post("/v1/videos", headers=auth(keys[tenant]), files={"file": ("again.mp4", paths[vid].read_bytes())})
     assert again.status_code == 200 and again.json()["id"] == vid and again.json()["shard"] == placed[vid]
@@ -209,6 +219,11 @@ def test_a_dead_shard_is_503_for_its_videos_only_and_its_queued_job_runs_when_it
     assert sorted(keys_seen) == sorted((v, q) for v in on["a"] + on["b"] for q in range(len(QUESTIONS)))
     assert all(r["answer"] and not r["error"] for r in rows), rows
     assert c.get(f"/v1/videos/{on['b'][0]}", headers=h).json()["status"] == "READY"
+    # Deletion through the front, on either shard.
+    for vid in (on["a"][0], on["b"][0]):
+        assert c.delete(f"/v1/videos/{vid}", headers=h).status_code == 204
+        assert c.get(f"/v1/videos/{vid}", headers=h).status_code == 404
+    assert {v["id"] for v in c.get("/v1/videos", headers=h).json()["videos"]} == set(on["a"][1:] + on["b"][1:])
 
 
 def test_placement_keeps_content_on_its_shard_and_moves_about_1_in_n_when_a_shard_is_added():
