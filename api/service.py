@@ -59,7 +59,7 @@ class Service:
         """The caller's tenant (from its API key); "default" with VIDEOKV_AUTH=open. A shard's
         API also serves the front API, which names the tenant it checked (api/front/)."""
         forwarded = request.headers.get(TENANT_HEADER)
-        if forwarded is not None:
+        if forwarded is not None and self.settings.cluster_token:      # a single host ignores it
             return trusted_tenant(self.settings, request.headers.get(CLUSTER_HEADER), forwarded)
         if self.settings.auth == "open":
             return "default"

@@ -15,9 +15,9 @@ Registry (read by the front API, docs/service.md "Shards"):
 
     videokv:shards                      set of shard names ever registered
     videokv:shard:NAME                  hash {url}: where the shard's API listens
-    videokv:shard:NAME:alive:{role}:{id}  key with a TTL, refreshed every second by each
-                                        process of the shard (role: api, worker); query
-                                        workers are counted from their own heartbeats
+    videokv:shard:NAME:procs            set of its processes, "role:host-pid" (api, worker)
+    videokv:shard:NAME:alive:{member}   key with a TTL, refreshed every second by that process;
+                                        query workers are counted from their own heartbeats
 
 Placement is rendezvous hashing of the upload's placement key (the SHA-256 of its first
 4 MiB: api/front/upload.py) over the shards whose API is alive: the same bytes go to the
@@ -105,17 +105,23 @@ def shard_key(name: str) -> str:
     return f"videokv:shard:{name}"
 
 
-def alive_key(name: str, role: str, ident: str) -> str:
-    return f"videokv:shard:{name}:alive:{role}:{ident}"
+def procs_key(name: str) -> str:
+    """The set of a shard's processes ("role:ident") that ever heartbeat (stale ones pruned)."""
+    return f"videokv:shard:{name}:procs"
+
+
+def alive_key(name: str, member: str) -> str:
+    return f"videokv:shard:{name}:alive:{member}"
 
 
 class Heartbeat:
     """Registers one process of a shard and keeps its liveness key fresh from a daemon thread.
-    info: written once into the shard's hash (the API's `url`)."""
+    info: written into the shard's hash (the API's `url`). Everything is written on every
+    beat, so a Redis that restarted without its data learns the shard again within a second."""
 
     def __init__(self, redis, shard: str, role: str, info: dict | None = None):
         self.r, self.shard, self.role, self.info = redis, check_name(shard), role, info or {}
-        self.ident = f"{socket.gethostname()}-{os.getpid()}"
+        self.member = f"{role}:{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"videokv-shard-{role}", daemon=True)
 
@@ -124,16 +130,15 @@ class Heartbeat:
         return self
 
     def _run(self) -> None:
-        registered = False
         while not self._stop.is_set():
             try:
-                if not registered:
-                    self.r.sadd(SHARDS, self.shard)
-                    if self.info:
-                        self.r.hset(shard_key(self.shard), mapping=self.info)
-                    registered = True
-                self.r.set(alive_key(self.shard, self.role, self.ident), json.dumps({"pid": os.getpid()}),
-                           ex=ALIVE_TTL_S)
+                pipe = self.r.pipeline()
+                pipe.sadd(SHARDS, self.shard)
+                if self.info:
+                    pipe.hset(shard_key(self.shard), mapping=self.info)
+                pipe.sadd(procs_key(self.shard), self.member)
+                pipe.set(alive_key(self.shard, self.member), json.dumps({"pid": os.getpid()}), ex=ALIVE_TTL_S)
+                pipe.execute()
             except Exception as e:         # noqa: BLE001 - Redis blips: beat again next second
                 log.warning("shard heartbeat failed: %s", e)
             self._stop.wait(HEARTBEAT_S)
@@ -141,9 +146,21 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         try:
-            self.r.delete(alive_key(self.shard, self.role, self.ident))
+            self.r.delete(alive_key(self.shard, self.member))
         except Exception:                  # noqa: BLE001
             pass
+
+
+def _alive(r, members_key: str, key_of) -> list[str]:
+    """The members of a set whose liveness key exists; the others are pruned."""
+    members = sorted(x.decode() for x in r.smembers(members_key))
+    if not members:
+        return []
+    beats = r.mget([key_of(m) for m in members])
+    gone = [m for m, b in zip(members, beats) if b is None]
+    if gone:
+        r.srem(members_key, *gone)
+    return [m for m, b in zip(members, beats) if b is not None]
 
 
 @dataclass
@@ -164,18 +181,16 @@ class ShardState:
 
 
 def shard_states(r) -> dict[str, ShardState]:
-    """Every registered shard and how many of its processes heartbeat now."""
-    names = sorted(x.decode() for x in r.smembers(SHARDS))
+    """Every registered shard and how many of its processes heartbeat now (no key scans: each
+    shard keeps the set of its processes)."""
     out = {}
-    for name in names:
-        counts = {"api": 0, "worker": 0}
-        for key in r.scan_iter(match=f"videokv:shard:{name}:alive:*", count=1000):
-            role = key.decode().rsplit(":", 2)[-2]
-            counts[role] = counts.get(role, 0) + 1
+    for name in sorted(x.decode() for x in r.smembers(SHARDS)):
+        roles = [m.split(":", 1)[0] for m in _alive(r, procs_key(name), lambda m, n=name: alive_key(n, m))]
+        names = Names(name)
         # Query workers heartbeat under their shard's names (workers/questions.py).
-        query = sum(1 for _ in r.scan_iter(match=Names(name).qworker("*"), count=1000))
+        query = len(_alive(r, names.qworkers, names.qworker))
         url = (r.hget(shard_key(name), "url") or b"").decode()
-        out[name] = ShardState(name, url, counts["api"], counts.get("worker", 0), query)
+        out[name] = ShardState(name, url, roles.count("api"), roles.count("worker"), query)
     return out
 
 

@@ -159,6 +159,8 @@ def run_job(self, job_id: str, spec: dict | None = None) -> dict:
         if spec is None:
             return {"job_id": job_id, "status": "DELETED"}
         job = _create_part(rt, job_id, spec)
+    if job["status"] not in J.FINAL and _cancelled_at_front(rt, job_id):
+        job = J.cancel_job(job_id, home)         # cancelled while this shard was down
     if job["status"] in J.FINAL:
         return {"job_id": job_id, "status": job["status"]}
     # Wait (without holding the worker) for videos still being ingested.
@@ -204,10 +206,12 @@ def _create_part(rt, job_id: str, spec: dict) -> dict:
     job = J.create_job(spec["tenant"], spec["video_ids"], spec["questions"], top_k=spec.get("top_k"),
                        mode=spec.get("mode", "bilevel"), count_by=spec.get("count_by"),
                        max_new_tokens=spec.get("max_new_tokens", 48), home=rt.settings.home, job_id=job_id)
-    # Cancelled at the front before this shard saw it (it was down): the part starts cancelled.
-    if _questions(rt).r.hget(front_job_key(job_id), "status") == b"CANCELLED":
-        job = J.cancel_job(job_id, rt.settings.home)
     return job
+
+
+def _cancelled_at_front(rt, job_id: str) -> bool:
+    """A part of a front API job that was cancelled there (perhaps while this shard was down)."""
+    return bool(rt.settings.shard) and _questions(rt).r.hget(front_job_key(job_id), "status") == b"CANCELLED"
 
 
 _client = None

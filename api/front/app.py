@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 
 from videokv.api import problems
@@ -86,7 +87,11 @@ def create_front_app(settings) -> FastAPI:
     @app.post("/v1/videos", status_code=202)
     async def upload(request: Request, t: str = Depends(tenant)):
         resp, shard, key = await forward_upload(request, pool, t, settings.max_upload_mb << 20)
-        body = resp.json()
+        try:
+            body = resp.json()
+        except ValueError:
+            raise Problem(502, f"shard {shard!r} answered the upload with something other than JSON "
+                               f"(HTTP {resp.status_code})", code="bad_gateway", shard=shard) from None
         if resp.status_code in (200, 202):
             await pool.placed(key, body["id"], shard, t)
         headers = {"Location": body["status_url"]} if "status_url" in body else None
@@ -101,10 +106,8 @@ def create_front_app(settings) -> FastAPI:
         replies, missing = await pool.fanout("GET", "/v1/videos", t)
         videos = []
         for name, resp in replies.items():
-            if resp.status_code == 200:
+            if _answered(resp, name, missing):
                 videos += resp.json()["videos"]
-            else:
-                missing.append(name)
         return {"videos": sorted(videos, key=lambda v: v["created"]), "missing_shards": sorted(missing)}
 
     async def one_video(video_id: str, path: str, request: Request, t: str):
@@ -117,7 +120,9 @@ def create_front_app(settings) -> FastAPI:
             # Progress events may be minutes apart; a question takes up to its timeout on the shard.
             resp = await pool.send(shard, request.method, f"/v1/videos/{video_id}{path}", t, stream=True,
                                    params=request.query_params, content=body or None, headers=ctype,
-                                   read_timeout=None if path == "/events" else settings.question_timeout_s + 30)
+                                   read_timeout=None if path == "/events" else
+                                   settings.question_timeout_s + 30 if path == "/query" else
+                                   max(30.0, settings.shard_timeout_s))
         except ShardUnreachable as e:
             raise shard_unavailable(e.name, e.why) from None
         if request.method == "DELETE" and resp.status_code == 204:
@@ -149,14 +154,33 @@ def create_front_app(settings) -> FastAPI:
         replies, missing = await pool.fanout("POST", "/v1/search", t, bodies, **({} if bodies is not None else {"json": req}))
         hits = []
         for name, resp in replies.items():
-            if resp.status_code == 200:
+            if _answered(resp, name, missing):
                 hits += resp.json()["results"]
-            else:
-                missing.append(name)
         # Each shard ranks its own videos with the same oracle; the merged list is by score.
         hits.sort(key=lambda h: -h["score"])
         return {"query": body.query, "results": hits[:body.top_k], "missing_shards": sorted(missing)}
 
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, e: RedisError):
+        return problems.problem(503, f"Redis is unavailable ({type(e).__name__}); try again", code="queue_unavailable",
+                                headers={"Retry-After": "5"})
+
     jobs.install(app, pool, models, settings, tenant)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_kb << 10)
     return app
+
+
+def _answered(resp, name: str, missing: list[str]) -> bool:
+    """A shard's reply to a fan-out: True with results; a client error (a bad request is bad
+    on every shard) is the caller's problem; anything else counts the shard as missing."""
+    if resp.status_code == 200:
+        return True
+    if 400 <= resp.status_code < 500 and resp.status_code not in (401, 403, 404):
+        try:
+            p = resp.json()
+        except ValueError:
+            p = {}
+        raise Problem(resp.status_code, p.get("detail", f"shard {name!r} refused the request"),
+                      code=p.get("code"))
+    missing.append(name)
+    return False

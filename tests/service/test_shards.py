@@ -77,28 +77,48 @@ def cluster(tmp_path_factory):
     redis.stop()
 
 
+def placement(path: Path) -> str:
+    """Where the front places these bytes: rendezvous over a and b of the SHA-256 of their
+    first 4 MiB (api/front/upload.py)."""
+    import hashlib
+
+    from videokv.api.front.upload import PLACEMENT_BYTES
+    from videokv.workers.shards import rendezvous
+    return rendezvous(hashlib.sha256(path.read_bytes()[:PLACEMENT_BYTES]).hexdigest(), ["a", "b"])[0]
+
+
 @pytest.fixture(scope="module")
 def uploaded(cluster, tmp_path_factory):
     """Three videos per tenant through the front, all READY: {tenant: {video id: shard}}, and
-    their files under "paths"."""
+    their files under "paths". The videos are picked (encoders differ between machines, so
+    their bytes may) so that both shards hold some and acme has videos on both."""
     from videokv.toyworld.synth import render_video
     d = tmp_path_factory.mktemp("shard-videos")
     front, keys = cluster["front"], cluster["keys"]
+    by_shard: dict[str, list[Path]] = {"a": [], "b": []}
+    for seed in range(100, 140):
+        path = d / f"v{seed}.mp4"
+        render_video(path, 0.1, 1, seed=seed)
+        by_shard[placement(path)].append(path)
+        if len(by_shard["a"]) >= 2 and len(by_shard["b"]) >= 2 and sum(map(len, by_shard.values())) >= 6:
+            break
+    one_each = [by_shard["a"].pop(0), by_shard["b"].pop(0)]
+    rest = by_shard["a"] + by_shard["b"]
+    chosen = {"acme": one_each + rest[:1], "globex": rest[1:4]}
     out, paths = {"acme": {}, "globex": {}}, {}
     c = httpx.Client(base_url=front.url, timeout=60)
-    for i in range(6):
-        tenant = ("acme", "globex")[i % 2]
-        path = d / f"v{i}.mp4"
-        render_video(path, 0.1, 1, seed=100 + i)
-        r = c.post("/v1/videos", headers=auth(keys[tenant]), files={"file": (path.name, path.read_bytes())})
-        assert r.status_code == 202, r.text
-        out[tenant][r.json()["id"]] = r.json()["shard"]
-        paths[r.json()["id"]] = path
+    for tenant, files in chosen.items():
+        for path in files:
+            r = c.post("/v1/videos", headers=auth(keys[tenant]), files={"file": (path.name, path.read_bytes())})
+            assert r.status_code == 202, r.text
+            assert r.json()["shard"] == placement(path)                # the placement rule, exactly
+            out[tenant][r.json()["id"]] = r.json()["shard"]
+            paths[r.json()["id"]] = path
     deadline = time.monotonic() + 180
     for tenant, vids in out.items():
         for vid in vids:
-            while (v := c.get(f"/v1/videos/{vid}", headers=auth(keys[tenant])).json())["status"] != "READY":
-                assert v["status"] != "FAILED" and time.monotonic() < deadline, v
+            while (v := c.get(f"/v1/videos/{vid}", headers=auth(keys[tenant]))).json()["status"] != "READY":
+                assert v.json()["status"] != "FAILED" and time.monotonic() < deadline, v.json()
                 time.sleep(0.3)
     return {**out, "paths": paths}
 
@@ -112,6 +132,10 @@ def test_two_shards_serve_every_endpoint_and_keep_tenants_apart(cluster, uploade
     # The front's home holds no KV and no upload (they stream through): only its keys.
     assert sorted(p.name for p in (cluster["work"] / "home-front").rglob("*") if p.is_file()) == [
         "api_keys.json", "api_keys.lock"]
+    # Every process of both shards heartbeats in the registry the front reads.
+    ready = c.get("/readyz").json()
+    assert ready["status"] == "ok" and {s["name"]: (s["status"], s["api"], s["workers"], s["query_workers"])
+                                        for s in ready["shards"]} == {"a": ("up", 1, 1, 1), "b": ("up", 1, 1, 1)}
     spans = [t for t, vids in uploaded.items() if set(vids.values()) == {"a", "b"}]
     assert spans, uploaded                                                 # a tenant on both shards
     for tenant, vids in uploaded.items():
@@ -195,7 +219,12 @@ def test_a_dead_shard_is_503_for_its_videos_only_and_its_queued_job_runs_when_it
     p = r.json()
     assert p["code"] == "shard_unavailable" and p["shard"] == "b" and "'b'" in p["detail"]
     assert int(r.headers["retry-after"]) > 0
+    print(f"shard b's video: 503 after {time.monotonic() - t0:.2f} s")
     assert c.post(f"/v1/videos/{on['b'][0]}/query", headers=h, json={"question": QUESTIONS[0]}).status_code == 503
+    # The registry sees B go within its heartbeat TTL.
+    while {s["name"]: s["status"] for s in c.get("/readyz").json()["shards"]}.get("b") != "down":
+        assert time.monotonic() - t0 < 10
+        time.sleep(0.2)
     # Shard A answers as before.
     ans = c.post(f"/v1/videos/{on['a'][0]}/query", headers=h,
                  json={"question": QUESTIONS[0], "max_new_tokens": 6, "count_by": "lm"})
@@ -251,3 +280,34 @@ def test_a_bad_shard_name_is_a_sentence_and_exit_2(tmp_path):
                        capture_output=True, text=True, timeout=60,
                        env={**os.environ, "VIDEOKV_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
     assert r.returncode == 2 and "VIDEOKV_SHARD='Bad Name'" in r.stderr, r.stderr
+
+
+def test_a_front_job_is_final_only_when_every_part_is():
+    from videokv.api.front.jobs import _status
+    assert _status("", {"DONE"}) == "DONE"
+    assert _status("", {"DONE", "FAILED"}) == "FAILED"
+    assert _status("", {"FAILED", "RUNNING"}) == "RUNNING"           # not final while a part runs
+    assert _status("", {"DONE", "UNAVAILABLE"}) == "WAITING"
+    assert _status("", {"QUEUED"}) == "QUEUED"
+    assert _status("CANCELLED", {"DONE", "UNAVAILABLE"}) == "CANCELLED"
+    assert _status("CANCELLED", {"DONE"}) == "DONE"                   # it ended before the cancel
+
+
+def test_placement_reads_the_file_parts_first_bytes_whatever_the_blocks():
+    import hashlib
+
+    from videokv.api.front.upload import PrefixPeek
+    data = bytes(range(256)) * 40_000                                 # 10 MB
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"ocr\"\r\n\r\ntrue\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"v.mp4\"\r\n\r\n" + data +
+            b"\r\n--XyZ--\r\n")
+    for block in (1 << 20, 4093, 7):
+        peek = PrefixPeek(b"XyZ", need=1 << 20)
+        for at in range(0, len(body), block):
+            peek.write(body[at:at + block])
+            if peek.done:
+                break
+        assert peek.found and hashlib.sha256(peek.prefix).digest() == hashlib.sha256(data[:1 << 20]).digest()
+    small = PrefixPeek(b"XyZ", need=1 << 20)
+    small.write(body.replace(data, b"tiny"))
+    assert small.done and bytes(small.prefix) == b"tiny"
