@@ -200,9 +200,11 @@ class Service:
     async def ask(self, video_id: str, body, on_token=None) -> dict:
         """The answer's dict, from a query worker; a failure is its problem (503s say when to
         come back)."""
+        sampling = getattr(body, "sampling", None)         # the OpenAI endpoint's (temperature, stop, ...)
         return await self._remote(lambda c: c.ask(video_id, body.question, stream=on_token is not None,
                                                   on_token=on_token, top_k=body.top_k, mode=body.mode,
-                                                  max_new_tokens=body.max_new_tokens, count_by=body.count_by))
+                                                  max_new_tokens=body.max_new_tokens, count_by=body.count_by,
+                                                  **({"sampling": sampling} if sampling else {})))
 
     async def search(self, query: str, top_k: int, tenant: str, video_ids: list[str] | None) -> list[dict]:
         return await self._remote(lambda c: c.search(query, top_k, tenant=tenant, video_ids=video_ids))

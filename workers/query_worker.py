@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from videokv.engine.decode import GenerationConfig
 from videokv.errors import VideoKVError
 from videokv.query.serving import QuestionServer
 
@@ -128,7 +129,8 @@ class QueryWorker:
         else:
             on_token = (lambda piece: self._reply(m, kind="token", text=piece)) if m.get("stream") else None
             try:
-                fut = self.server.submit(m["video_id"], m["question"], on_token=on_token, **m.get("params", {}))
+                fut = self.server.submit(m["video_id"], m["question"], on_token=on_token,
+                                         **sampled(m.get("params", {})))
             except Exception as e:           # noqa: BLE001
                 self._finish(mid, m, received, error=e)
                 return
@@ -188,6 +190,18 @@ class QueryWorker:
                 pipe.execute()
             except Exception as e:          # noqa: BLE001 - the client times the question out
                 log.warning("sending replies failed: %s", e)
+
+
+def sampled(params: dict) -> dict:
+    """A question's parameters, its `sampling` (temperature, top_p, seed, stop: the OpenAI
+    endpoint's) made the generation config the engine takes."""
+    params = dict(params)
+    s = params.pop("sampling", None)
+    if s:
+        params["gen"] = GenerationConfig(max_new_tokens=int(params.get("max_new_tokens", 48)),
+                                         temperature=float(s.get("temperature", 0.0)), top_p=float(s.get("top_p", 1.0)),
+                                         seed=s.get("seed"), stop=("<|im_end|>", *map(str, s.get("stop") or ())))
+    return params
 
 
 def error_fields(e: BaseException) -> dict:

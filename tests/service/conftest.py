@@ -240,6 +240,14 @@ def query_worker(service_env):
     q.stop()
 
 
+@pytest.fixture(scope="module")
+def api(service_env, query_worker, worker, request):
+    """The API as its own uvicorn process over the shared home, one per test module."""
+    a = ApiServer(service_env["env"], service_env["work"] / f"api-{request.module.__name__.rsplit('.', 1)[-1]}.log")
+    yield a.start()
+    a.stop()
+
+
 @pytest.fixture(scope="session")
 def app_client(service_env, query_worker):
     from fastapi.testclient import TestClient

@@ -22,13 +22,6 @@ QUESTIONS = ["What digit was shown on the red card?", "What color was the first 
 
 
 @pytest.fixture(scope="module")
-def api(service_env, query_worker, worker):
-    a = ApiServer(service_env["env"], service_env["work"] / "api-qw.log").start()
-    yield a
-    a.stop()
-
-
-@pytest.fixture(scope="module")
 def two_videos(api, keys, videos):
     ids = []
     for name in ("a", "b"):
