@@ -70,16 +70,20 @@ def _ready(client, c: dict, shards: int) -> None:
     wait_until(up, 300, "cluster ready", c["front"])
 
 
-def ingest_rate(client, c: dict, paths: list[Path], timeout: float) -> dict:
+def ingest_rate(client, c: dict, paths: list[Path], timeout: float, auth: dict | None = None) -> dict:
+    """Upload `paths` through the front (auth: the caller's headers; none with open auth),
+    wait for all READY: videos/min and where they were placed."""
     t0 = time.perf_counter()
     placed = {}
     for p in paths:
-        r = client.post(c["url"] + "/v1/videos", files={"file": (p.name, p.read_bytes(), "video/mp4")})
+        r = client.post(c["url"] + "/v1/videos", files={"file": (p.name, p.read_bytes(), "video/mp4")},
+                        headers=auth or {})
         if r.status_code not in (200, 202):
             raise RuntimeError(f"upload {p.name}: {r.status_code} {r.text[:300]}")
         placed[r.json()["id"]] = r.json()["shard"]
     for vid in placed:
-        wait_until(lambda: client.get(f"{c['url']}/v1/videos/{vid}").json()["status"] == "READY", timeout, f"video {vid}")
+        wait_until(lambda: client.get(f"{c['url']}/v1/videos/{vid}", headers=auth or {}).json()["status"] == "READY",
+                   timeout, f"video {vid}")
     wall = time.perf_counter() - t0
     per_shard = {s: sum(1 for x in placed.values() if x == s) for s in c["shards"]}
     return {"videos": len(paths), "wall_s": round(wall, 2), "videos_per_min": round(len(paths) / wall * 60, 2),
@@ -113,10 +117,12 @@ def make_big_video(path: Path, mb: int) -> None:
                     "-frames:v", str(frames), "-c:v", "rawvideo", "-pix_fmt", "yuv420p", str(path)], check=True)
 
 
-def upload_cost(client, c: dict, path: Path, repeats: int) -> dict:
-    """Seconds to post `path` straight to a shard's API and through the front, best of `repeats`."""
+def upload_cost(client, c: dict, path: Path, repeats: int, token: str = TOKEN, tenant: str = "default",
+                auth: dict | None = None) -> dict:
+    """Seconds to post `path` straight to a shard's API (as `tenant`, with the cluster token)
+    and through the front (with `auth`, if keys are on), best of `repeats`."""
     shard = next(iter(c["shards"].values()))
-    headers = {"X-Videokv-Tenant": "default", "X-Videokv-Cluster-Token": TOKEN}
+    headers = {"X-Videokv-Tenant": tenant, "X-Videokv-Cluster-Token": token}
     size = path.stat().st_size
 
     def post(url: str, h: dict) -> float:
@@ -134,7 +140,7 @@ def upload_cost(client, c: dict, path: Path, repeats: int) -> dict:
             if way == "direct":
                 direct.append(post(shard["url"], headers))
             else:
-                front.append(post(c["url"], {}))
+                front.append(post(c["url"], auth or {}))
     d, f = min(direct), min(front)
     hwm = _vm_hwm_mb(c["front"].pid)
     return {"bytes": size, "direct_s": round(d, 3), "front_s": round(f, 3), "direct_mb_s": round(size / d / 1e6, 1),

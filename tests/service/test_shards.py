@@ -188,6 +188,37 @@ def test_two_shards_serve_every_endpoint_and_keep_tenants_apart(cluster, uploade
     assert again.status_code == 200 and again.json()["id"] == vid and again.json()["shard"] == placed[vid]
 
 
+def test_the_shards_bench_measures_ingest_and_the_uploads_cost(cluster, uploaded, tmp_path):
+    """bench/_shards.py's measurements over this cluster (the bench starts its own, one per
+    phase: too slow for the suite): videos/min through the front and where they went, the
+    upload's seconds straight to a shard and through the front, the table and the picture."""
+    from videokv.bench._shards import ingest_rate, make_big_video, markdown, plot, upload_cost
+    from videokv.toyworld.synth import render_video
+    front, keys, shards = cluster["front"], cluster["keys"], cluster["shards"]
+    c = {"url": front.url, "front": front.proc, "shards": {n: {"url": s.api.url} for n, s in shards.items()}}
+    h = auth(keys["acme"])
+    paths = [tmp_path / f"bench{i}.mp4" for i in range(2)]
+    for i, p in enumerate(paths):
+        render_video(p, 0.05, 1, seed=700 + i)
+    with httpx.Client(timeout=120) as client:
+        rate = ingest_rate(client, c, paths, 120, auth=h)
+        big = tmp_path / "big.avi"
+        make_big_video(big, 8)
+        cost = upload_cost(client, c, big, 1, token=TOKEN, tenant="acme", auth=h)
+    assert rate["videos"] == 2 and rate["videos_per_min"] > 0 and sum(rate["per_shard"].values()) == 2
+    assert cost["bytes"] > 8e6 and cost["direct_s"] > 0 and cost["front_s"] > 0 and cost["front_peak_rss_mb"] > 0
+    result = {"phases": {"2": {**rate, "shards": 2, "worker_processes": 2}}, "ratio": 1.0, "upload": cost,
+              "config": {"shards": 2}}
+    assert "| 2 | 2 | 2 |" in markdown(result) and "through the front" in markdown(result)
+    plot(result, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    # The big upload is a video of acme's now, on the shard its bytes hash to (deleted: the
+    # next test counts acme's videos).
+    for vid in [v["id"] for v in httpx.get(front.url + "/v1/videos", headers=h).json()["videos"]
+                if v["id"] not in uploaded["acme"]]:
+        assert httpx.delete(f"{front.url}/v1/videos/{vid}", headers=h).status_code == 204
+
+
 def _run_job(c, key, vids, until=lambda job: job["status"] in ("DONE", "FAILED", "CANCELLED"),
              timeout=120) -> dict:
     r = c.post("/v1/jobs", headers=auth(key), json={"video_ids": vids, "questions": QUESTIONS,
