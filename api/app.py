@@ -29,7 +29,7 @@ def create_app(settings, runtime) -> FastAPI:
     svc = Service(settings, runtime)
     app = FastAPI(title="videokv", version="1", description=__doc__, lifespan=_shard_heartbeat(settings))
     app.state.service = svc
-    problems.install(app)
+    problems.install(app, svc.metrics.errors)
     models = request_models(settings.max_question_chars, settings.max_answer_tokens)
     for module in (health, videos, questions, jobs, openai):
         app.include_router(module.router(svc, models))

@@ -54,10 +54,18 @@ def _loc(err: dict) -> str:
     return ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, errors=None) -> None:
+    """The handlers that turn every error into a problem; errors: a prometheus Counter
+    labelled by code (workers/metrics.py) each one is counted in."""
+
+    def reply(status: int, detail: str, **kw) -> JSONResponse:
+        if errors is not None:
+            errors.labels(kw.get("code") or f"http_{status}").inc()
+        return problem(status, detail, **kw)
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, e: Problem):
-        return problem(e.status, e.detail, code=e.code, headers=e.headers, **e.extra)
+        return reply(e.status, e.detail, code=e.code, headers=e.headers, **e.extra)
 
     @app.exception_handler(VideoKVError)
     async def _vkv(request: Request, e: VideoKVError):
@@ -65,26 +73,26 @@ def install(app: FastAPI) -> None:
         code = e.code
         if status >= 500 and disk_full(e):
             p = insufficient_storage()
-            return problem(p.status, p.detail, code=p.code, headers=p.headers)
+            return reply(p.status, p.detail, code=p.code, headers=p.headers)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status >= 500:
             log.exception("server error", exc_info=e)
-        return problem(status, str(e), code=code, headers=headers)
+        return reply(status, str(e), code=code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
         errs = [{"loc": _loc(x), "msg": x.get("msg", "")} for x in e.errors()]
         detail = "; ".join(f"{x['loc']}: {x['msg']}" for x in errs) or "invalid request"
-        return problem(422, detail, code="invalid_request", errors=errs)
+        return reply(422, detail, code="invalid_request", errors=errs)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
-        return problem(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
+        return reply(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception):
         if disk_full(e):
             p = insufficient_storage()
-            return problem(p.status, p.detail, code=p.code, headers=p.headers)
+            return reply(p.status, p.detail, code=p.code, headers=p.headers)
         log.exception("unhandled error", exc_info=e)
-        return problem(500, f"internal error ({type(e).__name__}); see the server log", code="internal")
+        return reply(500, f"internal error ({type(e).__name__}); see the server log", code="internal")

@@ -10,11 +10,13 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from fastapi import Request
 
 from videokv.kvstore import Status, VideoNotFoundError, VideoRecord
+from videokv.workers.metrics import api_registry
 from videokv.workers.shards import Names
 
 from .auth import CLUSTER_HEADER, TENANT_HEADER, KeyRing, trusted_tenant
@@ -42,6 +44,8 @@ class Service:
         self._client, self._client_lock = None, threading.Lock()
         self._admitted = threading.BoundedSemaphore(settings.max_queued_questions)
         self.names = Names(settings.shard)
+        self.metrics_registry, self.metrics = api_registry(lambda: self.rt.store.list_videos(), lambda: self.questions.r,
+                                                          self.names)
 
     @property
     def celery(self):
@@ -197,14 +201,29 @@ class Service:
                           code="no_query_worker", headers={"Retry-After": "10"})
         return engine["fingerprint"]
 
-    async def ask(self, video_id: str, body, on_token=None) -> dict:
+    async def ask(self, video_id: str, body, on_token=None, sampling: dict | None = None) -> dict:
         """The answer's dict, from a query worker; a failure is its problem (503s say when to
-        come back)."""
-        sampling = getattr(body, "sampling", None)         # the OpenAI endpoint's (temperature, stop, ...)
-        return await self._remote(lambda c: c.ask(video_id, body.question, stream=on_token is not None,
-                                                  on_token=on_token, top_k=body.top_k, mode=body.mode,
-                                                  max_new_tokens=body.max_new_tokens, count_by=body.count_by,
-                                                  **({"sampling": sampling} if sampling else {})))
+        come back). body: a QueryRequest; sampling: temperature, top_p, seed, stop (the OpenAI
+        endpoint's). Counted in the API's metrics (workers/metrics.py)."""
+        t0, first = time.perf_counter(), []
+
+        def token(piece: str) -> None:
+            if not first:
+                first.append(time.perf_counter())
+            on_token(piece)
+        try:
+            d = await self._remote(lambda c: c.ask(video_id, body.question, stream=on_token is not None,
+                                                   on_token=token if on_token else None, top_k=body.top_k,
+                                                   mode=body.mode, max_new_tokens=body.max_new_tokens,
+                                                   count_by=body.count_by, **({"sampling": sampling} if sampling else {})))
+        except Problem as e:
+            self.metrics.failed(body.mode, e.code or f"http_{e.status}")
+            raise
+        seconds = time.perf_counter() - t0
+        # Not streamed: the first token came when the decode began (the answer's decode time before the end).
+        ttft = first[0] - t0 if first else max(0.0, seconds - d.get("timings", {}).get("decode_ms", 0.0) / 1e3)
+        self.metrics.answered(body.mode, d, seconds, ttft)
+        return d
 
     async def search(self, query: str, top_k: int, tenant: str, video_ids: list[str] | None) -> list[dict]:
         return await self._remote(lambda c: c.search(query, top_k, tenant=tenant, video_ids=video_ids))

@@ -58,6 +58,7 @@ class IngestResult:
     text: dict = None              # the text channel's report per source (None: no text channel)
     duration_s: float = 0.0
     sample_fps: float = 0.0        # the rate it was sampled at (lower than the setting when capped)
+    frames_prefilled: int = 0      # sampled frames in the chunks this run prefilled
 
 
 class IngestPipeline:
@@ -141,4 +142,4 @@ class IngestPipeline:
         return IngestResult(video_id, "READY", len(run.plan), run.computed, run.first, False, run.frames, secs,
                             run.frames_computed / secs if secs else 0.0,
                             run.frames_computed * self.backend.vision.tokens_per_frame / secs if secs else 0.0,
-                            run.report or None, info.duration, fps)
+                            run.report or None, info.duration, fps, run.frames_computed)

@@ -143,6 +143,7 @@ class HotSetCache:
         self.pin = pin
         self._sets: OrderedDict[tuple[str, str], HotSet] = OrderedDict()
         self.bytes = 0
+        self.hits = self.misses = 0           # gets answered from memory / read from the store
         self._lock = threading.Lock()
 
     def get(self, video_id: str, level: str = "H") -> tuple[HotSet, int]:
@@ -152,7 +153,9 @@ class HotSetCache:
             hot = self._sets.get(key)
             if hot is not None:
                 self._sets.move_to_end(key)
+                self.hits += 1
                 return hot, 0
+            self.misses += 1
         hot = read_hot_set(self.store, video_id, self.fingerprint, self.h_text, self.pin, level)
         with self._lock:
             if hot.nbytes <= self.cache_bytes and key not in self._sets:

@@ -31,6 +31,9 @@ def celery_app(settings=None):
     """The Celery app; its task processes build their Runtime from the same settings."""
     from .workers.app import configure, make_app
     settings = settings or load_settings()
+    if settings.worker_metrics_port:
+        from .workers.metrics import prepare_celery_worker
+        prepare_celery_worker(settings.worker_metrics_port, settings.metrics_host, settings.home / "run")
     configure(lambda: Runtime(settings))
     return make_app(settings)
 
@@ -39,7 +42,8 @@ def query_worker(settings=None, max_batch: int | None = None) -> None:
     """Serve questions with this process's model until SIGTERM (workers/query_worker.py)."""
     from .workers.query_worker import serve
     settings = settings or load_settings()
-    serve(Runtime(settings), max_batch or settings.query_max_batch)
+    serve(Runtime(settings), max_batch or settings.query_max_batch,
+          (settings.query_worker_metrics_port, settings.metrics_host))
 
 
 _celery = None

@@ -150,6 +150,13 @@ class Settings(BaseSettings):
     # past it the shard counts as missing.
     shard_timeout_s: float = Field(5.0, gt=0)
 
+    # Prometheus metrics (docs/service.md "Metrics"); the API serves its own at /metrics.
+    # A Celery worker's and a query worker's own /metrics port (0: none; the CLI's
+    # --metrics-port overrides), on metrics_host (0.0.0.0 to be scraped from other hosts).
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    query_worker_metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     @property
     def models_dir(self) -> Path:
         return Path(self.model_cache) if self.model_cache else self.home / "models"

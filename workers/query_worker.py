@@ -37,11 +37,13 @@ log = logging.getLogger("videokv.query_worker")
 
 class QueryWorker:
     """engine: the QueryEngine (its model); redis: a redis.Redis; max_batch: questions decoded
-    together (1: one at a time, the baseline); names: its shard's (workers/shards.py)."""
+    together (1: one at a time, the baseline); names: its shard's (workers/shards.py);
+    metrics: a QuestionMetrics its questions are counted in (workers/metrics.py)."""
 
     def __init__(self, engine, redis, max_batch: int = 16, name: str | None = None, model: str = "",
-                 names: Names = Names()):
+                 names: Names = Names(), metrics=None):
         self.engine, self.r, self.max_batch = engine, redis, max(1, int(max_batch))
+        self.metrics = metrics                # workers/metrics.QuestionMetrics, or None
         self.names = names
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.model = model
@@ -151,8 +153,14 @@ class QueryWorker:
                 d = out.to_dict()
                 d["timings"]["worker_ms"] = round((time.perf_counter() - received) * 1e3, 2)
                 self._reply(m, kind="answer", answer=d)
+                if self.metrics:
+                    self.metrics.answered(d.get("mode", ""), d, time.perf_counter() - received)
         else:
-            self._reply(m, kind="error", **error_fields(error))
+            fields = error_fields(error)
+            self._reply(m, kind="error", **fields)
+            if self.metrics and m["kind"] != "search":
+                self.metrics.failed((m.get("params") or {}).get("mode", "bilevel"), fields["code"])
+                self.metrics.errors.labels(fields["code"]).inc()
         self._outbox.put(("ack", mid))
         self.answered += 1
         with self._room:
@@ -213,15 +221,21 @@ def error_fields(e: BaseException) -> dict:
                                                           "see its log"}
 
 
-def serve(runtime, max_batch: int) -> None:
-    """Run a query worker over this process's Runtime until SIGTERM/SIGINT."""
+def serve(runtime, max_batch: int, metrics_at: tuple[int, str] = (0, "")) -> None:
+    """Run a query worker over this process's Runtime until SIGTERM/SIGINT; metrics_at:
+    (port, host) of its /metrics (port 0: none)."""
     import signal
 
     import redis
     r = redis.Redis.from_url(runtime.settings.redis_url, socket_timeout=10)
     engine = runtime.queries            # loads the model now, before taking questions
     shard = runtime.settings.shard
-    w = QueryWorker(engine, r, max_batch, model=runtime.settings.model, names=Names(shard))
+    metrics = None
+    if metrics_at[0]:
+        from .metrics import query_worker_registry, serve_registry
+        registry, metrics = query_worker_registry(engine.hot)
+        serve_registry(registry, *metrics_at)
+    w = QueryWorker(engine, r, max_batch, model=runtime.settings.model, names=Names(shard), metrics=metrics)
     if shard:
         log.info("query worker of shard %s", shard)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -27,6 +27,7 @@ from videokv.kvstore.errors import IllegalTransition
 from . import jobs as J
 from .app import runtime
 from .leases import Leases, start_reaper
+from .metrics import ingest_metrics
 from .questions import QuestionClient, QuestionFailed
 from .shards import Heartbeat, Names, front_job_key
 
@@ -39,6 +40,7 @@ def _permanent(e: BaseException) -> bool:
 
 
 def _fail(video_id: str, reason: str) -> None:
+    ingest_metrics().errors.labels("ingest_failed").inc()
     store = runtime().store
     for attempt in (1, 2):
         try:
@@ -103,6 +105,9 @@ def _ingest(task, rt, video_id: str) -> dict:
         except VideoNotFoundError:
             return {"video_id": video_id, "status": "DELETED"}
         raise task.retry(exc=e, countdown=min(2 ** attempts, 60))
+    counted = ingest_metrics()
+    counted.frames.inc(res.frames_prefilled)
+    counted.chunks.inc(res.chunks_prefilled)
     return dict(res.__dict__)
 
 

@@ -1,4 +1,4 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+
+from videokv.workers.metrics import CONTENT_TYPE, exposition
 
 from ..schemas import Health, Ready
 
@@ -52,5 +54,11 @@ def router(svc, models) -> APIRouter:
             checks["query_workers"] = f"error: {type(e).__name__}: {e}"
         ok = all(v.startswith("ok") for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    @r.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}},
+           description="Prometheus text format: this API process's questions and errors, the queue depths "
+                       "and the videos by status (docs/service.md, Metrics). No key needed: no tenant's data.")
+    def metrics():
+        return Response(exposition(svc.metrics_registry), media_type=CONTENT_TYPE)
 
     return r

@@ -150,14 +150,13 @@ def router(svc, models) -> APIRouter:
         except Problem as e:
             return OpenAIError(e.status, e.detail, e.code).response()
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        ask = _Asked(question=question, max_new_tokens=body.max_completion_tokens or body.max_tokens or 48,
-                     sampling={"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed,
-                               "stop": stop[:4]})
+        ask = _Asked(question=question, max_new_tokens=body.max_completion_tokens or body.max_tokens or 48)
+        sampling = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": stop[:4]}
         cid, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), body.model or model_name()
         if not body.stream:
             tokens = []
             try:
-                d = await svc.ask(video_id, ask, on_token=tokens.append)
+                d = await svc.ask(video_id, ask, on_token=tokens.append, sampling=sampling)
             except Problem as e:
                 return OpenAIError(e.status, e.detail, e.code).response()
             return {"id": cid, "object": "chat.completion", "created": created, "model": name,
@@ -166,16 +165,16 @@ def router(svc, models) -> APIRouter:
                     "usage": {"prompt_tokens": d.get("context_tokens", 0), "completion_tokens": len(tokens),
                               "total_tokens": d.get("context_tokens", 0) + len(tokens)},
                     "videokv": _extension(d)}
-        return await _stream(svc, video_id, ask, cid, created, name)
+        return await _stream(svc, video_id, ask, sampling, cid, created, name)
 
     return r
 
 
 class _Asked:
-    """A question as Service.ask takes it (the fields of a QueryRequest), with sampling."""
+    """A question as Service.ask takes it (the fields of a QueryRequest, defaults but two)."""
 
-    def __init__(self, question: str, max_new_tokens: int, sampling: dict):
-        self.question, self.max_new_tokens, self.sampling = question, max_new_tokens, sampling
+    def __init__(self, question: str, max_new_tokens: int):
+        self.question, self.max_new_tokens = question, max_new_tokens
         self.top_k, self.mode, self.count_by = None, "bilevel", None
 
 
@@ -188,13 +187,13 @@ def _extension(d: dict) -> dict:
                                   "policy", "mode", "video_prefill_runs")}
 
 
-async def _stream(svc, video_id: str, ask: _Asked, cid: str, created: int, name: str):
+async def _stream(svc, video_id: str, ask: _Asked, sampling: dict, cid: str, created: int, name: str):
     """text/event-stream of chat.completion.chunk objects, then `data: [DONE]`; refused before
     its first token (no query worker, ...): an OpenAI error response instead."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue = asyncio.Queue()
     answer = asyncio.ensure_future(svc.ask(video_id, ask, on_token=lambda p: loop.call_soon_threadsafe(
-        q.put_nowait, p)))
+        q.put_nowait, p), sampling=sampling))
     answer.add_done_callback(lambda _f: q.put_nowait(None))
     head = await q.get()
     if head is None and isinstance(answer.exception(), Problem):

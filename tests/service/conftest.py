@@ -228,15 +228,22 @@ def svc(service_env, monkeypatch):
 
 @pytest.fixture(scope="session")
 def worker(service_env):
-    w = Worker(service_env["env"], service_env["work"] / "worker.log").start()
-    yield w
+    """The session's Celery worker; it serves its metrics on `w.metrics_port`."""
+    port = free_port()
+    w = Worker({**service_env["env"], "VIDEOKV_WORKER_METRICS_PORT": str(port)}, service_env["work"] / "worker.log")
+    w.metrics_port = port
+    yield w.start()
     w.stop()
 
 
 @pytest.fixture(scope="session")
 def query_worker(service_env):
-    q = QueryWorkerProcess(service_env["env"], service_env["work"] / "query-worker.log").start()
-    yield q
+    """The session's query worker; it serves its metrics on `q.metrics_port`."""
+    port = free_port()
+    q = QueryWorkerProcess({**service_env["env"], "VIDEOKV_QUERY_WORKER_METRICS_PORT": str(port)},
+                           service_env["work"] / "query-worker.log")
+    q.metrics_port = port
+    yield q.start()
     q.stop()
 
 

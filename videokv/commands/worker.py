@@ -15,9 +15,13 @@ def main_worker(argv: list[str]) -> int:
     ap.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING, ...")
     ap.add_argument("--shard", help="the shard this worker belongs to (VIDEOKV_SHARD): it takes that shard's "
                                     "queues (ingest.NAME, query.NAME) and its VIDEOKV_HOME holds that shard's KV")
+    ap.add_argument("--metrics-port", type=int, default=None,
+                    help="serve Prometheus /metrics on this port (default VIDEOKV_WORKER_METRICS_PORT; 0: none)")
     args = ap.parse_args(argv)
     if args.shard:
         os.environ["VIDEOKV_SHARD"] = args.shard
+    if args.metrics_port is not None:
+        os.environ["VIDEOKV_WORKER_METRICS_PORT"] = str(args.metrics_port)
     from videokv.runtime import load_settings
     from videokv.services import celery_app
     from videokv.workers.shards import Names
