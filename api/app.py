@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from . import problems
 from .limits import BodyLimit
-from .routers import health, jobs, openai, questions, videos
+from .routers import health, jobs, media, openai, questions, videos, web
 from .schemas import request_models
 from .service import Service
 
@@ -31,7 +31,7 @@ def create_app(settings, runtime) -> FastAPI:
     app.state.service = svc
     problems.install(app, svc.metrics.errors)
     models = request_models(settings.max_question_chars, settings.max_answer_tokens)
-    for module in (health, videos, questions, jobs, openai):
+    for module in (health, videos, media, questions, jobs, openai, web):
         app.include_router(module.router(svc, models))
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_kb << 10)
     return app

@@ -117,14 +117,14 @@ class _Sink(PartHeaders):
             suffix = Path(self.subtitles_name).suffix.lower()[:8]
             suffix = suffix if suffix in (".srt", ".vtt") else ".txt"   # the parser says what is wrong
             self.subtitles = self.tmp_dir.parent / (self.tmp_dir.name + ".subtitles" + suffix)
-            self.target = "subtitles"
+            self.target = SUBTITLE_PART      # not "subtitles": that is the switch's form field
             self.sub_fh, self.sub_size = open(self.subtitles, "wb"), 0
         elif name in FORM_FIELDS and b"filename" not in opts:
             self.target = name
             self.fields[name] = ""
 
     def _data(self, data, start, end):
-        if self.target == "subtitles":
+        if self.target == SUBTITLE_PART:
             self.sub_size += end - start
             if self.sub_size > MAX_SUBTITLE_BYTES:
                 raise Problem(413, f"the subtitle file is larger than {MAX_SUBTITLE_BYTES >> 20} MiB",
@@ -148,7 +148,7 @@ class _Sink(PartHeaders):
         self.digest.update(chunk)
 
     def _part_end(self):
-        if self.target == "subtitles":
+        if self.target == SUBTITLE_PART:
             self.sub_fh.close()
         self.target = None
         if self.writing:

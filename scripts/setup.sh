@@ -20,11 +20,24 @@ command -v tesseract >/dev/null 2>&1 || need_apt+=(tesseract-ocr)
 command -v pocketsphinx_continuous >/dev/null 2>&1 || need_apt+=(pocketsphinx)
 [ -d /usr/share/pocketsphinx/model/en-us/en-us ] || need_apt+=(pocketsphinx-en-us)
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The web page's browser test (tests/service/test_web.py): Debian's chromium and its
+# driver (Selenium drives them; nothing downloads a browser). Only the test command asks;
+# where they cannot be installed the test is skipped and says so.
+if [ "${VIDEOKV_SETUP_BROWSER:-0}" = "1" ]; then
+  browser=()
+  command -v chromium >/dev/null 2>&1 || browser+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || browser+=(chromium-driver)
+  if [ ${#browser[@]} -gt 0 ]; then
+    echo "setup: installing ${browser[*]} (the web page's browser test)"
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${browser[@]}" >/dev/null; } \
+      || echo "setup: could not install ${browser[*]}: the browser test will be skipped"
+  fi
 fi
 
 # The venv is rebuilt when the pins change (stamp = hash of the lock and pyproject).

@@ -1,17 +1,14 @@
-"""/v1/videos: upload, list, view, delete, ingest progress (SSE), transcript, preview frames."""
+"""/v1/videos: upload, list, view, delete, ingest progress (SSE), transcript (media: media.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import time
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from videokv.ingest.video import rotation_turns
 from videokv.kvstore import Status, VideoNotFoundError
 
 from ..problems import Problem
@@ -103,43 +100,5 @@ def router(svc, models) -> APIRouter:
                           code="video_not_ready")
         return transcript_view(rec, got)
 
-    @r.get("/{video_id}/frame", response_class=Response,
-           responses={200: {"content": {"image/jpeg": {}}}, **problems(404, 422)})
-    def frame(video_id: str, t: float = Query(..., ge=0, le=1e7, description="seconds"),
-              max_side: int = Query(640, ge=16, le=4096), u: str = Depends(tenant)):
-        rec = svc.owned(video_id, u)
-        path = (rec.extra or {}).get("path")
-        if not path or not Path(path).exists():
-            raise Problem(404, f"video {video_id} has no stored file to preview", code="original_missing")
-        if rec.duration and t > rec.duration:
-            raise Problem(422, f"t={t} is past the end of the video ({rec.duration:.2f} s)", code="invalid_request")
-        return Response(jpeg_at(path, t, max_side), media_type="image/jpeg")
-
     return r
 
-
-def jpeg_at(path: str, t: float, max_side: int) -> bytes:
-    """The frame shown at `t` seconds, as JPEG (evidence preview)."""
-    import av
-
-    with av.open(path) as c:
-        s = c.streams.video[0]
-        tb = s.time_base
-        start = s.start_time or 0
-        c.seek(int(t / tb) + start, stream=s, backward=True, any_frame=False)
-        chosen = None
-        for f in c.decode(s):
-            if chosen is None or f.pts is None or float((f.pts - start) * tb) <= t + 1e-6:
-                chosen = f
-            else:
-                break
-        if chosen is None:
-            raise Problem(422, f"no frame at t={t}", code="no_frame")
-        img = chosen.to_image()
-        turns = rotation_turns(chosen)
-        if turns:                                   # as the phone that filmed it shows it
-            img = img.rotate(90 * turns, expand=True)
-    img.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, "JPEG", quality=85)
-    return buf.getvalue()
