@@ -154,6 +154,8 @@ class Answer(BaseModel):
     policy: str = Field("", description="how the context was chosen: bilevel, pyramid, drop, dense, sparse")
     context_budget: int = Field(0, description="most positions the video context could take")
     sample_fps: float = Field(0.0, description="the rate the video was sampled at")
+    answer_tokens: int = Field(0, description="tokens decoded (0 when the span counter answered)")
+    finish_reason: str = Field("", description="stop (end of sequence or a stop string) or length (max_new_tokens)")
 
 
 class SearchHit(BaseModel):

@@ -63,6 +63,7 @@ class Sequence:
     rng: torch.Generator | None = None
     tag: object = None
     pieces: list[str] = field(default_factory=list)
+    finish_reason: str = ""          # once done: "stop" (EOS or a stop string) or "length"
 
 
 def generate(backend: HFCausalBackend, cache: AssembledCache, suffix: str,
@@ -107,17 +108,19 @@ def start_many(backend: HFCausalBackend, questions: list[tuple]) -> list[Sequenc
 def _take(backend: HFCausalBackend, seq: Sequence, logits: torch.Tensor) -> None:
     """Pick the next token from logits [vocab]; record its text or finish the sequence."""
     if seq.steps >= seq.gen.max_new_tokens:
-        seq.done = True
+        seq.done, seq.finish_reason = True, "length"
         return
     tok = pick(logits, seq.gen, seq.rng)
     seq.steps += 1
     if tok in backend.eos_token_ids:
-        seq.done = True
+        seq.done, seq.finish_reason = True, "stop"
         return
     piece, stop = seq.out.feed(tok)
     if piece:
         seq.pieces.append(piece)
     seq.done = stop or seq.steps >= seq.gen.max_new_tokens
+    if seq.done:
+        seq.finish_reason = "stop" if stop else "length"
     seq.next_token = None if seq.done else tok
 
 

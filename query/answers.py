@@ -51,7 +51,8 @@ class Answer:
     """levels: how many chunks the context held at each level ("L", "H", "G": in a group's
     gist, "dropped": left out); policy: how they were chosen ("bilevel", "pyramid", "drop",
     "dense", "sparse"; budget.py); context_tokens: positions of the assembled video context;
-    sample_fps: the rate the video was sampled at."""
+    sample_fps: the rate the video was sampled at; answer_tokens, finish_reason: how the decode
+    ended."""
 
     answer: str
     evidence: list[Evidence]
@@ -68,6 +69,8 @@ class Answer:
     policy: str = ""
     context_budget: int = 0
     sample_fps: float = 0.0
+    answer_tokens: int = 0          # tokens decoded (0: none decoded, e.g. counted by the span counter)
+    finish_reason: str = ""         # "stop" (end of sequence or a stop string), "length" (max_new_tokens)
 
     def to_dict(self) -> dict:
         return asdict(self)

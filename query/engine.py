@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from videokv.engine.backend import HFCausalBackend
-from videokv.engine.batch import generate
+from videokv.engine.batch import start, step
 from videokv.engine.config import EngineConfig
 from videokv.engine.decode import GenerationConfig, assemble
 from videokv.kvstore import Hit, KVStore, Status
@@ -153,12 +153,19 @@ class QueryEngine:
             if p.answer is not None:
                 return p.answer
             pieces, first_token_at = [], None
-            for piece in generate(self.backend, p.cache, p.suffix, p.gen):
-                first_token_at = first_token_at or time.perf_counter()
-                pieces.append(piece)
-                if on_token:
-                    on_token(piece)
-        return self.finish(p, "".join(pieces), first_token_at)
+            seq = start(self.backend, p.cache, p.suffix, p.gen)
+            while True:                     # engine/batch.generate, keeping the sequence's counts
+                if seq.pieces:
+                    first_token_at = first_token_at or time.perf_counter()
+                for piece in seq.pieces:
+                    pieces.append(piece)
+                    if on_token:
+                        on_token(piece)
+                seq.pieces.clear()
+                if seq.done:
+                    break
+                step(self.backend, [seq])
+        return self.finish(p, "".join(pieces), first_token_at, tokens=seq.steps, finish_reason=seq.finish_reason)
 
     def prepare(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
                 max_new_tokens: int = 48, gen: GenerationConfig | None = None, chunks: Sequence[int] | None = None,
@@ -187,9 +194,11 @@ class QueryEngine:
                         [t0, t1, time.perf_counter()], vision_calls,
                         stats=(paged.bytes_in_context, paged.bytes_read, cache.tokens))
 
-    def finish(self, p: Prepared, text: str, first_token_at: float | None, end: float | None = None) -> Answer:
+    def finish(self, p: Prepared, text: str, first_token_at: float | None, end: float | None = None,
+               tokens: int = 0, finish_reason: str = "") -> Answer:
         """The Answer of a prepared question decoded to `text` (first token at
-        `first_token_at`, done at `end`: perf_counter times)."""
+        `first_token_at`, done at `end`: perf_counter times) in `tokens` tokens, ended by
+        `finish_reason` ("stop" or "length")."""
         end = end or time.perf_counter()
         first_token_at = first_token_at or end
         t0, t1, t2 = p.times
@@ -200,7 +209,7 @@ class QueryEngine:
                       {k: round(v, 2) for k, v in t.items()}, *p.stats,
                       self.backend.vision_calls - p.vision_calls, p.mode, p.rec.video_id, p.question,
                       levels=p.layout.levels(), policy=p.layout.policy, context_budget=p.budget,
-                      sample_fps=p.rec.sample_fps)
+                      sample_fps=p.rec.sample_fps, answer_tokens=tokens, finish_reason=finish_reason)
 
     def budget(self, video_id: str, question_tokens: int, max_new_tokens: int) -> int:
         """Positions a question's video context may take: VIDEOKV_CONTEXT_BUDGET, at most the

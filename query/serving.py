@@ -142,7 +142,8 @@ class QuestionServer:
             return False
         s.cache = None                      # free the sequence's KV now
         try:
-            ans = self.engine.finish(t.prepared, "".join(t.text), t.first_token_at)
+            ans = self.engine.finish(t.prepared, "".join(t.text), t.first_token_at, tokens=s.steps,
+                                     finish_reason=s.finish_reason)
             ans.timings["queued_ms"] = round((t.prepared.times[0] - t.submitted) * 1e3, 2)
             t.future.set_result(ans)
         except BaseException as e:          # noqa: BLE001

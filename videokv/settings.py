@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -170,10 +169,10 @@ class Settings(BaseSettings):
     @field_validator("shard")
     @classmethod
     def _shard(cls, v: str) -> str:
-        v = v.strip()
-        if v and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", v):
-            raise ValueError(f"VIDEOKV_SHARD={v!r}: use 1-32 of a-z, 0-9, '-' and '_', starting with a letter or digit")
-        return v
+        # The one rule for shard names (Redis keys and Celery queues are made of them).
+        from videokv.workers.shards import check_name
+
+        return check_name(v.strip(), f"VIDEOKV_SHARD={v.strip()!r}")
 
     @field_validator("oracle")
     @classmethod

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from videokv.errors import VideoKVError
 
-from .shards import Names
+from .shards import Names, alive_members
 
 log = logging.getLogger("videokv.questions")
 
@@ -60,14 +60,7 @@ class QuestionFailed(VideoKVError):
 def live_workers(r, names: Names = Names()) -> dict[str, dict]:
     """{worker id: its heartbeat (fingerprint, max_batch, in flight)} of this shard's workers
     alive now."""
-    ids = sorted(x.decode() for x in r.smembers(names.qworkers))
-    if not ids:
-        return {}
-    beats = r.mget([names.qworker(w) for w in ids])
-    gone = [w for w, b in zip(ids, beats) if b is None]
-    if gone:
-        r.srem(names.qworkers, *gone)
-    return {w: json.loads(b) for w, b in zip(ids, beats) if b is not None}
+    return {w: json.loads(b) for w, b in alive_members(r, names.qworkers, names.qworker).items()}
 
 
 def announced_engine(r, names: Names = Names()) -> dict | None:

@@ -47,10 +47,12 @@ ALIVE_TTL_S = 4
 VIDEO_SHARD = "videokv:placement"          # hash video id -> shard (written by the front)
 
 
-def check_name(name: str) -> str:
-    """A shard name as Redis keys and Celery queues use it; ValueError with a sentence if not."""
+def check_name(name: str, label: str = "") -> str:
+    """A shard name as Redis keys and Celery queues use it; ValueError with a sentence if not
+    (it starts with `label`, default "shard name 'NAME'")."""
     if name and not re.fullmatch(SHARD_NAME, name):
-        raise ValueError(f"shard name {name!r}: use 1-32 of a-z, 0-9, '-' and '_', starting with a letter or digit")
+        raise ValueError(f"{label or f'shard name {name!r}'}: use 1-32 of a-z, 0-9, '-' and '_', "
+                         "starting with a letter or digit")
     return name
 
 
@@ -151,16 +153,17 @@ class Heartbeat:
             pass
 
 
-def _alive(r, members_key: str, key_of) -> list[str]:
-    """The members of a set whose liveness key exists; the others are pruned."""
+def alive_members(r, members_key: str, key_of) -> dict[str, bytes]:
+    """{member: its liveness key's value} of a set's members whose key exists (sorted);
+    the others are pruned from the set."""
     members = sorted(x.decode() for x in r.smembers(members_key))
     if not members:
-        return []
+        return {}
     beats = r.mget([key_of(m) for m in members])
     gone = [m for m, b in zip(members, beats) if b is None]
     if gone:
         r.srem(members_key, *gone)
-    return [m for m, b in zip(members, beats) if b is not None]
+    return {m: b for m, b in zip(members, beats) if b is not None}
 
 
 @dataclass
@@ -185,10 +188,10 @@ def shard_states(r) -> dict[str, ShardState]:
     shard keeps the set of its processes)."""
     out = {}
     for name in sorted(x.decode() for x in r.smembers(SHARDS)):
-        roles = [m.split(":", 1)[0] for m in _alive(r, procs_key(name), lambda m, n=name: alive_key(n, m))]
+        roles = [m.split(":", 1)[0] for m in alive_members(r, procs_key(name), lambda m, n=name: alive_key(n, m))]
         names = Names(name)
         # Query workers heartbeat under their shard's names (workers/questions.py).
-        query = len(_alive(r, names.qworkers, names.qworker))
+        query = len(alive_members(r, names.qworkers, names.qworker))
         url = (r.hget(shard_key(name), "url") or b"").decode()
         out[name] = ShardState(name, url, roles.count("api"), roles.count("worker"), query)
     return out

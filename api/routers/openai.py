@@ -154,16 +154,16 @@ def router(svc, models) -> APIRouter:
         sampling = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": stop[:4]}
         cid, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), body.model or model_name()
         if not body.stream:
-            tokens = []
             try:
-                d = await svc.ask(video_id, ask, on_token=tokens.append, sampling=sampling)
+                d = await svc.ask(video_id, ask, sampling=sampling)
             except Problem as e:
                 return OpenAIError(e.status, e.detail, e.code).response()
+            n = d.get("answer_tokens", 0)
             return {"id": cid, "object": "chat.completion", "created": created, "model": name,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": d["answer"]},
-                                 "finish_reason": _finish(tokens, ask.max_new_tokens)}],
-                    "usage": {"prompt_tokens": d.get("context_tokens", 0), "completion_tokens": len(tokens),
-                              "total_tokens": d.get("context_tokens", 0) + len(tokens)},
+                                 "finish_reason": d.get("finish_reason") or "stop"}],
+                    "usage": {"prompt_tokens": d.get("context_tokens", 0), "completion_tokens": n,
+                              "total_tokens": d.get("context_tokens", 0) + n},
                     "videokv": _extension(d)}
         return await _stream(svc, video_id, ask, sampling, cid, created, name)
 
@@ -176,10 +176,6 @@ class _Asked:
     def __init__(self, question: str, max_new_tokens: int):
         self.question, self.max_new_tokens = question, max_new_tokens
         self.top_k, self.mode, self.count_by = None, "bilevel", None
-
-
-def _finish(tokens: list, max_new_tokens: int) -> str:
-    return "length" if len(tokens) >= max_new_tokens else "stop"
 
 
 def _extension(d: dict) -> dict:
@@ -207,14 +203,13 @@ async def _stream(svc, video_id: str, ask: _Asked, sampling: dict, cid: str, cre
 
     async def gen():
         yield chunk({"role": "assistant", "content": ""})
-        n, piece = 0, head
+        piece = head
         while piece is not None:
-            n += 1
             yield chunk({"content": piece})
             piece = await q.get()
         try:
             d = answer.result()
-            yield chunk({}, "length" if n >= ask.max_new_tokens else "stop", videokv=_extension(d))
+            yield chunk({}, d.get("finish_reason") or "stop", videokv=_extension(d))
         except Problem as e:              # headers are sent: the failure is an error event
             kind = ERROR_TYPES.get(e.status, "server_error")
             yield "data: " + json.dumps({"error": {"message": e.detail, "type": kind, "code": e.code}}) + "\n\n"

@@ -378,7 +378,7 @@ def test_openapi_documents_every_status_and_schemathesis_finds_no_server_error(h
         assert "application/problem+json" in upload_op["responses"][code]["content"]
     out = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "run", hard["api"].url + "/openapi.json",
-         "--checks", "not_a_server_error,status_code_conformance", "--max-examples", "20",
+         "--checks", "not_a_server_error,status_code_conformance", "--max-examples", "12",
          "--phases", "examples,coverage,fuzzing",       # the stateful phase: docs/service.md (minutes)
          "--header", f"Authorization: Bearer {hard['keys']['alice']}", "--request-timeout", "60",
          "--exclude-path", "/v1/videos/{video_id}/events", "--report-har-path", str(hard["work"] / "st.har")],

@@ -37,7 +37,11 @@ def test_openai_client_gets_the_query_endpoints_answer_streamed_or_not(api, keys
     done = client.chat.completions.create(model="smollm2", messages=message(ready_video), max_tokens=10,
                                           temperature=0)
     assert done.choices[0].message.content == direct["answer"] and direct["answer"]
-    assert done.choices[0].finish_reason in ("stop", "length")
+    assert done.choices[0].finish_reason == ("length" if direct["answer_tokens"] >= 10 else "stop")
+    assert done.usage.completion_tokens == direct["answer_tokens"] > 0
+    short = client.chat.completions.create(model="smollm2", messages=message(ready_video), max_tokens=2,
+                                           temperature=0)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
     ext = done.model_extra["videokv"]
     assert ext["evidence"] and ext["video_id"] == ready_video and ext["video_prefill_runs"] == 0
     pieces, last = [], None
@@ -46,7 +50,7 @@ def test_openai_client_gets_the_query_endpoints_answer_streamed_or_not(api, keys
         pieces.append(chunk.choices[0].delta.content or "")
         last = chunk
     assert "".join(pieces).strip() == direct["answer"] and len(pieces) > 2
-    assert last.choices[0].finish_reason in ("stop", "length") and last.model_extra["videokv"]["evidence"]
+    assert last.choices[0].finish_reason == done.choices[0].finish_reason and last.model_extra["videokv"]["evidence"]
     # A stop string ends the answer before it.
     cut = direct["answer"].split()[-1]
     stopped = client.chat.completions.create(model="smollm2", messages=message(ready_video), max_tokens=10,
