@@ -61,8 +61,13 @@ class EngineConfig:
     h_kv: CompressionConfig = field(default_factory=lambda: CompressionConfig("avgpool", 16))
     prefill: PrefillConfig = field(default_factory=PrefillConfig)
     vision_id: str = ""
+    kv_codec: str = "none"         # how the K,V are stored (kvstore/codecs.py label)
 
     def fingerprint(self) -> str:
-        """16 hex chars of sha256 over every field: any change gives another fingerprint."""
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """16 hex chars of sha256 over every field: any change gives another fingerprint
+        (kv_codec "none" is left out, so stores made before codecs keep their fingerprint)."""
+        fields = asdict(self)
+        if fields["kv_codec"] == "none":
+            del fields["kv_codec"]
+        blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,25 +1,28 @@
-"""The KV blob format: a 40-byte versioned header, the token-kind mask, raw tensor bytes.
+"""The KV blob format: a 40-byte versioned header, the token-kind mask, the K,V bytes.
 
 Layout (little-endian):
 
     offset  size  field
     0       4     magic b"VKV1"
-    4       2     format version (1)
-    6       1     dtype code: 1 float32, 2 float16, 3 bfloat16
+    4       2     format version: 1 (stored as is), 2 (a storage codec, codecs.py)
+    6       1     dtype code: 1 float32, 2 float16, 3 bfloat16 (what a read returns)
     7       1     checksum algorithm: 1 crc32 (zlib), 2 xxh3-64 (xxhash; the default)
     8       4     layers
     12      4     kv_heads
     16      4     tokens
     20      4     head_dim
     24      4     data_offset: where the tensor bytes start (a multiple of 64)
-    28      4     reserved (0)
+    28      4     version 1: reserved (0); version 2: codec code (bits 0-7), its key group
+                  (bits 8-19) and value group (bits 20-31)
     32      8     checksum of every other byte of the blob (bytes 0..31, then 40..end)
     40      T     kinds: uint8 [tokens], a TokenKind per token
     ...           zero padding up to data_offset
-    data_offset   tensor bytes, shape [layers, 2, kv_heads, tokens, head_dim]:
+    data_offset   version 1: tensor bytes, shape [layers, 2, kv_heads, tokens, head_dim]:
                   layer-major, and within a layer its K then its V. So one layer's K,V
                   are contiguous (a pager can stream layer by layer) and `keys`/`values`
                   are strided views `kv[:, 0]`, `kv[:, 1]`.
+                  version 2: the codec's payload tensors (Codec.parts), each starting at a
+                  multiple of 64; a read dequantizes the token rows it needs (`take`).
 
 Why xxh3: it checksums at memory speed (~30 GB/s here, crc32 ~5 GB/s), so verifying
 every read costs little next to the one copy out of the map. Without the `xxhash`
@@ -40,10 +43,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .codecs import BY_CODE, Codec
 from .errors import CorruptBlobError, KVStoreError
 
 MAGIC = b"VKV1"
-VERSION = 1
+VERSION = 1             # stored as is
+CODEC_VERSION = 2       # a storage codec
 HEADER = struct.Struct("<4sHBBIIIIIIQ")
 HEADER_SIZE = HEADER.size  # 40
 _CSUM_AT = 32
@@ -76,6 +81,7 @@ class BlobHeader:
     head_dim: int
     data_offset: int
     checksum_algo: int = DEFAULT_CHECKSUM
+    codec: Codec | None = None          # None: stored as is (format 1)
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
@@ -84,6 +90,14 @@ class BlobHeader:
 
     @property
     def data_nbytes(self) -> int:
+        """Bytes of the stored K,V (a codec's payload with its alignment padding)."""
+        if self.codec is None:
+            return self.layers * 2 * self.kv_heads * self.tokens * self.head_dim * self.dtype.itemsize
+        return _payload_layout(self.codec, self.shape)[1]
+
+    @property
+    def kv_nbytes(self) -> int:
+        """Bytes of the K,V as a read returns them (the model's dtype)."""
         return self.layers * 2 * self.kv_heads * self.tokens * self.head_dim * self.dtype.itemsize
 
     @property
@@ -95,17 +109,23 @@ class BlobHeader:
 class BlobView:
     """A decoded blob. In a read session the tensors are views of LMDB's memory map.
 
-    kv: [layers, 2, kv_heads, tokens, head_dim]; keys/values: [layers, kv_heads, tokens, head_dim].
-    kinds: uint8 [tokens].
-    zero_copy: True when `kv` aliases the buffer it was decoded from.
+    kv: [layers, 2, kv_heads, tokens, head_dim] in the model's dtype (a codec blob's is
+    dequantized when asked for: prefer `take`/`take_into` for some rows);
+    keys/values: [layers, kv_heads, tokens, head_dim]; kinds: uint8 [tokens].
+    zero_copy: True when the stored bytes alias the buffer they were decoded from.
     Views are read-only: writing into them is undefined (LMDB maps the file read-only,
-    a write crashes the process). Copy (`load_into`, `.clone()`) to keep or modify.
+    a write crashes the process). Copy (`load_into`, `take`) to keep or modify.
     """
 
     header: BlobHeader
-    kv: torch.Tensor
+    raw: torch.Tensor | None            # the stored tensor (format 1), else None
     kinds: torch.Tensor
     zero_copy: bool
+    parts: list = None                  # a codec's payload tensors (format 2)
+
+    @property
+    def kv(self) -> torch.Tensor:
+        return self.raw if self.header.codec is None else self.take()
 
     @property
     def keys(self) -> torch.Tensor:
@@ -117,26 +137,66 @@ class BlobView:
 
     @property
     def nbytes(self) -> int:
+        """Bytes stored (what a read costs in I/O)."""
         return self.header.data_nbytes
+
+    def take(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Token `rows` (int64 [T'], None: all) as a new tensor [layers, 2, kv_heads, T', head_dim]."""
+        h = self.header
+        n = h.tokens if rows is None else len(rows)
+        if h.codec is None:
+            return self.raw.clone() if rows is None else self.raw.index_select(3, rows)
+        return self.take_into(torch.empty(h.layers, 2, h.kv_heads, n, h.head_dim, dtype=h.dtype), rows)
+
+    def take_into(self, out: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Token `rows` written into out [layers, 2, kv_heads, T', head_dim] (a slice of a
+        hot set or a pinned buffer): one pass, dequantizing on the way for a codec blob."""
+        h = self.header
+        if h.codec is None:
+            return out.copy_(self.raw if rows is None else self.raw.index_select(3, rows))
+        return h.codec.decode_into(self.parts, out, rows)
 
     def load_into(self, out: torch.Tensor) -> torch.Tensor:
         """Copy the K,V into `out` ([layers, 2, kv_heads, tokens, head_dim], e.g. a pinned
         host buffer or a slice of one): the one copy out of the memory map."""
         if tuple(out.shape) != self.header.shape:
             raise ValueError(f"out has shape {tuple(out.shape)}, blob is {self.header.shape}")
-        return out.copy_(self.kv)
+        return self.take_into(out)
 
 
-def encoded_size(layers: int, kv_heads: int, tokens: int, head_dim: int, dtype: torch.dtype) -> int:
+def _payload_layout(codec: Codec, shape) -> tuple[list[tuple[torch.dtype, tuple, int]], int]:
+    """([(dtype, shape, offset from data_offset)], total bytes) of a codec's payload."""
+    out, at = [], 0
+    for dtype, sh in codec.parts(shape):
+        n = dtype.itemsize
+        for d in sh:
+            n *= d
+        out.append((dtype, sh, at))
+        at += -(-n // ALIGN) * ALIGN
+    return out, at
+
+
+def encoded_size(layers: int, kv_heads: int, tokens: int, head_dim: int, dtype: torch.dtype,
+                 codec: Codec | None = None) -> int:
+    if codec is not None:
+        return _data_offset(tokens) + _payload_layout(codec, (layers, 2, kv_heads, tokens, head_dim))[1]
     return _data_offset(tokens) + layers * 2 * kv_heads * tokens * head_dim * dtype.itemsize
+
+
+def _codec_field(codec: Codec) -> int:
+    if not (0 <= codec.key_group < 4096 and 0 <= codec.value_group < 4096):
+        raise ValueError(f"codec groups must be below 4096 (key {codec.key_group}, value {codec.value_group})")
+    return codec.code | codec.key_group << 8 | codec.value_group << 20
 
 
 def _data_offset(tokens: int) -> int:
     return -(-(HEADER_SIZE + tokens) // ALIGN) * ALIGN
 
 
-def encode(keys: torch.Tensor, values: torch.Tensor, kinds: torch.Tensor, checksum: int = DEFAULT_CHECKSUM) -> bytearray:
-    """Serialise keys/values [layers, kv_heads, tokens, head_dim] and kinds [tokens]."""
+def encode(keys: torch.Tensor, values: torch.Tensor, kinds: torch.Tensor, checksum: int = DEFAULT_CHECKSUM,
+           codec: Codec | None = None) -> bytearray:
+    """Serialise keys/values [layers, kv_heads, tokens, head_dim] and kinds [tokens], stored as
+    they are (codec None: format 1) or through a storage codec (format 2)."""
     if keys.dtype not in DTYPE_CODES:
         raise ValueError(f"unsupported KV dtype {keys.dtype}; supported: {list(DTYPE_CODES)}")
     if keys.shape != values.shape or keys.dim() != 4 or values.dtype != keys.dtype:
@@ -146,15 +206,21 @@ def encode(keys: torch.Tensor, values: torch.Tensor, kinds: torch.Tensor, checks
     if tuple(kinds.shape) != (T,):
         raise ValueError(f"kinds has shape {tuple(kinds.shape)}, expected ({T},)")
     off = _data_offset(T)
-    buf = bytearray(encoded_size(L, H, T, D, keys.dtype))
+    buf = bytearray(encoded_size(L, H, T, D, keys.dtype, codec))
     mv = memoryview(buf)
     mv[HEADER_SIZE:HEADER_SIZE + T] = kinds.detach().to("cpu", torch.uint8).contiguous().numpy().tobytes()
-    if keys.numel():
+    if codec is not None and keys.numel():
+        payload = codec.encode(torch.stack((keys.detach().cpu(), values.detach().cpu()), dim=1))
+        for p, (dtype, shape, at) in zip(payload, _payload_layout(codec, (L, 2, H, T, D))[0]):
+            dst = torch.frombuffer(buf, dtype=dtype, offset=off + at, count=p.numel()).view(shape)
+            dst.copy_(p)
+    elif keys.numel():
         # Write straight into the output buffer: one copy per tensor, no temporary stack.
         dst = torch.frombuffer(buf, dtype=keys.dtype, offset=off).view(L, 2, H, T, D)
         dst[:, 0].copy_(keys.detach())
         dst[:, 1].copy_(values.detach())
-    HEADER.pack_into(buf, 0, MAGIC, VERSION, DTYPE_CODES[keys.dtype], checksum, L, H, T, D, off, 0, 0)
+    version, field = (VERSION, 0) if codec is None else (CODEC_VERSION, _codec_field(codec))
+    HEADER.pack_into(buf, 0, MAGIC, version, DTYPE_CODES[keys.dtype], checksum, L, H, T, D, off, field, 0)
     struct.pack_into("<Q", buf, _CSUM_AT, _checksum(mv, checksum))
     return buf
 
@@ -175,16 +241,22 @@ def read_header(buf, where: dict | None = None) -> BlobHeader:
     where = where or {}
     if len(buf) < HEADER_SIZE:
         raise CorruptBlobError(f"blob is {len(buf)} bytes, shorter than its header", **where)
-    magic, version, code, algo, L, H, T, D, off, _res, _csum = HEADER.unpack_from(buf, 0)
+    magic, version, code, algo, L, H, T, D, off, field, _csum = HEADER.unpack_from(buf, 0)
     if magic != MAGIC:
         raise CorruptBlobError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})", **where)
-    if version != VERSION:
-        raise CorruptBlobError(f"unknown blob format version {version} (this build reads {VERSION})", **where)
+    if version not in (VERSION, CODEC_VERSION):
+        raise CorruptBlobError(f"unknown blob format version {version} (this build reads {VERSION} and "
+                               f"{CODEC_VERSION})", **where)
+    codec = None
+    if version == CODEC_VERSION:
+        if field & 0xFF not in BY_CODE:
+            raise CorruptBlobError(f"unknown KV codec code {field & 0xFF}", **where)
+        codec = BY_CODE[field & 0xFF](key_group=(field >> 8) & 0xFFF, value_group=field >> 20)
     if code not in CODE_DTYPES:
         raise CorruptBlobError(f"unknown dtype code {code}", **where)
     if algo not in (CRC32, XXH3):
         raise CorruptBlobError(f"unknown checksum algorithm {algo}", **where)
-    hdr = BlobHeader(CODE_DTYPES[code], L, H, T, D, off, algo)
+    hdr = BlobHeader(CODE_DTYPES[code], L, H, T, D, off, algo, codec)
     if off != _data_offset(T) or hdr.total_nbytes != len(buf):
         raise CorruptBlobError(f"size mismatch: header says {hdr.total_nbytes} bytes "
                                f"(data at {off}), blob has {len(buf)}", **where)
@@ -209,6 +281,8 @@ def decode(buf, *, verify: bool = True, where: dict | None = None) -> BlobView:
             raise CorruptBlobError(f"checksum mismatch (stored {name} {stored:016x}, computed {actual:016x})", **where)
     kinds = torch.frombuffer(mv, dtype=torch.uint8, count=hdr.tokens, offset=HEADER_SIZE) if hdr.tokens \
         else torch.empty(0, dtype=torch.uint8)
+    if hdr.codec is not None:
+        return _decode_payload(mv, hdr, kinds)
     n = hdr.data_nbytes // hdr.dtype.itemsize
     if n == 0:
         return BlobView(hdr, torch.empty(hdr.shape, dtype=hdr.dtype), kinds.clone(), False)
@@ -217,3 +291,20 @@ def decode(buf, *, verify: bool = True, where: dict | None = None) -> BlobView:
         # Small value stored unaligned inside an LMDB leaf page: copy rather than risk it.
         return BlobView(hdr, kv.clone(), kinds.clone(), False)
     return BlobView(hdr, kv, kinds, True)
+
+
+def _decode_payload(mv: memoryview, hdr: BlobHeader, kinds: torch.Tensor) -> BlobView:
+    """A codec blob's payload tensors as views of the buffer (copies where misaligned)."""
+    if not hdr.tokens or not hdr.layers:
+        return BlobView(hdr, None, kinds.clone(), False, [torch.zeros(sh, dtype=dt) for dt, sh in
+                                                          hdr.codec.parts(hdr.shape)])
+    parts, aliased = [], True
+    for dtype, shape, at in _payload_layout(hdr.codec, hdr.shape)[0]:
+        count = 1
+        for d in shape:
+            count *= d
+        t = torch.frombuffer(mv, dtype=dtype, count=count, offset=hdr.data_offset + at).view(shape)
+        if t.data_ptr() % dtype.itemsize:
+            t, aliased = t.clone(), False
+        parts.append(t)
+    return BlobView(hdr, None, kinds if aliased else kinds.clone(), aliased, parts)

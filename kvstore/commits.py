@@ -41,13 +41,14 @@ class ChunkWrite:
 
 def put_chunks(env: StorageBackend, video_id: str, writes: list[ChunkWrite],
                transcript_part: list[dict] | None = None, transcript_open: list[dict] | None = None,
-               part_at: int | None = None) -> int:
+               part_at: int | None = None, codec=None) -> int:
     """Commit the chunks of `writes` in ONE write transaction: all of them or none. Chunks
     already committed are skipped (a resumed or duplicated ingest never stores one twice).
     transcript_part: text segments that became final since the last commit; transcript_open:
     those still open (replaces the previous checkpoint); part_at: where the part is filed
-    (default: the group's first chunk). Returns how many chunks were new."""
-    encoded = [(w, _encode(w)) for w in writes]          # outside the transaction
+    (default: the group's first chunk); codec: the storage codec of the chunks' K,V
+    (codecs.py; None: as they are). Returns how many chunks were new."""
+    encoded = [(w, _encode(w, codec)) for w in writes]          # outside the transaction
     now = time.time()
 
     def fn(txn):
@@ -80,7 +81,7 @@ def put_chunks(env: StorageBackend, video_id: str, writes: list[ChunkWrite],
     return env.write(fn)
 
 
-def _encode(w: ChunkWrite):
+def _encode(w: ChunkWrite, codec=None):
     levels = list(w.levels)
     if not levels:
         raise ValueError("a chunk write needs at least one level")
@@ -91,7 +92,9 @@ def _encode(w: ChunkWrite):
     frames = {oid: _frames(v) for oid, v in (w.frame_vectors or {}).items()}
     if idx < 0 and (embs or frames):
         raise ValueError("the prompt prefix (index -1) has no embeddings")
-    return idx, [(c, blobfmt.encode(c.keys, c.values, c.kinds)) for c in levels], embs, frames
+    # The prompt prefix (index -1) is a few hundred tokens every question reads: stored as is.
+    codec = codec if idx >= 0 else None
+    return idx, [(c, blobfmt.encode(c.keys, c.values, c.kinds, codec=codec)) for c in levels], embs, frames
 
 
 def _write_chunk(txn, ck: str, seq, idx: int, w: ChunkWrite, blobs, embs, frames, now: float) -> None:

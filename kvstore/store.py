@@ -32,10 +32,13 @@ class KVStore:
     home/faiss/."""
 
     def __init__(self, home: str | os.PathLike, *, map_size: int = DEFAULT_MAP_SIZE,
-                 snapshot_every: int = 1000):
+                 snapshot_every: int = 1000, kv_codec=None):
         # snapshot_every: persist an oracle's FAISS snapshot after this many newly applied
         # log entries (0 = only on save_index()), so a restart replays little.
+        # kv_codec: how new chunks' K,V are stored (codecs.py; None: as they are). Reads
+        # follow each blob's own header, so a store may hold several.
         self.snapshot_every = snapshot_every
+        self.kv_codec = kv_codec
         home = Path(home)
         self.home = home
         self.env: LmdbEnv = open_env(home / "kv.lmdb", map_size=map_size)
@@ -81,7 +84,7 @@ class KVStore:
                    transcript_open: list[dict] | None = None, part_at: int | None = None) -> int:
         """A group commit: several chunks (and the text segments final so far) in one
         transaction; returns how many chunks were new (commits.py)."""
-        return C.put_chunks(self.env, video_id, writes, transcript_part, transcript_open, part_at)
+        return C.put_chunks(self.env, video_id, writes, transcript_part, transcript_open, part_at, self.kv_codec)
 
     def release_pages(self) -> None:
         """Let go of the store's pages this process has mapped (env.release_pages says why)."""

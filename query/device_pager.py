@@ -187,12 +187,12 @@ class DevicePager:
             stage = self.staging.take((h0.layers, 2, h0.kv_heads, total, h0.head_dim), h0.dtype)
             off = 0
             for key, (v, rows) in zip(wanted, views):
-                src, kinds = (v.kv, v.kinds) if rows is None else (v.kv.index_select(3, rows), v.kinds[rows])
-                dst = stage[:, :, :, off:off + src.shape[3]]
-                dst.copy_(src)
+                n = v.header.tokens if rows is None else len(rows)
+                kinds = v.kinds if rows is None else v.kinds[rows]
+                dst = v.take_into(stage[:, :, :, off:off + n], rows)     # dequantized on the way (codecs)
                 parts[key] = as_part(r, video_id, key[0], key[1], dst, kinds.clone(), r.video(video_id).fingerprint)
                 offsets[key] = off
-                off += src.shape[3]
+                off += n
         return stage, parts, offsets
 
     def _load(self, video_id: str, layout: Layout) -> DevicePaged:

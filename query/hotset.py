@@ -62,6 +62,7 @@ class HotSet:
     parts: list[ChunkKV]
     offsets: list[int]
     level: str = "H"
+    stored_nbytes: int = 0        # what reading it cost: its rows' stored bytes (a codec's are fewer)
     _at: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -118,15 +119,21 @@ def read_hot_set(store: KVStore, video_id: str, fingerprint: str, h_text: str = 
         h0 = views[0][0].header
         total = sum(v.header.tokens if x is None else len(x) for v, x in views)
         kv = torch.empty(h0.layers, 2, h0.kv_heads, total, h0.head_dim, dtype=h0.dtype, pin_memory=pin)
-        parts, offsets, off = [], [], 0
+        parts, offsets, off, stored = [], [], 0, 0
         for (i, lvl), (v, x) in zip(wanted, views):
-            src, kinds = (v.kv, v.kinds) if x is None else (v.kv.index_select(3, x), v.kinds[x])
-            dst = kv[:, :, :, off:off + src.shape[3]]
-            dst.copy_(src)
+            n = v.header.tokens if x is None else len(x)
+            stored += stored_bytes(v, x)
+            kinds = v.kinds if x is None else v.kinds[x]
+            dst = v.take_into(kv[:, :, :, off:off + n], x)         # dequantized on the way (codecs)
             parts.append(as_part(r, video_id, i, lvl, dst, kinds.clone(), rec.fingerprint))
             offsets.append(off)
-            off += src.shape[3]
-    return HotSet(kv, parts, offsets, level)
+            off += n
+    return HotSet(kv, parts, offsets, level, stored)
+
+
+def stored_bytes(v, rows) -> int:
+    """The stored bytes of a blob view's `rows` (None: all): its share of the blob's payload."""
+    return v.nbytes if rows is None or not v.header.tokens else v.nbytes * len(rows) // v.header.tokens
 
 
 class HotSetCache:
@@ -164,7 +171,7 @@ class HotSetCache:
                 while self.bytes > self.cache_bytes:
                     _, old = self._sets.popitem(last=False)
                     self.bytes -= old.nbytes
-        return hot, hot.nbytes
+        return hot, hot.stored_nbytes
 
     def evict(self, video_id: str) -> None:
         """Forget a video's hot sets (it was deleted or re-ingested)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from videokv.engine.chunkkv import ChunkKV
 
 from .budget import Layout
-from .hotset import HotSetCache, as_part, part_rows, text_chunks_of
+from .hotset import HotSetCache, as_part, part_rows, stored_bytes, text_chunks_of
 
 
 @dataclass
@@ -57,8 +57,8 @@ class KVPager:
                     parts.append(hot.parts[hot.position(i)])
                     continue
                 v, rows = part_rows(r, video_id, i, lvl, self.fingerprint, self.h_text, text_chunks)
-                kv, kinds = (v.kv, v.kinds) if rows is None else (v.kv.index_select(3, rows), v.kinds[rows])
-                part = as_part(r, video_id, i, lvl, kv.clone(), kinds.clone(), r.video(video_id).fingerprint)
-                read += part.nbytes
+                kinds = v.kinds if rows is None else v.kinds[rows]
+                part = as_part(r, video_id, i, lvl, v.take(rows), kinds.clone(), r.video(video_id).fingerprint)
+                read += stored_bytes(v, rows)
                 parts.append(part)
         return PagedKV(parts, sum(p.nbytes for p in parts), read, layout)

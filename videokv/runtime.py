@@ -84,7 +84,8 @@ class Runtime:
                             gist_chunks=s.gist_chunks, gist_ratio=s.gist_ratio,
                             l_kv=CompressionConfig(s.l_policy, s.l_ratio), h_kv=CompressionConfig(s.h_policy, s.h_ratio),
                             prefill=PrefillConfig(s.window, s.window_level, s.prev_level),
-                            vision_id=be.vision.identity if be.vision else "")
+                            vision_id=be.vision.identity if be.vision else "",
+                            kv_codec=self.kv_codec.label if self.kv_codec else "none")
 
     @property
     def device(self) -> str:
@@ -93,9 +94,16 @@ class Runtime:
 
     # ------------------------------------------------------------------ storage
     @cached_property
+    def kv_codec(self):
+        """VIDEOKV_KV_CODEC (kvstore/codecs.py): how new chunks' K,V are stored; None: as they are."""
+        from .kvstore.codecs import codec_named
+        s = self.settings
+        return codec_named(s.kv_codec, s.kv_codec_key_group, s.kv_codec_value_group)
+
+    @cached_property
     def store(self):
         from .kvstore import KVStore
-        return KVStore(self.settings.home)
+        return KVStore(self.settings.home, kv_codec=self.kv_codec)
 
     # ------------------------------------------------------------------ oracles
     @cached_property
