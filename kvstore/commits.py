@@ -92,8 +92,6 @@ def _encode(w: ChunkWrite, codec=None):
     frames = {oid: _frames(v) for oid, v in (w.frame_vectors or {}).items()}
     if idx < 0 and (embs or frames):
         raise ValueError("the prompt prefix (index -1) has no embeddings")
-    # The prompt prefix (index -1) is a few hundred tokens every question reads: stored as is.
-    codec = codec if idx >= 0 else None
     return idx, [(c, blobfmt.encode(c.keys, c.values, c.kinds, codec=codec)) for c in levels], embs, frames
 
 

@@ -78,7 +78,7 @@ class KVStore:
         False if already committed (idempotent resume)."""
         levels = list(levels.values() if isinstance(levels, Mapping) else levels)
         return bool(C.put_chunks(self.env, video_id, [C.ChunkWrite(levels, embeddings or {}, frame_vectors or {},
-                                                                   text_line)]))
+                                                                   text_line)], codec=self.kv_codec))
 
     def put_chunks(self, video_id: str, writes: list[C.ChunkWrite], transcript_part: list[dict] | None = None,
                    transcript_open: list[dict] | None = None, part_at: int | None = None) -> int:

@@ -34,3 +34,17 @@ def test_selftest_cli_json(tmp_path):
     assert report["models"]["tiny-qwen2.5-vl"]["visual_tokens"] > 0
     for name, r in report["models"].items():
         assert r["max_abs_logit_diff"] <= TOLERANCE, name
+
+
+def test_codec_logit_errors_are_within_their_bounds_and_a_broken_codec_is_caught(embedded_backend, monkeypatch):
+    from videokv.commands.selftest import CODEC_LOGIT_BOUND, codec_errors
+    from videokv.kvstore import codecs
+
+    report = codec_errors(embedded_backend)
+    assert set(report) == set(CODEC_LOGIT_BOUND) == set(codecs.CODECS)
+    assert all(r["pass"] and r["max_abs_logit_diff"] > 0 for r in report.values()), report
+    assert report["fp16"]["max_abs_logit_diff"] < report["int4"]["max_abs_logit_diff"]
+    real = codecs.Int8.decode_into
+    monkeypatch.setattr(codecs.Int8, "decode_into", lambda self, parts, out, rows=None:
+                        real(self, parts, out, rows).mul_(1.05))          # a 5% gain error
+    assert not codec_errors(embedded_backend)["int8"]["pass"]

@@ -1,0 +1,32 @@
+"""`videokv bench quant` on one small haystack with two codecs: every figure the README table
+prints is in the JSON and consistent with the stores and rows it comes from."""
+
+import json
+
+from tests.conftest import MODEL_CACHE
+
+
+def test_bench_quant_tiny_run(tmp_path, monkeypatch):
+    from videokv.bench.quant import main, qwen7b_gb_per_hour
+
+    monkeypatch.setenv("VIDEOKV_MODEL_CACHE", str(MODEL_CACHE))
+    out = tmp_path / "quant.json"
+    assert main(["--lengths", "64", "--depths", "0.5", "--codecs", "none,int4", "--repeats", "1",
+                 "--max-new-tokens", "4", "--types", "retrieval,attribute", "--workdir", str(tmp_path / "w"),
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    none, int4 = r["codecs"]["none"], r["codecs"]["int4"]
+    assert len(r["questions"]) == 2 and {q["type"] for q in r["questions"]} == {"retrieval", "attribute"}
+    # No bf16 run: the float32 reference's bytes at 2 bytes a value stand for bf16.
+    assert none["bytes_ratio_vs_bf16"] == 2.0 and 0.2 < int4["bytes_ratio_vs_bf16"] <= 0.30
+    assert abs(int4["stored_bytes"] / none["stored_bytes"] * 2 - int4["bytes_ratio_vs_bf16"]) < 1e-4
+    assert int4["bytes_paged_per_question"] < none["bytes_paged_per_question"] / 3
+    assert none["max_abs_logit_diff"] == 0 and int4["max_abs_logit_diff"] > 0
+    agree = sum(q["codecs"]["int4"]["answer"] == q["codecs"]["none"]["answer"] for q in r["questions"]) / 2
+    assert int4["answer_agreement"] == agree
+    right = sum(q["codecs"]["int4"]["correct"] for q in r["questions"]) / 2
+    assert int4["accuracy"] == right and int4["accuracy_delta_pts"] == round(100 * (right - none["accuracy"]), 2)
+    assert int4["bytes_per_hour_qwen25_7b_gb"] == round(qwen7b_gb_per_hour("int4"), 2) < \
+        none["bytes_per_hour_qwen25_7b_gb"] / 3
+    assert set(r["targets"]) == {"int4"} and int4["ttft_cold_ms"] > 0 and int4["hot_set_read_gb_s"] > 0
+    assert out.with_suffix(".png").stat().st_size > 0 and "| int4 |" in out.with_suffix(".md").read_text()
