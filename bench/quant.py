@@ -233,13 +233,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--depths", type=floats, default=[0.1, 0.5, 0.9], help="needle depths (0-1)")
     ap.add_argument("--codecs", type=lambda s: [x for x in s.split(",") if x], default=list(CODECS),
                     help="codecs, the reference first (default: none,bf16,fp16,fp8,int8,int4)")
-    ap.add_argument("--types", type=lambda s: [x for x in s.split(",") if x], default=list(TYPES))
-    ap.add_argument("--top-k", type=int, default=3)
+    ap.add_argument("--types", type=lambda s: [x for x in s.split(",") if x], default=list(TYPES),
+                    help="needle question types (default: all five)")
+    ap.add_argument("--top-k", type=int, default=3, help="chunks the oracle loads at L (default 3)")
     ap.add_argument("--seed", type=int, default=0, help="haystack seed (the needle bench's figures: 0)")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="longest answer, in tokens")
     ap.add_argument("--repeats", type=int, default=5, help="TTFT and throughput repeats (medians)")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, default=Path("runs/bench_quant"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--workdir", type=Path, default=Path("runs/bench_quant"),
+                    help="haystacks and one store per codec (reused by later runs)")
     ap.add_argument("--out", type=Path, default=None, help="JSON (default WORKDIR/quant.json)")
     args = ap.parse_args(argv)
     bad = [c for c in args.codecs if c not in CODECS]
