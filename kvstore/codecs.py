@@ -128,14 +128,16 @@ class _Scaled(Codec):
         L, _, H, T, D = shape
         kg, vg = self.groups(T, D)
         ks, vs = self._per_row(key_stat.float(), value_stat.float(), None, T, kg)
-        return torch.stack((ks, vs.repeat_interleave(vg, dim=3)), dim=1)
+        return torch.stack((ks.expand(L, H, T, D), vs.repeat_interleave(vg, dim=3)), dim=1)
 
     @staticmethod
     def _per_row(key_stat, value_stat, rows, T, kg):
-        """The statistics of token `rows`: keys [L, H, T', D], values [L, H, T', D/vg]."""
-        if rows is None:
-            rows = torch.arange(T)
-        return key_stat.index_select(2, torch.div(rows, kg, rounding_mode="floor")), value_stat.index_select(2, rows)
+        """The statistics of token `rows` (None: all T): keys [L, H, T', D] (or [L, H, 1, D]
+        when the blob is one key group: broadcast, never gathered), values [L, H, T', D/vg]."""
+        if key_stat.shape[2] > 1:
+            at = torch.arange(T) if rows is None else rows
+            key_stat = key_stat.index_select(2, torch.div(at, kg, rounding_mode="floor"))
+        return key_stat, (value_stat if rows is None else value_stat.index_select(2, rows))
 
 
 @dataclass(frozen=True)
@@ -198,10 +200,12 @@ class IntQ(_Scaled):
         if rows is not None:
             q = q.index_select(3, rows)
         if self.bits == 4:                  # low nibble: even channels, high nibble: odd
-            q = torch.stack((q & 15, q >> 4), dim=-1).reshape(*q.shape[:-1], D)
+            out[..., 0::2].copy_(q & 15)
+            out[..., 1::2].copy_(q >> 4)
+        else:
+            out.copy_(q)                    # codes -> the model's dtype, in place
         ks, vs = self._per_row(kscale, vscale, rows, T, kg)
         km, vm = self._per_row(kmin, vmin, rows, T, kg)
-        out.copy_(q)                        # codes -> the model's dtype, in place
         k, v = out[:, 0], out[:, 1]
         k.mul_(ks).add_(km)
         Tn = v.shape[2]
