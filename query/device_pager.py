@@ -34,7 +34,7 @@ from videokv.engine.decode import AssembledCache
 from videokv.engine.rope import rotate_half
 
 from .budget import Layout
-from .hotset import HotSetCache, as_part, part_rows, text_chunks_of
+from .hotset import HotSetCache, as_part, part_rows, stored_bytes, text_chunks_of
 from .pager import base_level
 
 
@@ -169,12 +169,12 @@ class DevicePager:
         with self._lock:
             return self._load(video_id, layout)
 
-    def _stage(self, video_id: str, wanted: list[tuple[int, str]]) -> tuple[torch.Tensor | None, dict, dict]:
+    def _stage(self, video_id: str, wanted: list[tuple[int, str]]) -> tuple[torch.Tensor | None, dict, dict, int]:
         """Read the parts not in the hot set out of the map into the reused staging buffer:
         (staging [layers, 2, kv_heads, T, head_dim] or None, {(index, level): ChunkKV view},
-        {(index, level): first row})."""
+        {(index, level): first row}, bytes read: as stored)."""
         if not wanted:
-            return None, {}, {}
+            return None, {}, {}, 0
         if self._staging_free is not None:
             self._staging_free.synchronize()      # the previous question's copy out of it is done
         parts, offsets = {}, {}
@@ -185,15 +185,16 @@ class DevicePager:
             h0 = views[0][0].header
             total = sum(v.header.tokens if rows is None else len(rows) for v, rows in views)
             stage = self.staging.take((h0.layers, 2, h0.kv_heads, total, h0.head_dim), h0.dtype)
-            off = 0
+            off, stored = 0, 0
             for key, (v, rows) in zip(wanted, views):
                 n = v.header.tokens if rows is None else len(rows)
                 kinds = v.kinds if rows is None else v.kinds[rows]
                 dst = v.take_into(stage[:, :, :, off:off + n], rows)     # dequantized on the way (codecs)
+                stored += stored_bytes(v, rows)
                 parts[key] = as_part(r, video_id, key[0], key[1], dst, kinds.clone(), r.video(video_id).fingerprint)
                 offsets[key] = off
                 off += n
-        return stage, parts, offsets
+        return stage, parts, offsets, stored
 
     def _load(self, video_id: str, layout: Layout) -> DevicePaged:
         be, dev = self.backend, self.device
@@ -211,10 +212,10 @@ class DevicePager:
         hot_events = self._copy(dev_hot, hot.kv, groups) if self.cuda else [None] * len(groups)
 
         # 2. ... while the CPU reads the other parts out of the map into the staging buffer
-        stage, staged, staged_off = self._stage(video_id, [p for p in layout.parts if p[1] != base])
+        stage, staged, staged_off, stored = self._stage(video_id, [p for p in layout.parts if p[1] != base])
         dev_s, s_events = None, [None] * len(groups)
+        read += stored
         if stage is not None:
-            read += stage.numel() * stage.element_size()
             if self.cuda:
                 dev_s = torch.empty(stage.shape, dtype=stage.dtype, device=dev)
                 s_events = self._copy(dev_s, stage, groups)

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     # How new chunks' K,V are stored (kvstore/codecs.py; README "Quantized KV"): none (the
     # model's dtype), bf16, fp16, fp8, int8, int4. Part of the fingerprint. The groups: tokens
     # per key scale (0: the chunk's), channels per value scale (0: the head's).
-    kv_codec: Literal["none", "bf16", "fp16", "fp8", "int8", "int4"] = "none"
+    kv_codec: Literal["none", "bf16", "fp16", "fp8", "int8", "int4"] = "int8"
     kv_codec_key_group: int = Field(0, ge=0, lt=4096)
     kv_codec_value_group: int = Field(0, ge=0, lt=4096)
     device: str = "auto"

@@ -102,10 +102,11 @@ def test_a_corrupted_scale_is_a_checksum_error(name):
 
 def test_an_int8_store_is_smaller_and_answers_as_the_plain_one(tmp_path, ingested, toy_video, embedded_backend):
     from tests.conftest import make_runtime
-    plain, res = ingested
-    rt = make_runtime(tmp_path / "int8", top_k=1, kv_codec="int8")
-    rt.backend = embedded_backend
-    got = rt.pipeline.ingest(toy_video[0])
+    rt, got = ingested                                 # the default: int8
+    assert rt.settings.kv_codec == "int8" and rt.config.kv_codec == "int8"
+    plain = make_runtime(tmp_path / "plain", top_k=1, kv_codec="none")
+    plain.backend = embedded_backend
+    res = plain.pipeline.ingest(toy_video[0])
     assert rt.config.fingerprint() != plain.config.fingerprint()
 
     def stored(runtime, vid):             # the prompt prefix, then every chunk at L and H

@@ -15,7 +15,7 @@ from videokv.models.selftest import random_chunks
 from videokv.models.tiny import tiny_backend
 from videokv.query.budget import Layout
 from videokv.query.device_pager import DevicePager, StagingBuffer, gather_rotate
-from videokv.query.hotset import HotSetCache
+from videokv.query.hotset import HotSetCache, stored_bytes
 from videokv.query.pager import KVPager
 
 
@@ -42,10 +42,11 @@ def test_device_pager_matches_cpu_path_and_reuses_staging(ingested):
         _same_cache(got.cache, assemble(rt.backend, paged.parts))
         assert got.bytes_in_context == paged.bytes_in_context
         n_l = sum(v == "L" for v in levels.values())
-        l_bytes = sum(p.nbytes for p in paged.parts[1:] if p.level == "L")
-        hot_bytes = sum(p.nbytes for p in paged.parts[:1]) + sum(     # H parts: visual rows only
-            2 * c.keys[:, :, c.kinds == TokenKind.VISUAL].nbytes
-            for c in (rt.store.read_chunk(res.video_id, i, "H") for i in range(n)))
+        with rt.store.reader() as r:                          # bytes read: as stored (int8 by default)
+            l_bytes = sum(r.blob(res.video_id, p.index, "L").nbytes for p in paged.parts[1:] if p.level == "L")
+            hot_bytes = r.blob(res.video_id, -1, "full").nbytes + sum(     # H parts: visual rows only
+                stored_bytes(v, (v.kinds == TokenKind.VISUAL).nonzero().flatten())
+                for v in (r.blob(res.video_id, i, "H") for i in range(n)))
         assert got.bytes_read == (hot_bytes if j == 0 else 0) + (l_bytes if n_l else 0)
         assert paged.bytes_read == (l_bytes if n_l else 0)        # one cache: the CPU pager found it hot
         ptrs.append(dp.staging.data_ptr())
@@ -68,7 +69,9 @@ def test_layouts_with_the_gist_level_page_alike_on_both_paths(tmp_path, toy_vide
     from tests.conftest import make_runtime
     from videokv.engine.compress import gist
 
-    rt = make_runtime(tmp_path / "home", gist_chunks=2)                    # 6 chunks: groups 0, 2, 4
+    # codec none: a G part is then bit for bit its group's pooled H rows (with a lossy codec the
+    # stored G and H parts are each within the codec's bound of the computed ones).
+    rt = make_runtime(tmp_path / "home", gist_chunks=2, kv_codec="none")   # 6 chunks: groups 0, 2, 4
     rt.backend = embedded_backend
     vid = rt.pipeline.ingest(toy_video[0]).video_id
     store = rt.store
