@@ -40,10 +40,17 @@ def browser():
 
 
 def wait(fn, timeout: float = 30, what: str = "", page=None):
-    """fn's first truthy value; on timeout, what it waited for and the page's error banner."""
+    """fn's first truthy value; on timeout, what it waited for and the page's error banner.
+    An element the page replaced meanwhile (the list redraws a row on every progress event)
+    counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        got = fn()
+        try:
+            got = fn()
+        except (StaleElementReferenceException, NoSuchElementException):
+            got = None
         if got:
             return got
         if time.monotonic() > deadline:
@@ -83,9 +90,9 @@ def test_web_page_upload_ask_seek_search(api, browser, service_env, videos):
     d.find_element(By.ID, "upload-file").send_keys(str(videos["a"]))
     d.find_element(By.ID, "upload-subs").send_keys(str(subs))
     d.find_element(By.ID, "upload-go").click()
-    row = wait(lambda: [r for r in d.find_elements(By.CSS_SELECTOR, "#video-table tbody tr")
-                        if "a.mp4" in r.text], what="the uploaded video's row", page=d)[0]
-    vid = row.get_attribute("id")[2:]
+    row_id = wait(lambda: [r.get_attribute("id") for r in d.find_elements(By.CSS_SELECTOR, "#video-table tbody tr")
+                           if "a.mp4" in r.text], what="the uploaded video's row", page=d)[0]
+    vid = row_id[2:]
     wait(lambda: "READY" in d.find_element(By.ID, f"v-{vid}").text, 180, "READY in the list")
     assert js("return document.getElementById('upload-progress').value") == 1
 
