@@ -71,7 +71,12 @@ def generate(backend: HFCausalBackend, cache: AssembledCache, suffix: str,
     """Stream the answer's text pieces. suffix: the text after the video (question + the
     chat template's assistant opening). Stops at EOS, a stop string, or max_new_tokens.
     A batch of one through this module's decoder: an answer is the same alone or batched."""
-    seq = start(backend, cache, suffix, gen)
+    yield from pieces(backend, start(backend, cache, suffix, gen))
+
+
+def pieces(backend: HFCausalBackend, seq: Sequence) -> Iterator[str]:
+    """Decode a started sequence alone to its end, streaming its text pieces (the sequence
+    keeps its counts: steps, finish_reason)."""
     while True:
         yield from seq.pieces
         seq.pieces.clear()

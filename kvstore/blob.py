@@ -129,6 +129,7 @@ class BlobView:
 
     @property
     def keys(self) -> torch.Tensor:
+        """(A codec blob dequantizes on every `kv`, `keys` or `values`: take `kv` once.)"""
         return self.kv[:, 0]
 
     @property

@@ -166,10 +166,10 @@ class IntQ(_Scaled):
         kg, vg = self.groups(T, D)
         x = kv.float()
         k, v = x[:, 0], x[:, 1]
-        kmin = self._key_stats(k, kg, lambda t, dim: t.amin(dim=dim)).half()
-        kscale = self._scale(self._key_stats(k, kg, lambda t, dim: t.amax(dim=dim)).half(), kmin)
-        vmin = self._value_stats(v, vg, lambda t, dim: t.amin(dim=dim)).half()
-        vscale = self._scale(self._value_stats(v, vg, lambda t, dim: t.amax(dim=dim)).half(), vmin)
+        kmin = self._key_stats(k, kg, torch.amin).half()
+        kscale = self._scale(self._key_stats(k, kg, torch.amax).half(), kmin)
+        vmin = self._value_stats(v, vg, torch.amin).half()
+        vscale = self._scale(self._value_stats(v, vg, torch.amax).half(), vmin)
         # Quantize with the float16-rounded statistics the decoder will use.
         ks, vs = self._per_row(kscale.float(), vscale.float(), None, T, kg)
         km, vm = self._per_row(kmin.float(), vmin.float(), None, T, kg)
@@ -190,7 +190,7 @@ class IntQ(_Scaled):
 
     def _scale(self, mx: torch.Tensor, mn: torch.Tensor) -> torch.Tensor:
         """float16 scales, never 0 (a constant group decodes to its min exactly)."""
-        return ((mx.float() - mn.float()) / self.qmax).clamp_(min=1e-8).half().clamp_(min=2 ** -24)
+        return ((mx.float() - mn.float()) / self.qmax).half().clamp_(min=2 ** -24)
 
     def decode_into(self, parts, out, rows=None):
         q, kscale, kmin, vscale, vmin = parts
@@ -247,8 +247,8 @@ class Fp8(_Scaled):
         kg, vg = self.groups(T, D)
         x = kv.float()
         k, v = x[:, 0], x[:, 1]
-        kscale = (self._key_stats(k.abs(), kg, lambda t, dim: t.amax(dim=dim)) / self.E4M3_MAX).clamp_(min=1e-12)
-        vscale = (self._value_stats(v.abs(), vg, lambda t, dim: t.amax(dim=dim)) / self.E4M3_MAX).clamp_(min=1e-12)
+        kscale = (self._key_stats(k.abs(), kg, torch.amax) / self.E4M3_MAX).clamp_(min=1e-12)
+        vscale = (self._value_stats(v.abs(), vg, torch.amax) / self.E4M3_MAX).clamp_(min=1e-12)
         ks, vs = self._per_row(kscale, vscale, None, T, kg)
         q = torch.empty(L, 2, H, T, D, dtype=torch.float8_e4m3fn)
         lim = self.E4M3_MAX

@@ -71,7 +71,8 @@ class ReadSession:
         """ChunkKV with keys/values [layers, kv_heads, tokens, head_dim] (views unless copy)."""
         v = self.blob(video_id, index, level, fingerprint=fingerprint, verify=verify)
         meta = self.chunk_record(video_id, index)
-        keys, values, kinds = v.keys, v.values, v.kinds
+        kv = v.kv                                  # a codec blob dequantizes here, once
+        keys, values, kinds = kv[:, 0], kv[:, 1], v.kinds
         if copy:
             cf = torch.contiguous_format
             keys, values, kinds = keys.clone(memory_format=cf), values.clone(memory_format=cf), kinds.clone()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from videokv.engine.backend import HFCausalBackend
-from videokv.engine.batch import start, step
+from videokv.engine.batch import pieces, start
 from videokv.engine.config import EngineConfig
 from videokv.engine.decode import GenerationConfig, assemble
 from videokv.kvstore import Hit, KVStore, Status
@@ -152,20 +152,14 @@ class QueryEngine:
                              chunks=chunks, count_by=count_by, check_context=check_context, on_token=on_token)
             if p.answer is not None:
                 return p.answer
-            pieces, first_token_at = [], None
+            text, first_token_at = [], None
             seq = start(self.backend, p.cache, p.suffix, p.gen)
-            while True:                     # engine/batch.generate, keeping the sequence's counts
-                if seq.pieces:
-                    first_token_at = first_token_at or time.perf_counter()
-                for piece in seq.pieces:
-                    pieces.append(piece)
-                    if on_token:
-                        on_token(piece)
-                seq.pieces.clear()
-                if seq.done:
-                    break
-                step(self.backend, [seq])
-        return self.finish(p, "".join(pieces), first_token_at, tokens=seq.steps, finish_reason=seq.finish_reason)
+            for piece in pieces(self.backend, seq):
+                first_token_at = first_token_at or time.perf_counter()
+                text.append(piece)
+                if on_token:
+                    on_token(piece)
+        return self.finish(p, "".join(text), first_token_at, tokens=seq.steps, finish_reason=seq.finish_reason)
 
     def prepare(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
                 max_new_tokens: int = 48, gen: GenerationConfig | None = None, chunks: Sequence[int] | None = None,

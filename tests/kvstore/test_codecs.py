@@ -51,6 +51,13 @@ def test_codecs_round_trip_within_their_documented_bound(name, groups, ingested)
         assert torch.equal(view.take_into(out, rows), back.index_select(3, rows))
 
 
+def test_the_settings_offer_exactly_the_codecs():
+    import typing
+
+    from videokv.settings import Settings
+    assert typing.get_args(Settings.model_fields["kv_codec"].annotation) == NAMES
+
+
 def test_bytes_per_codec_against_bf16():
     kv = random_kv(tokens=128)
     bf16 = len(blobfmt.encode(kv[:, 0].bfloat16(), kv[:, 1].bfloat16(), torch.zeros(128, dtype=torch.uint8)))
