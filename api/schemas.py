@@ -12,16 +12,19 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from videokv.query.answers import COUNT_BY, MODES
+from videokv.query.answers import COUNT_BY, MODES, WHEN_BY
 
 Mode = Literal[MODES]
 CountBy = Literal[COUNT_BY]
+WhenBy = Literal[WHEN_BY]
 # Ids as the service makes them (video: 12 hex, job: 16 hex); anything else is no such object.
 VIDEO_ID = r"^[0-9a-f]{12}$"
 JOB_ID = r"^[0-9a-f]{16}$"
 VideoId = Annotated[str, StringConstraints(min_length=12, max_length=12, pattern=VIDEO_ID)]
 COUNT_BY_HELP = ('who answers "how many times" questions: the span counter over the oracle\'s frame scores '
                  '("oracle", the default where calibrated) or the LLM ("lm")')
+WHEN_BY_HELP = ('who answers "when" questions: the best moment\'s span, to a frame ("moments") or the LLM '
+                '("lm"); default: VIDEOKV_WHEN_BY')
 
 
 # ---------------------------------------------------------------- requests
@@ -47,6 +50,7 @@ def request_models(max_question_chars: int = 4000, max_answer_tokens: int = 1024
         top_k: int | None = Field(None, ge=1, le=256, description="chunks re-loaded at L level (default: settings)")
         mode: Mode = "bilevel"
         count_by: CountBy | None = Field(None, description=COUNT_BY_HELP)
+        when_by: WhenBy | None = Field(None, description=WHEN_BY_HELP)
         max_new_tokens: int = answer_tokens
         stream: bool = Field(False, description="stream tokens as server-sent events")
 
@@ -54,7 +58,10 @@ def request_models(max_question_chars: int = 4000, max_answer_tokens: int = 1024
         model_config = ConfigDict(extra="forbid")
         query: str = question_field("the search text")
         video_ids: list[VideoId] | None = Field(None, min_length=1, max_length=1000)
-        top_k: int = Field(10, ge=1, le=1000)
+        top_k: int = Field(10, ge=1, le=1000, description="chunks in `results`")
+        limit: int = Field(10, ge=1, le=1000, description="moments in this page")
+        page_token: str | None = Field(None, max_length=512, description="the `next_page_token` of the page before")
+        min_score: float | None = Field(None, description="leave out moments scored below this")
 
     class JobRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -137,6 +144,23 @@ class Evidence(BaseModel):
                                    "or 'count' (a span the counter counted)")
 
 
+class MomentOut(BaseModel):
+    video_id: str
+    start: float = Field(description="seconds")
+    end: float = Field(description="seconds")
+    score: float = Field(description="the oracle's cosine; each channel's z-score where text and visual "
+                                     "moments are ranked together")
+    source: Literal["visual", "ocr", "speech", "subtitle", "chunk"] = Field(
+        description="what found it: the visual oracle's frame scores, a text segment (ocr, speech, subtitle), "
+                    "or 'chunk': the video has no per-frame vectors, so the span is a whole chunk")
+    chunk: int
+    text: str = Field("", description="what was read or said (text sources)")
+    thumbnail_url: str | None = Field(None, description="a frame of the moment (needs the API key, as every "
+                                                        "/v1 path)")
+    filename: str | None = None
+    shard: str | None = None
+
+
 class Answer(BaseModel):
     answer: str
     evidence: list[Evidence]
@@ -156,6 +180,7 @@ class Answer(BaseModel):
     sample_fps: float = Field(0.0, description="the rate the video was sampled at")
     answer_tokens: int = Field(0, description="tokens decoded (0 when the span counter answered)")
     finish_reason: str = Field("", description="stop (end of sequence or a stop string) or length (max_new_tokens)")
+    moments: list[MomentOut] = Field(default_factory=list, description="the question's best moments in the video")
 
 
 class SearchHit(BaseModel):
@@ -170,7 +195,10 @@ class SearchHit(BaseModel):
 
 class SearchResults(BaseModel):
     query: str
-    results: list[SearchHit]
+    moments: list[MomentOut] = Field([], description="the best moments, best first (one page)")
+    next_page_token: str | None = Field(None, description="pass it as `page_token` for the next page; null: "
+                                                          "this is the last")
+    results: list[SearchHit] = Field(description="the best chunks (`top_k`), best first")
     missing_shards: list[str] = Field([], description="shards that did not answer in time (their videos' "
                                                       "hits are missing); always empty on a single host")
 

@@ -215,7 +215,8 @@ class Service:
             d = await self._remote(lambda c: c.ask(video_id, body.question, stream=on_token is not None,
                                                    on_token=token if on_token else None, top_k=body.top_k,
                                                    mode=body.mode, max_new_tokens=body.max_new_tokens,
-                                                   count_by=body.count_by, **({"sampling": sampling} if sampling else {})))
+                                                   count_by=body.count_by, when_by=body.when_by,
+                                                   **({"sampling": sampling} if sampling else {})))
         except Problem as e:
             self.metrics.failed(body.mode, e.code or f"http_{e.status}")
             raise
@@ -225,8 +226,11 @@ class Service:
         self.metrics.answered(body.mode, d, seconds, ttft)
         return d
 
-    async def search(self, query: str, top_k: int, tenant: str, video_ids: list[str] | None) -> list[dict]:
-        return await self._remote(lambda c: c.search(query, top_k, tenant=tenant, video_ids=video_ids))
+    async def search(self, body, tenant: str, video_ids: list[str] | None) -> dict:
+        """{results, moments, next_page_token} of a SearchRequest, from a query worker."""
+        return await self._remote(lambda c: c.search(body.query, body.top_k, tenant=tenant, video_ids=video_ids,
+                                                     limit=body.limit, page_token=body.page_token,
+                                                     min_score=body.min_score))
 
     async def _remote(self, send):
         """send(client) -> Future, admitted first: 503 + Retry-After when this process has

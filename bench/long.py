@@ -89,7 +89,7 @@ def ask_all(rt, video_id: str, truth: dict, policies: list[str], max_new_tokens:
     rows = []
     for policy in policies:
         q.budget_policy = policy
-        q.ask(video_id, truth["questions"][0]["question"], max_new_tokens=1, count_by="lm")   # hot set warm
+        q.ask(video_id, truth["questions"][0]["question"], max_new_tokens=1, count_by="lm", when_by="lm")   # hot set warm
         for qa in truth["questions"]:
             ans = q.ask(video_id, qa["question"], max_new_tokens=max_new_tokens)
             cited = [{"t_start": spans[e.chunk][0], "t_end": spans[e.chunk][1]} for e in ans.evidence

@@ -299,10 +299,10 @@ def ask_haystack(rt, video_id: str, truth: dict, modes, top_k: int, max_new_toke
                 continue
             kw = {"chunks": random_l} if mode == "bilevel-random" else {}
             t = time.perf_counter()
-            # Every mode decodes with the LLM, counting included: the modes compare KV levels.
+            # Every mode decodes with the LLM, counting and "when" included: the modes compare KV levels.
             try:
                 ans = q.ask(video_id, qa["question"], mode="bilevel" if mode == "bilevel-random" else mode,
-                            top_k=top_k, max_new_tokens=max_new_tokens, count_by="lm", **kw)
+                            top_k=top_k, max_new_tokens=max_new_tokens, count_by="lm", when_by="lm", **kw)
             except ContextTooLong as e:
                 row["results"][mode] = {"skipped": "does not fit", "context_tokens": ctx, "reason": str(e),
                                         "needed_positions": ctx + extra, "context_limit": max_pos}

@@ -62,7 +62,7 @@ def first_logits(rt, video_id: str, question: str, top_k: int):
     codec: retrieval reads the embeddings, which no codec touches)."""
     from videokv.engine.decode import question_logits
 
-    p = rt.queries.prepare(video_id, question, mode="bilevel", top_k=top_k, max_new_tokens=1, count_by="lm")
+    p = rt.queries.prepare(video_id, question, mode="bilevel", top_k=top_k, max_new_tokens=1, count_by="lm", when_by="lm")
     return question_logits(rt.backend, p.cache, p.suffix)[-1].float()
 
 
@@ -75,8 +75,8 @@ def ttfts(rt, video_id: str, question: str, top_k: int, repeats: int) -> dict:
     cold, warm, rates = [], [], []
     for _ in range(repeats):
         q.hot.evict(video_id)
-        cold.append(q.ask(video_id, question, top_k=top_k, max_new_tokens=1, count_by="lm").timings["ttft_ms"])
-        warm.append(q.ask(video_id, question, top_k=top_k, max_new_tokens=1, count_by="lm").timings["ttft_ms"])
+        cold.append(q.ask(video_id, question, top_k=top_k, max_new_tokens=1, count_by="lm", when_by="lm").timings["ttft_ms"])
+        warm.append(q.ask(video_id, question, top_k=top_k, max_new_tokens=1, count_by="lm", when_by="lm").timings["ttft_ms"])
         t = time.perf_counter()
         hot = read_hot_set(rt.store, video_id, rt.config.fingerprint(), q.pager.h_text)
         rates.append(hot.nbytes / (time.perf_counter() - t) / 1e9)
@@ -141,7 +141,7 @@ def _paged(rt, video_id: str, truth: dict, top_k: int) -> int:
     q = rt.queries
     q.hot.evict(video_id)
     return q.ask(video_id, truth["questions"][0]["question"], top_k=top_k, max_new_tokens=1,
-                 count_by="lm").kv_bytes_read
+                 count_by="lm", when_by="lm").kv_bytes_read
 
 
 def summarize(rows, stores, seconds, timing, paged, args, total_s) -> dict:

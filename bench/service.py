@@ -77,7 +77,7 @@ def load(client, url: str, vids: list[str], c: int, per_client: int, max_new_tok
             t = time.perf_counter()
             r = client.post(f"{url}/v1/videos/{vids[i % len(vids)]}/query",
                             json={"question": QUESTIONS[i % len(QUESTIONS)], "max_new_tokens": max_new_tokens,
-                                  "count_by": "lm"})
+                                  "count_by": "lm", "when_by": "lm"})
             if r.status_code != 200:
                 errors.append(f"{r.status_code} {r.text[:200]}")
                 continue

@@ -10,6 +10,7 @@ from videokv.errors import VideoKVError
 # here, with no torch, so the API can validate requests without loading the engine.
 MODES = ("bilevel", "dense", "sparse")
 COUNT_BY = ("oracle", "lm")
+WHEN_BY = ("moments", "lm")          # who answers "when" questions (query/grounding.py)
 
 
 class QueryError(VideoKVError):
@@ -71,6 +72,7 @@ class Answer:
     sample_fps: float = 0.0
     answer_tokens: int = 0          # tokens decoded (0: none decoded, e.g. counted by the span counter)
     finish_reason: str = ""         # "stop" (end of sequence or a stop string), "length" (max_new_tokens)
+    moments: list = field(default_factory=list)     # the question's best moments in the video (query/moments.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

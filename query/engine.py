@@ -23,7 +23,9 @@ from videokv.oracles.base import RelevanceOracle
 from .answers import COUNT_BY, MODES, Answer, ContextTooLong, Evidence, QueryError, ReingestRequired, VideoNotReady  # noqa: F401
 from .budget import POLICIES, ChunkCosts, Layout, bilevel, chunk_costs, plan, uniform
 from .counting import SpanCounter, asks_count
+from .grounding import WHEN_BY, MomentFinder, asks_when, when_answer
 from .hotset import HotSetCache
+from .moments import FrameRuns
 from .pager import KVPager
 from .retrieval import Channel, search
 
@@ -56,14 +58,19 @@ class QueryEngine:
                  oracle: RelevanceOracle, top_k: int = 3, always_first_last: bool = True,
                  cache_bytes: int = 1 << 30, text_oracle: RelevanceOracle | None = None,
                  text_weight: float = 1.0, h_text: str = "drop", counter: SpanCounter | None = None,
-                 context_budget: int | None = None, budget_policy: str = "pyramid", open_groups: int = 8):
+                 context_budget: int | None = None, budget_policy: str = "pyramid", open_groups: int = 8,
+                 when_by: str = "moments", answer_moments: int = 3):
         """h_text: "drop" pages unselected (H) chunks without their timestamp/text rows,
         "keep" with them (query/hotset.py says why drop is the default). counter: answers
         "how many times" questions from the visual oracle's per-frame (else per-chunk) scores
         (query/counting.py); None leaves them to the LLM. context_budget: most positions a
         question's video context may take (None: the model's maximum less the question and
         the answer); budget_policy, open_groups: how a video that does not fit at bi-level is
-        paged (query/budget.py)."""
+        paged (query/budget.py). when_by: who answers "when" questions by default: "moments"
+        (the best moment's span; query/grounding.py) or "lm"; answer_moments: how many of the
+        question's best moments every answer carries."""
+        if when_by not in WHEN_BY:
+            raise ValueError(f"when_by must be one of {', '.join(WHEN_BY)}; got {when_by!r}")
         self.backend, self.store, self.config, self.oracle = backend, store, config, oracle
         # Used for videos ingested with a text channel (their record names the oracle).
         self.text_oracle, self.text_weight = text_oracle, text_weight
@@ -83,6 +90,9 @@ class QueryEngine:
         self._embed_lock = threading.Lock()
         self._model_lock = threading.RLock()     # the LLM: decoding, and a key/query oracle's embeddings
         self.counter = counter
+        frame_floor = (getattr(oracle, "count_thresholds", None) or {}).get("frame")
+        self.grounding = MomentFinder(self, FrameRuns(floor=frame_floor))
+        self.when_by, self.answer_moments = when_by, answer_moments
         if budget_policy not in POLICIES:
             raise ValueError(f"budget_policy must be one of {', '.join(POLICIES)}; got {budget_policy!r}")
         self.context_budget, self.budget_policy, self.open_groups = context_budget, budget_policy, open_groups
@@ -138,18 +148,20 @@ class QueryEngine:
     def ask(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
             max_new_tokens: int = 48, gen: GenerationConfig | None = None,
             on_token: Callable[[str], None] | None = None, chunks: Sequence[int] | None = None,
-            count_by: str | None = None, check_context: bool = True) -> Answer:
+            count_by: str | None = None, check_context: bool = True, when_by: str | None = None) -> Answer:
         """chunks: the chunk indices to load at L level, chosen by the caller instead of by the
         oracle (no retrieval runs; top_k is ignored; first/last are still added when
         always_first_last). For ablations such as bench/needle.py's random selection.
         count_by: who answers a "how many times" question: "oracle" (the span counter; the
         default when the engine has one) or "lm" (decoded like any other question).
-        check_context: refuse (ContextTooLong) a context the model has no positions for; off
+        when_by: who answers a "when" question: "moments" (its best moment's span) or "lm"
+        (default: the engine's when_by). check_context: refuse (ContextTooLong) a context the model has no positions for; off
         only to time what would not fit (bench query). One question at a time; the query
         workers decode many at once (query/serving.py) through `prepare` and `finish`."""
         with self._model_lock:
             p = self.prepare(video_id, question, top_k=top_k, mode=mode, max_new_tokens=max_new_tokens, gen=gen,
-                             chunks=chunks, count_by=count_by, check_context=check_context, on_token=on_token)
+                             chunks=chunks, count_by=count_by, check_context=check_context, on_token=on_token,
+                             when_by=when_by)
             if p.answer is not None:
                 return p.answer
             text, first_token_at = [], None
@@ -164,16 +176,20 @@ class QueryEngine:
     def prepare(self, video_id: str, question: str, *, top_k: int | None = None, mode: str = "bilevel",
                 max_new_tokens: int = 48, gen: GenerationConfig | None = None, chunks: Sequence[int] | None = None,
                 count_by: str | None = None, check_context: bool = True,
-                on_token: Callable[[str], None] | None = None) -> Prepared:
+                on_token: Callable[[str], None] | None = None, when_by: str | None = None) -> Prepared:
         """Everything before decoding (see `ask`): the question checked, retrieval, the layout
         within the budget, the parts paged and assembled. A counting question answered by
         the span counter comes back as `Prepared.answer`. Call it holding the model (on the
         GPU, paging runs on the device)."""
         top_k = self.top_k if top_k is None else top_k
-        rec = self._askable(video_id, question, mode, count_by, top_k)
+        rec = self._askable(video_id, question, mode, count_by, top_k, when_by)
         if (count_by or "oracle") == "oracle" and self.counter is not None and chunks is None \
                 and asks_count(question):
             return Prepared(rec, question, mode, answer=self._count(rec, question, mode, on_token))
+        if (when_by or self.when_by) == "moments" and chunks is None and asks_when(question):
+            answer = self._when(rec, question, mode, on_token)
+            if answer is not None:
+                return Prepared(rec, question, mode, answer=answer)
         vision_calls = self.backend.vision_calls
         t0 = time.perf_counter()
         _, suffix = self.backend.prompt_parts(self.config.system_prompt, question)
@@ -203,7 +219,8 @@ class QueryEngine:
                       {k: round(v, 2) for k, v in t.items()}, *p.stats,
                       self.backend.vision_calls - p.vision_calls, p.mode, p.rec.video_id, p.question,
                       levels=p.layout.levels(), policy=p.layout.policy, context_budget=p.budget,
-                      sample_fps=p.rec.sample_fps, answer_tokens=tokens, finish_reason=finish_reason)
+                      sample_fps=p.rec.sample_fps, answer_tokens=tokens, finish_reason=finish_reason,
+                      moments=self.best_moments(p.rec, p.question))
 
     def budget(self, video_id: str, question_tokens: int, max_new_tokens: int) -> int:
         """Positions a question's video context may take: VIDEOKV_CONTEXT_BUDGET, at most the
@@ -234,12 +251,15 @@ class QueryEngine:
                 self._costs.popitem(last=False)
         return got
 
-    def _askable(self, video_id: str, question: str, mode: str, count_by: str | None, top_k: int):
+    def _askable(self, video_id: str, question: str, mode: str, count_by: str | None, top_k: int,
+                 when_by: str | None = None):
         """The video's record, once the question can be asked as given (else QueryError)."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if count_by is not None and count_by not in COUNT_BY:
             raise QueryError(f"count_by must be one of {', '.join(COUNT_BY)}; got {count_by!r}")
+        if when_by is not None and when_by not in WHEN_BY:
+            raise QueryError(f"when_by must be one of {', '.join(WHEN_BY)}; got {when_by!r}")
         if count_by == "oracle" and self.counter is None:
             raise QueryError("count_by='oracle' needs a span counter, and this engine has none: its oracle "
                              f"({self.oracle.identity}) has no calibrated count threshold (VIDEOKV_COUNT_THRESHOLD)")
@@ -356,4 +376,34 @@ class QueryEngine:
         return Answer(text, evidence, {"retrieve_ms": ms, "load_ms": 0.0, "prefill_ms": 0.0, "decode_ms": 0.0,
                                        "ttft_ms": ms}, 0, 0, 0, 0, mode, rec.video_id, question,
                       {"answered_by": "span-counter", "count": len(runs), "counted_over": level,
-                       "threshold": threshold, "spans": [[round(a, 2), round(b, 2)] for a, b in spans]})
+                       "threshold": threshold, "spans": [[round(a, 2), round(b, 2)] for a, b in spans]},
+                      moments=self.best_moments(rec, question))
+
+    def best_moments(self, rec, question: str) -> list[dict]:
+        """The question's best moments inside the video (query/grounding.py), as dicts."""
+        if not self.answer_moments:
+            return []
+        return [m.to_dict() for m in self.grounding.in_video(rec, question)[:self.answer_moments]]
+
+    def moments(self, query: str, *, tenant: str, video_ids: list[str] | None = None, limit: int = 10,
+                page_token: str | None = None, min_score: float | None = None):
+        """(a page of the query's moments, best first; the next page's token): MomentFinder.search."""
+        return self.grounding.search(query, tenant=tenant, video_ids=video_ids, limit=limit,
+                                     page_token=page_token, min_score=min_score)
+
+    def _when(self, rec, question: str, mode: str, on_token: Callable[[str], None] | None) -> Answer | None:
+        """A "when" question answered by its best moment (no KV loaded, nothing decoded);
+        None when the video has no moment for it (the LLM answers then)."""
+        t0 = time.perf_counter()
+        found = self.grounding.in_video(rec, question)
+        if not found:
+            return None
+        best = found[0]
+        text = when_answer(question, best)
+        ms = round((time.perf_counter() - t0) * 1e3, 2)
+        if on_token:
+            on_token(text)
+        timings = {"retrieve_ms": ms, "load_ms": 0.0, "prefill_ms": 0.0, "decode_ms": 0.0, "ttft_ms": ms}
+        return Answer(text, [Evidence(best.chunk, best.start, best.end, best.score, "moment")], timings, 0, 0, 0, 0,
+                      mode, rec.video_id, question, {"answered_by": "moments", "source": best.source},
+                      sample_fps=rec.sample_fps, moments=[m.to_dict() for m in found[:max(1, self.answer_moments)]])

@@ -11,6 +11,7 @@ COMMANDS = {
     "synth": ("videokv.commands.synth", "render a toy-world video and its ground-truth questions"),
     "ingest": ("videokv.commands.embedded", "ingest a video file into the KV store (prints its id)"),
     "ask": ("videokv.commands.embedded", "ask a question about an ingested video"),
+    "search": ("videokv.commands.embedded", "find the moments a query describes, in one video or all (--all)"),
     "transcript": ("videokv.commands.embedded", "print a video's time-aligned text (OCR, speech, subtitles)"),
     "demo": ("videokv.commands.demo", "make a toy-world video, ingest it, ask it its questions"),
     "bench": ("videokv.bench", "benchmarks: `videokv bench NAME --help`"),

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     # without them. Other oracles fall back to "lm".
     count_by: Literal["oracle", "lm"] = "oracle"
     count_threshold: float | None = None
+    # "When" questions: "moments" = the best moment's span, to a frame (query/grounding.py
+    # says why), "lm" = decoded like any other question (the LLM names a chunk's start).
+    when_by: Literal["moments", "lm"] = "moments"
+    # How many of the question's best moments every answer carries (`moments` in its JSON).
+    answer_moments: int = Field(3, ge=0, le=20)
 
     # Service (workers/, api/).
     # Celery broker and result backend.

@@ -138,9 +138,13 @@ class QueryWorker:
                 return
         fut.add_done_callback(lambda f: self._finish(mid, m, received, future=f))
 
-    def _do_search(self, m: dict) -> list[dict]:
-        hits = self.engine.search(m["query"], int(m["top_k"]), tenant=m["tenant"], video_ids=m.get("video_ids"))
-        return [{"video_id": h.video_id, "chunk": int(h.chunk), "score": float(h.score)} for h in hits]
+    def _do_search(self, m: dict) -> dict:
+        e, scope = self.engine, {"tenant": m["tenant"], "video_ids": m.get("video_ids")}
+        hits = e.search(m["query"], int(m["top_k"]), **scope)
+        moments, token = e.moments(m["query"], limit=int(m.get("limit") or 10), page_token=m.get("page_token"),
+                                   min_score=m.get("min_score"), **scope)
+        return {"results": [{"video_id": h.video_id, "chunk": int(h.chunk), "score": float(h.score)} for h in hits],
+                "moments": [x.to_dict() for x in moments], "next_page_token": token}
 
     def _finish(self, mid, m: dict, received: float, future=None, error: BaseException | None = None) -> None:
         if future is not None:

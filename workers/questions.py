@@ -6,7 +6,8 @@
     replies   XADD videokv:replies:{client} {m: json}, the client's own stream:
               {id, kind: accepted, worker}   a worker took it
               {id, kind: token, text}        a piece of the answer (streamed questions only)
-              {id, kind: answer, answer}     done (search: {kind: hits, hits})
+              {id, kind: answer, answer}     done (search: {kind: hits, hits: {results, moments,
+                                             next_page_token}})
               {id, kind: error, status, code, detail}
     liveness  SET videokv:qworker:{worker} EX 5, refreshed every second; SADD videokv:qworkers
     engine    HSET videokv:engine: the fingerprint the workers answer with (uploads are keyed
@@ -104,10 +105,14 @@ class QuestionClient:
         return self._submit({"kind": "ask", "video_id": video_id, "question": question, "stream": bool(stream),
                              "params": params}, on_token)
 
-    def search(self, query: str, top_k: int, *, tenant: str, video_ids: list[str] | None = None) -> Future:
-        """Future of the hits [{video_id, chunk, score}], best first (QueryEngine.search)."""
+    def search(self, query: str, top_k: int, *, tenant: str, video_ids: list[str] | None = None,
+               limit: int = 10, page_token: str | None = None, min_score: float | None = None) -> Future:
+        """Future of {"results": the top_k chunks [{video_id, chunk, score}] (QueryEngine.search),
+        "moments": a page of moments [{video_id, start, end, score, source, chunk, text}]
+        (QueryEngine.moments), "next_page_token"}, best first."""
         return self._submit({"kind": "search", "query": query, "top_k": top_k, "tenant": tenant,
-                             "video_ids": video_ids}, None)
+                             "video_ids": video_ids, "limit": limit, "page_token": page_token,
+                             "min_score": min_score}, None)
 
     def alive(self) -> dict[str, dict]:
         """The live query workers, as the reader thread last saw them (at most ~1 s old;

@@ -29,6 +29,8 @@ from videokv.api.auth import KeyRing
 from videokv.api.limits import BodyLimit
 from videokv.api.problems import Problem
 from videokv.api.schemas import request_models
+from videokv.query.answers import QueryError
+from videokv.query.moments import MAX_MOMENTS, page, page_offset, search_scope
 
 from . import jobs
 from .pool import HOP_HEADERS, ShardPool, ShardUnreachable, shard_unavailable, valid_id
@@ -144,7 +146,16 @@ def create_front_app(settings) -> FastAPI:
     # ---------------------------------------------------------------- search
     @app.post("/v1/search")
     async def search(body: SearchRequest, t: str = Depends(tenant)):
-        req = body.model_dump(exclude_none=True)
+        # Each shard ranks its own videos with the same oracles: the merged lists are by score.
+        # A page of moments is the front's own: every shard is asked for all moments up to the
+        # page's end, and the front's token names its offset into the merged list.
+        scope = search_scope(body.query, t, body.video_ids, body.min_score)
+        try:
+            offset = page_offset(body.page_token, scope)
+        except QueryError as e:
+            raise Problem(400, str(e), code=e.code) from None
+        req = body.model_dump(exclude_none=True, exclude={"page_token"})
+        req["limit"] = min(MAX_MOMENTS, offset + body.limit)
         bodies = None
         if body.video_ids is not None:
             bodies = {}
@@ -152,13 +163,16 @@ def create_front_app(settings) -> FastAPI:
                 name = await pool.shard_name(vid, t)
                 bodies.setdefault(name, {**req, "video_ids": []})["video_ids"].append(vid)
         replies, missing = await pool.fanout("POST", "/v1/search", t, bodies, **({} if bodies is not None else {"json": req}))
-        hits = []
+        hits, moments = [], []
         for name, resp in replies.items():
             if _answered(resp, name, missing):
                 hits += resp.json()["results"]
-        # Each shard ranks its own videos with the same oracle; the merged list is by score.
+                moments += resp.json().get("moments", [])
         hits.sort(key=lambda h: -h["score"])
-        return {"query": body.query, "results": hits[:body.top_k], "missing_shards": sorted(missing)}
+        moments.sort(key=lambda m: (-m["score"], m["video_id"], m["start"]))
+        got, token = page(moments, offset, body.limit, scope)
+        return {"query": body.query, "results": hits[:body.top_k], "moments": got, "next_page_token": token,
+                "missing_shards": sorted(missing)}
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, e: RedisError):

@@ -175,7 +175,7 @@ class _Asked:
 
     def __init__(self, question: str, max_new_tokens: int):
         self.question, self.max_new_tokens = question, max_new_tokens
-        self.top_k, self.mode, self.count_by = None, "bilevel", None
+        self.top_k, self.mode, self.count_by, self.when_by = None, "bilevel", None, None
 
 
 def _extension(d: dict) -> dict:

@@ -57,22 +57,37 @@ def router(svc, models) -> APIRouter:
 
         return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @r.post("/v1/search", response_model=SearchResults, responses=problems(404))
+    @r.post("/v1/search", response_model=SearchResults, responses=problems(404),
+            description="The query's moments (frame-precise spans: visual, ocr, speech, subtitle; a video without "
+                        "per-frame vectors gives whole chunks, source 'chunk') across the tenant's videos or "
+                        "`video_ids`, best first, a page of `limit` at a time (`page_token`); and its best chunks.")
     async def search(body: SearchRequest, t: str = Depends(tenant)):
         svc.check_question(body.query, "query")
         recs = {v: svc.owned(v, t) for v in body.video_ids} if body.video_ids is not None else {}
         # The query workers embed the query on their search thread, never behind decoding.
-        hits = await svc.search(body.query, body.top_k, t, list(recs) if body.video_ids is not None else None)
-        out = []
-        for h in hits:
-            vid, chunk = h["video_id"], h["chunk"]
+        got = await svc.search(body, t, list(recs) if body.video_ids is not None else None)
+        shard = svc.settings.shard or None
+
+        def owned(vid: str):
             rec = recs.get(vid) or recs.setdefault(vid, svc.rt.store.get_video(vid))
-            if rec.tenant != t:     # the store scopes by tenant already; never leak
+            return rec if rec.tenant == t else None     # the store scopes by tenant already; never leak
+
+        out, moments = [], []
+        for h in got["results"]:
+            rec = owned(h["video_id"])
+            if rec is None:
                 continue
-            span = rec.plan[chunk] if 0 <= chunk < len(rec.plan) else None
-            out.append({"video_id": vid, "filename": rec.filename, "chunk": chunk,
+            span = rec.plan[h["chunk"]] if 0 <= h["chunk"] < len(rec.plan) else None
+            out.append({"video_id": rec.video_id, "filename": rec.filename, "chunk": h["chunk"],
                         "t_start": span.t_start if span else None, "t_end": span.t_end if span else None,
-                        "score": h["score"], "shard": svc.settings.shard or None})
-        return {"query": body.query, "results": out}
+                        "score": h["score"], "shard": shard})
+        for m in got["moments"]:
+            rec = owned(m["video_id"])
+            if rec is not None:
+                mid = (m["start"] + m["end"]) / 2
+                moments.append({**m, "filename": rec.filename, "shard": shard,
+                                "thumbnail_url": f"/v1/videos/{rec.video_id}/frame?t={mid:.2f}"})
+        return {"query": body.query, "moments": moments, "next_page_token": got.get("next_page_token"),
+                "results": out}
 
     return r

@@ -223,25 +223,38 @@ async function transcript(id) {
 }
 
 // ---------------------------------------------------------------- search
+// Moments: frame-precise spans (what the visual oracle saw, or a line read or said), a page
+// at a time; "More" asks for the next page with the token the last one gave.
 function searchView() {
   const main = render("t-search");
-  $("#search-form", main).addEventListener("submit", async (ev) => {
-    ev.preventDefault(); clearError();
-    const hits = $("#hits"); hits.replaceChildren();
+  const hits = $("#hits", main), more = $("#search-more", main);
+  let query = "", token = null;
+  async function fetchPage() {
+    clearError();
     try {
-      const { results } = await (await api("/v1/search", { method: "POST",
-        json: { query: $("#search-q").value, top_k: 12 } })).json();
-      $("#search-note").textContent = results.length ? "" : "Nothing found.";
-      for (const h of results) {
-        const links = await media(h.video_id);
-        const mid = (h.t_start + h.t_end) / 2;
-        const open = el("a", { className: "hit", href: `#/video/${h.video_id}?t=${h.t_start}` },
+      const body = { query, limit: 12, top_k: 1, ...(token ? { page_token: token } : {}) };
+      const got = await (await api("/v1/search", { method: "POST", json: body })).json();
+      token = got.next_page_token;
+      more.hidden = !token;
+      if (!hits.children.length) $("#search-note").textContent = got.moments.length ? "" : "Nothing found.";
+      for (const m of got.moments) {
+        const links = await media(m.video_id);
+        const mid = (m.start + m.end) / 2;
+        const what = m.text ? ` “${m.text}”` : "";
+        const open = el("a", { className: "hit", href: `#/video/${m.video_id}?t=${m.start}` },
           el("img", { src: `${links.frame_url}&t=${mid.toFixed(2)}&max_side=160`, alt: "" }),
-          el("span", { textContent: `${h.filename} ${clock(h.t_start)}-${clock(h.t_end)} (score ${h.score.toFixed(2)})` }));
+          el("span", { textContent: `${m.filename} ${clock(m.start)}-${clock(m.end)} · ${m.source}${what} ` +
+                                    `(score ${m.score.toFixed(2)})` }));
         hits.append(el("li", {}, open));
       }
     } catch (e) { failed(e); }
+  }
+  $("#search-form", main).addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    hits.replaceChildren(); query = $("#search-q").value; token = null;
+    fetchPage();
   });
+  more.addEventListener("click", fetchPage);
 }
 
 // ---------------------------------------------------------------- jobs

@@ -12,6 +12,7 @@ from videokv.bench import counting as cb
 from videokv.bench import needle as nb
 from videokv.query.counting import SpanCounter, asks_count, counter_for, subject_of
 from videokv.query.engine import QueryEngine, QueryError
+from videokv.query.moments import iou
 from videokv.toyworld.grading import counts_in, evidence_hits, is_correct
 
 
@@ -144,8 +145,30 @@ def test_an_engine_without_a_counter_leaves_counting_to_the_llm(haystack):
         bare.ask(vid, qa["question"], count_by="oracle")
 
 
+def test_when_questions_are_answered_by_the_best_moment_to_a_frame(haystack):
+    """The card's "when" question: its moment is the card's own span (not a chunk's start),
+    stated in seconds and mm:ss and cited as evidence; the LLM still answers when asked to."""
+    rt, vid, truth = haystack
+    [qa] = [q for q in truth["questions"] if q["type"] == "temporal"]
+    card = next(e for e in truth["events"] if e["kind"] == "card")
+    ans = rt.queries.ask(vid, qa["question"])
+    assert ans.extra["answered_by"] == "moments" and ans.kv_bytes_loaded == 0, ans.answer
+    [ev] = ans.evidence
+    assert ev.level == "moment" and iou((ev.t_start, ev.t_end), (card["t_start"], card["t_end"])) >= 0.5, ev
+    assert is_correct({**qa, "tolerance_s": 0.0}, ans.answer), ans.answer      # inside the span itself
+    assert ans.moments[0]["start"] == ev.t_start and ans.moments[0]["source"] == "visual"
+    lm = rt.queries.ask(vid, qa["question"], when_by="lm", max_new_tokens=8)
+    assert "answered_by" not in lm.extra and lm.kv_bytes_loaded > 0 and lm.moments == ans.moments
+    with pytest.raises(QueryError, match="when_by"):
+        rt.queries.ask(vid, qa["question"], when_by="guess")
+    # A search across the tenant's videos finds the same moment first; another tenant, none.
+    found, _ = rt.queries.moments(f"the {card['color']} card", tenant="default")
+    assert found[0].video_id == vid and (found[0].start, found[0].end) == (ev.t_start, ev.t_end)
+    assert rt.queries.moments(f"the {card['color']} card", tenant="someone-else") == ([], None)
+
+
 def test_frame_vectors_go_with_the_video_and_bad_ones_are_refused(haystack):
-    rt, vid, _ = haystack
+    rt, vid, truth = haystack
     rec = rt.store.get_video(vid)
     env = rt.store.env
     prefix = (rec.content_key + "/").encode()
@@ -154,6 +177,15 @@ def test_frame_vectors_go_with_the_video_and_bad_ones_are_refused(haystack):
         with env.read() as txn:
             return [k for k, _ in txn.scan("embeddings", prefix=prefix, keys_only=True) if b"/frames:" in k]
     assert len(frame_keys()) == rec.chunks_total
+    # Without per-frame vectors (a chunk's are gone: stored before they were kept), moments
+    # fall back to whole chunks and say so.
+    gone = frame_keys()[3]
+    env.write(lambda txn: txn.delete("embeddings", gone))
+    card = next(e for e in truth["events"] if e["kind"] == "card")
+    got = rt.queries.grounding.in_video(rec, f"the {card['color']} card")
+    spans = {(s.t_start, s.t_end) for s in rec.plan}
+    assert got and all(m.source == "chunk" and (m.start, m.end) in spans for m in got)
+    assert got[0].start <= card["t_start"] < got[0].end
     chunk = rt.store.read_chunk(vid, 0, "L")
     with pytest.raises(ValueError, match="frames, dim"):
         rt.store.put_chunk(vid, [chunk], None, {"x": [1.0, 2.0]})

@@ -8,6 +8,7 @@ import torch
 
 from tests.conftest import MODEL_CACHE, make_runtime
 from videokv.kvstore import KVStore, Status
+from videokv.query.moments import iou
 from videokv.toyworld.synth import render_video
 
 
@@ -97,6 +98,22 @@ def test_cli_ingest_prints_id_last_and_ask_json(tmp_path, toy_video):
     assert ans["video_prefill_runs"] == 0
     assert {"retrieve_ms", "load_ms", "prefill_ms", "decode_ms", "ttft_ms"} == set(ans["timings"])
     assert {"chunk", "t_start", "t_end", "score", "level"} == set(ans["evidence"][0])
+    assert ans["moments"] and {"video_id", "start", "end", "score", "source", "chunk", "text"} == set(ans["moments"][0])
+    # Moments: one JSON object, best first; the event asked about is the first one.
+    e = toy_video[1]["events"][0]
+    what = f"the {e['color']} card" if e["kind"] == "card" else f"a {e['color']} {e['shape']}"
+    for scope in ([vid], ["--all"]):
+        p = cli(home, "search", *scope, what, "--json", "--limit", "2")
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        got = json.loads(out)
+        assert set(got) == {"moments", "next_page_token"} and 1 <= len(got["moments"]) <= 2
+        top = got["moments"][0]
+        assert top["video_id"] == vid and top["source"] == "visual"
+        assert iou((top["start"], top["end"]), (e["t_start"], e["t_end"])) >= 0.5, (top, e)
+    p = cli(home, "search", vid, what, "--all")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 2 and "VIDEO_ID or --all" in err
     p = cli(home, "ask", "no-such-video", "Hello?")
     out, err = p.communicate(timeout=300)
     assert p.returncode == 2 and "no-such-video" in err and "Traceback" not in err

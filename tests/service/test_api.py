@@ -123,6 +123,29 @@ def test_upload_ready_query_search_jobs_delete(svc, worker, app_client, keys, vi
     hits = r.json()["results"]
     assert {h["video_id"] for h in hits} == {va["id"], vb["id"]}
     assert all(h["t_end"] > h["t_start"] for h in hits)
+    # ... as moments, a page at a time: the pages together are the whole list, without repeats.
+    body = {"query": "a red ball", "limit": 1}
+    first = app_client.post("/v1/search", headers=auth(ka), json=body).json()
+    assert first["moments"] and first["next_page_token"], first
+    seen, page = [], first
+    while True:
+        seen += [(m["video_id"], m["start"], m["source"]) for m in page["moments"]]
+        if not page["next_page_token"]:
+            break
+        page = app_client.post("/v1/search", headers=auth(ka), json={**body, "page_token": page["next_page_token"]}).json()
+    whole = app_client.post("/v1/search", headers=auth(ka), json={**body, "limit": 1000}).json()["moments"]
+    assert seen == [(m["video_id"], m["start"], m["source"]) for m in whole] and len(set(seen)) == len(seen)
+    assert all(m["end"] > m["start"] and m["source"] == "visual" for m in whole)
+    assert [m["score"] for m in whole] == sorted((m["score"] for m in whole), reverse=True)
+    floor = whole[len(whole) // 2]["score"]
+    high = app_client.post("/v1/search", headers=auth(ka), json={**body, "limit": 1000, "min_score": floor}).json()
+    assert high["moments"] and all(m["score"] >= floor for m in high["moments"])
+    _problem(app_client.post("/v1/search", headers=auth(ka), json={"query": "a blue ball",
+                                                                    "page_token": first["next_page_token"]}), 400)
+    thumb = whole[0]["thumbnail_url"]
+    r = app_client.get(thumb, headers=auth(ka))
+    assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
+    _problem(app_client.get(thumb, headers=auth(kb)), 404)     # another tenant's moment is no such video
 
     # Evidence preview.
     r = app_client.get(f"/v1/videos/{va['id']}/frame", params={"t": 3.0}, headers=auth(ka))
@@ -137,7 +160,8 @@ def test_upload_ready_query_search_jobs_delete(svc, worker, app_client, keys, vi
                             ("POST", "/v1/jobs", {"json": {"video_ids": [va["id"]], "questions": ["hi"]}})):
         _problem(app_client.request(method, url, headers=auth(kb), **kw), 404)
     assert app_client.get("/v1/videos", headers=auth(kb)).json()["videos"] == []
-    assert app_client.post("/v1/search", headers=auth(kb), json={"query": "ball", "top_k": 50}).json()["results"] == []
+    nothing = app_client.post("/v1/search", headers=auth(kb), json={"query": "ball", "top_k": 50, "limit": 50}).json()
+    assert nothing["results"] == [] and nothing["moments"] == [] and nothing["next_page_token"] is None
 
     # Batch job: 2 videos x 3 questions on the worker.
     qs = ["What color is the ball?", "What happens at the start?", "How many objects are there?"]

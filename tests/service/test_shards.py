@@ -161,6 +161,14 @@ def test_two_shards_serve_every_endpoint_and_keep_tenants_apart(cluster, uploade
         assert found["missing_shards"] == [] and found["results"]
         assert {x["video_id"] for x in found["results"]} == set(vids)      # all its videos, none other
         assert {x["shard"] for x in found["results"]} == set(vids.values())
+        # Moments merged across the shards, paged by the front: two pages tile the whole list.
+        body = {"query": "a red card", "limit": 1000}
+        whole = c.post("/v1/search", headers=h, json=body).json()["moments"]
+        assert {m["video_id"] for m in whole} == set(vids) and {m["shard"] for m in whole} == set(vids.values())
+        one = c.post("/v1/search", headers=h, json={**body, "limit": 2}).json()
+        rest = c.post("/v1/search", headers=h, json={**body, "limit": 998, "page_token": one["next_page_token"]}).json()
+        assert [(m["video_id"], m["start"]) for m in one["moments"] + rest["moments"]] == \
+            [(m["video_id"], m["start"]) for m in whole] and rest["next_page_token"] is None
     # Streamed through the front: token events, then the answer.
     tenant = spans[0]
     vid = next(iter(uploaded[tenant]))

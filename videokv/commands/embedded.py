@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from videokv.query.engine import MODES
+from videokv.query.answers import MODES, WHEN_BY
 
 
 def progress_bar(desc: str):
@@ -129,14 +129,18 @@ def main_ask(argv: list[str]) -> int:
     ap.add_argument("--count-by", choices=("oracle", "lm"), default=None,
                     help='who answers "how many times" questions: the span counter (oracle; the default where '
                          'calibrated) or the LLM')
+    ap.add_argument("--when-by", choices=WHEN_BY, default=None,
+                    help='who answers "when" questions: the best moment\'s span, to a frame (moments; the default: '
+                         'VIDEOKV_WHEN_BY) or the LLM')
     ap.add_argument("--max-new-tokens", type=int, default=48, help="longest answer, in tokens")
-    ap.add_argument("--json", action="store_true", help="print the answer, evidence and timings as JSON")
+    ap.add_argument("--json", action="store_true", help="print the answer, evidence, moments and timings as JSON")
     ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
     args = ap.parse_args(argv)
     rt = runtime(args.model)
     stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
     ans = rt.queries.ask(args.video_id, args.question, top_k=args.top_k, mode=args.mode,
-                         max_new_tokens=args.max_new_tokens, on_token=stream, count_by=args.count_by)
+                         max_new_tokens=args.max_new_tokens, on_token=stream, count_by=args.count_by,
+                         when_by=args.when_by)
     if args.json:
         print(json.dumps(ans.to_dict(), indent=1))
         return 0
@@ -147,4 +151,41 @@ def main_ask(argv: list[str]) -> int:
     print(f"  ttft {t['ttft_ms']:.0f} ms, total {t['ttft_ms'] + t['decode_ms']:.0f} ms, "
           f"{ans.kv_bytes_loaded / 1e6:.1f} MB KV in context ({ans.context_tokens} tokens), "
           f"{ans.kv_bytes_read / 1e6:.1f} MB read, video prefill runs: {ans.video_prefill_runs}")
+    return 0
+
+
+def main_search(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="videokv search", description="Find the moments a query describes: frame-"
+                                 "precise spans from the visual oracle's frame scores and the text channel's "
+                                 "segments, best first.")
+    ap.add_argument("video_id", nargs="?", help="the video to search (omit with --all)")
+    ap.add_argument("query", help="what to find, in quotes")
+    ap.add_argument("--all", action="store_true", help="search every video of the tenant instead of one")
+    ap.add_argument("--tenant", default="default", help="whose videos (default: default)")
+    ap.add_argument("--limit", type=int, default=10, help="moments per page (default 10)")
+    ap.add_argument("--page-token", default=None, help="the next_page_token a search printed")
+    ap.add_argument("--min-score", type=float, default=None, help="leave out moments scored below this")
+    ap.add_argument("--json", action="store_true", help='print one JSON object {"moments": [...], "next_page_token"}')
+    ap.add_argument("--model", default=None, metavar="PATH", help=MODEL_HELP)
+    args = ap.parse_args(argv)
+    if args.all == (args.video_id is not None):
+        ap.error("give a VIDEO_ID or --all (not both)")
+    if not 1 <= args.limit <= 1000:
+        ap.error("--limit must be between 1 and 1000")
+    rt = runtime(args.model)
+    tenant = args.tenant
+    if not args.all:
+        tenant = rt.store.get_video(args.video_id).tenant      # the video's own (an unknown id: exit 1)
+    moments, token = rt.queries.moments(args.query, tenant=tenant, video_ids=None if args.all else [args.video_id],
+                                        limit=args.limit, page_token=args.page_token, min_score=args.min_score)
+    if args.json:
+        print(json.dumps({"moments": [m.to_dict() for m in moments], "next_page_token": token}))
+        return 0
+    if not moments:
+        print("no moments found", file=sys.stderr)
+    for m in moments:
+        what = f' "{m.text}"' if m.text else ""
+        print(f"{m.video_id} {m.start:8.2f}s - {m.end:8.2f}s  score {m.score:7.3f}  {m.source:<8}{what}")
+    if token:
+        print(f"more: --page-token {token}", file=sys.stderr)
     return 0

@@ -1,0 +1,175 @@
+"""Temporal grounding: a query's moments in one video or across a tenant's videos
+(query/moments.py says how a moment is made), and "when" questions answered from them.
+
+Why "when" questions are answered here and not by the LLM. The LLM sees a chunk's
+timestamp row, not its frames' times, so its best answer names a chunk's start: "32.0s"
+for a card shown at 28-33 s, right only within the TOYWORLD tolerance of a chunk. The
+visual oracle scores every frame, so the span it finds is the event's own, to a frame.
+The LLM's answer stays available (when_by="lm", VIDEOKV_WHEN_BY) for comparison, as
+count_by does for counting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from videokv.kvstore import Status
+
+from .answers import WHEN_BY  # noqa: F401
+from .moments import (
+    MAX_MOMENTS,
+    MAX_VIDEOS,
+    FrameRuns,
+    Moment,
+    merged,
+    page,
+    page_offset,
+    search_scope,
+    standardised,
+    text_source,
+)
+
+_ASKS_WHEN = re.compile(r"^\s*(?:when\b|at\s+what\s+(?:time|point|moment)\b|what\s+time\b)", re.IGNORECASE)
+# A "when" question about the video's own time names something being seen, said or done in it;
+# "When is the homework due?" asks what the video says, not when it says it.
+_IN_VIDEO = re.compile(r"\b(?:appear(?:s|ed)?|show(?:s|n|ed)?(?:\s+up)?|seen|visible|occur(?:s|red)?|"
+                       r"happen(?:s|ed)?|come\s+up|start(?:s|ed)?|begin|began|mentioned|said|spoken|announced)\b",
+                       re.IGNORECASE)
+_SUBJECT = re.compile(r"\b(?:did|does|do|was|were|is|are|has|have)\s+(?:(?:a|an|the)\s+)?(.+?)\s+"
+                      r"(?:appear|show\s+up|occur|come\s+up|happen|start|begin|shown|seen|visible|been\s+shown)\b",
+                      re.IGNORECASE)
+
+
+def asks_when(question: str) -> bool:
+    """True for "When did ... appear", "At what time was ... shown", "What time did ...
+    happen" questions: when something was seen, said or done in the video."""
+    return bool(_ASKS_WHEN.search(question)) and bool(_IN_VIDEO.search(question))
+
+
+def clock(seconds: float) -> str:
+    """75.4 -> "1:15"; 3725 -> "1:02:05"."""
+    s = int(round(seconds))
+    h, m, s = s // 3600, (s % 3600) // 60, s % 60
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+_PRONOUNS = {"it", "this", "that", "they", "he", "she", "them"}
+_SAID = {"ocr": "on screen", "speech": "said", "subtitle": "subtitled"}
+
+
+def when_answer(question: str, m: Moment) -> str:
+    """The sentence for a "when" question answered by its best moment."""
+    found = _SUBJECT.search(question)
+    what = found.group(1).strip() if found else ""
+    what = f"The {what}" if what and what.lower() not in _PRONOUNS else "It"
+    said = f', {_SAID.get(m.source, m.source)}: "{m.text}"' if m.text else ""
+    return f"{what} appeared from {m.start:.1f}s to {m.end:.1f}s ({clock(m.start)}-{clock(m.end)}){said}."
+
+
+@dataclass
+class MomentFinder:
+    """Moments of a QueryEngine's videos. runs: how frame runs are cut; text_chunks: the text
+    index's best chunks of a video whose segments are scored (segments elsewhere are not
+    embedded); per_video: a video's moments kept for a search across videos."""
+
+    engine: object
+    runs: FrameRuns
+    text_chunks: int = 8
+    per_video: int = 32
+
+    def in_video(self, rec, query: str, hybrid: bool | None = None, vectors: dict | None = None) -> list[Moment]:
+        """All moments of one READY video for the query, best first. hybrid: rank text and
+        visual moments by z-score (default: the video has a text channel); vectors: the
+        query's vectors {oracle identity: [dim]} when the caller has them."""
+        e = self.engine
+        vectors = vectors if vectors is not None else {}
+        qv = vectors.get(e.oracle.identity)
+        if qv is None:
+            qv = vectors[e.oracle.identity] = e.question_vector(e.oracle, query)
+        with_text = e.has_text(rec)
+        hybrid = with_text if hybrid is None else hybrid
+        out = self._visual(rec, qv, hybrid)
+        if with_text:
+            tid = e.text_oracle.identity
+            tv = vectors.get(tid)
+            if tv is None:
+                tv = vectors[tid] = e.question_vector(e.text_oracle, query)
+            out += self._text(rec, tv, e.text_weight)
+        return merged(out)
+
+    def search(self, query: str, *, tenant: str, video_ids: list[str] | None = None, limit: int = 10,
+               page_token: str | None = None, min_score: float | None = None) -> tuple[list[Moment], str | None]:
+        """(a page of the query's moments across the tenant's READY videos, or `video_ids` of
+        them, best first; the next page's token or None). Videos are those the chunk search
+        ranks first (at most MAX_VIDEOS), each refined to its moments."""
+        e = self.engine
+        scope = search_scope(query, tenant, video_ids, min_score)
+        offset = page_offset(page_token, scope)
+        recs = ([e.store.get_video(v) for v in video_ids] if video_ids is not None
+                else e.store.list_videos(tenant))
+        recs = {r.video_id: r for r in recs if r.status is Status.READY and r.tenant == tenant}
+        if not recs:
+            return [], None
+        want = offset + limit
+        hits = e.search(query, min(MAX_MOMENTS, max(32, 4 * want)), tenant=tenant,
+                        video_ids=list(recs) if video_ids is not None else None)
+        order = list(dict.fromkeys(h.video_id for h in hits if h.video_id in recs))[:MAX_VIDEOS]
+        hybrid = any(e.has_text(r) for r in recs.values())
+        vectors: dict = {}
+        ranked: list[Moment] = []
+        for vid in order:
+            ranked += self.in_video(recs[vid], query, hybrid, vectors)[:max(self.per_video, want)]
+        ranked.sort(key=lambda m: (-m.score, m.video_id, m.start))
+        if min_score is not None:
+            ranked = [m for m in ranked if m.score >= min_score]
+        return page(ranked[:MAX_MOMENTS], offset, limit, scope)
+
+    # ------------------------------------------------------------------ sources
+    def _visual(self, rec, qv: np.ndarray, hybrid: bool) -> list[Moment]:
+        """Frame runs where the video has per-frame vectors, else its chunks ("chunk")."""
+        e = self.engine
+        framed = e.frame_scores(rec, qv)
+        if framed is None:
+            scores, where = e.chunk_scores(rec, qv)
+            source, runs = "chunk", [(i, i, float(s)) for i, s in enumerate(scores.tolist())]
+        else:
+            scores, where = framed
+            starts = np.array([w[1] for w in where])
+            ends = np.array([w[2] for w in where])
+            adjacent = np.concatenate([[False], np.abs(starts[1:] - ends[:-1]) < 1e-6])
+            source, runs = "visual", self.runs.runs(scores, adjacent)
+        mu, sd = standardised(scores) if hybrid else (0.0, 1.0)
+        return [Moment(rec.video_id, where[a][1], where[b][2], (peak - mu) / sd, source, where[a][0])
+                for a, b, peak in runs]
+
+    def _text(self, rec, tv: np.ndarray, weight: float) -> list[Moment]:
+        """The text channel's segments inside the text index's best chunks, scored by the text
+        oracle (z-scores over the segments scored, times the channel's weight)."""
+        e = self.engine
+        doc = e.store.get_transcript(rec.video_id) or {}
+        hits = e.store.search(e.text_oracle.identity, tv, self.text_chunks, video_ids=[rec.video_id])
+        plan = {s.index: s for s in rec.plan}
+        spans = [(plan[h.chunk].t_start, plan[h.chunk].t_end) for h in hits if h.chunk in plan]
+        segs = [s for s in doc.get("segments", []) if s.get("text", "").strip()
+                and any(s["t_start"] < b and a < s["t_end"] for a, b in spans)]
+        if not segs:
+            return []
+        texts = list(dict.fromkeys(s["text"] for s in segs))
+        vecs = e.text_oracle.text_vectors(texts).numpy()
+        by_text = dict(zip(texts, (vecs @ tv).tolist()))
+        raw = np.array([by_text[s["text"]] for s in segs])
+        mu, sd = standardised(raw)
+        chunk_of = _chunk_finder(rec)
+        return [Moment(rec.video_id, float(s["t_start"]), float(s["t_end"]), weight * (r - mu) / sd,
+                       text_source(s["source"]), chunk_of(float(s["t_start"])), s["text"])
+                for s, r in zip(segs, raw.tolist())]
+
+
+def _chunk_finder(rec):
+    """t seconds -> the index of the chunk whose span holds it (the last one past the end)."""
+    starts = np.array([s.t_start for s in rec.plan])
+    indices = [s.index for s in rec.plan]
+    return lambda t: indices[max(0, int(np.searchsorted(starts, t, side="right")) - 1)]
