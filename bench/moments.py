@@ -106,6 +106,7 @@ def text_rows(args, rt, t0: float) -> list[dict]:
     from .text import make_video
 
     rows = []
+    (args.workdir / "text").mkdir(parents=True, exist_ok=True)
     for i, kind in enumerate(args.text_kinds):
         v = make_video(args.workdir / "text", kind, args.text_minutes, args.seed + i)
         opts = rt.text_defaults.overridden(ocr=True, asr=False, subtitles=bool(v["srt"]), subtitle_file=v["srt"])

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         right += ok
         hits += hit
         spans = ", ".join(f"{e['t_start']:.0f}-{e['t_end']:.0f}s" for e in ev[:4])
-        by = " [span counter: query/counting.py]" if ans.extra.get("answered_by") == "span-counter" else ""
+        by = {"span-counter": " [span counter: query/counting.py]",
+              "moments": " [best moment: query/grounding.py]"}.get(ans.extra.get("answered_by"), "")
         print(f"  [{'ok' if ok else '--'}] {qa['question']}\n        answer: {ans.answer!r} (expected {qa['answer']!r}){by}"
               f"\n        evidence: {spans} ({'covers' if hit else 'misses'} the event); ttft "
               f"{ans.timings['ttft_ms']:.0f} ms, {ans.kv_bytes_loaded / 1e6:.1f} MB KV, "
