@@ -13,6 +13,9 @@ is asked in every mode from the stored KVs, without any video prefill:
                   as "does not fit"
   sparse          every chunk's H-KV
   bilevel         the oracle's top-k chunks at L, the rest at H (QueryEngine's default)
+  adaptive        bilevel with the adaptive top-k (query/grounding.py `focus`: only the best
+                  moment's chunks at L when it is the one match; VIDEOKV_ADAPTIVE_MARGIN
+                  or 0.05), else as bilevel; not run by default
   bilevel-random  the oracle ablation: as many L chunks as bilevel loaded, chosen by a
                   seeded RNG instead of by the oracle (QueryEngine.ask(chunks=...))
 
@@ -85,7 +88,7 @@ import numpy as np
 
 from videokv.query.engine import ContextTooLong
 
-MODES = ("dense", "sparse", "bilevel", "bilevel-random")
+MODES = ("dense", "sparse", "bilevel", "bilevel-random", "adaptive")
 TYPES = ("retrieval", "attribute", "counting", "ordering", "temporal")
 SINGLE_NEEDLE_TYPES = ("retrieval", "attribute", "temporal")
 TENANT = "bench-needle"
@@ -272,6 +275,8 @@ def ask_haystack(rt, video_id: str, truth: dict, modes, top_k: int, max_new_toke
     dense_bytes = prefix_bytes + sum(nbytes["L"])
     first_last = {0, n - 1} if (q.always_first_last and n) else set()
     q.hot.get(video_id, "H")                                # H-set hot: every mode timed alike
+    if "adaptive" in modes and q.adaptive_margin is None:
+        q.adaptive_margin = 0.05                            # VIDEOKV_ADAPTIVE_MARGIN unset
     rows = []
     for qa in (x for x in truth["questions"] if x["type"] in types):
         suffix = be.prompt_parts(rt.config.system_prompt, qa["question"])[1]
@@ -289,7 +294,7 @@ def ask_haystack(rt, video_id: str, truth: dict, modes, top_k: int, max_new_toke
                "oracle_scores": [round(float(h.score), 4) for h in hits], "recall_at_k": recall,
                "events_covered_at_k": round(frac, 4), "dense_kv_bytes": dense_bytes, "results": {}}
         for mode in modes:
-            l_set = {"dense": list(range(n)), "sparse": [], "bilevel": oracle_l,
+            l_set = {"dense": list(range(n)), "sparse": [], "bilevel": oracle_l, "adaptive": oracle_l,
                      "bilevel-random": sorted(set(random_l) | first_last)}[mode]
             as_l = set(l_set)
             ctx = prefix_tokens + sum(tokens["L" if i in as_l else "H"][i] for i in range(n))
@@ -298,11 +303,13 @@ def ask_haystack(rt, video_id: str, truth: dict, modes, top_k: int, max_new_toke
                                         "needed_positions": ctx + extra, "context_limit": max_pos}
                 continue
             kw = {"chunks": random_l} if mode == "bilevel-random" else {}
+            if mode == "adaptive":      # top_k unset: the engine's adaptive top-k decides
+                kw = {"top_k": None}
             t = time.perf_counter()
             # Every mode decodes with the LLM, counting and "when" included: the modes compare KV levels.
             try:
-                ans = q.ask(video_id, qa["question"], mode="bilevel" if mode == "bilevel-random" else mode,
-                            top_k=top_k, max_new_tokens=max_new_tokens, count_by="lm", when_by="lm", **kw)
+                ans = q.ask(video_id, qa["question"], mode=mode if mode in ("dense", "sparse") else "bilevel",
+                            **{"top_k": top_k, **kw}, max_new_tokens=max_new_tokens, count_by="lm", when_by="lm")
             except ContextTooLong as e:
                 row["results"][mode] = {"skipped": "does not fit", "context_tokens": ctx, "reason": str(e),
                                         "needed_positions": ctx + extra, "context_limit": max_pos}
@@ -474,7 +481,7 @@ def heatmap(result: dict, path: Path) -> None:
 
     cfg, summ = result["config"], result["summary"]
     lengths, depths = [str(n) for n in sorted(cfg["lengths"])], [f"{d:g}" for d in cfg["depths"]]
-    order = [m for m in ("bilevel", "dense", "sparse", "bilevel-random") if m in cfg["modes"]]
+    order = [m for m in ("bilevel", "adaptive", "dense", "sparse", "bilevel-random") if m in cfg["modes"]]
     panels = [(f"{m}: accuracy", {n: {d: summ["grid"][m][n][d] for d in depths} for n in lengths}, "acc")
               for m in order]
     panels.append((f"oracle recall@{cfg['top_k']}", summ["recall_at_k"]["grid"], "recall"))
@@ -690,7 +697,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--depths", type=_floats, default=[0.1, 0.3, 0.5, 0.7, 0.9], help="needle depths (0-1)")
     ap.add_argument("--repeats", type=int, default=1, help="haystacks per (length, depth)")
     ap.add_argument("--types", type=_names(TYPES), default=list(TYPES), help="question types")
-    ap.add_argument("--modes", type=_names(MODES), default=list(MODES), help="modes, comma-separated")
+    ap.add_argument("--modes", type=_names(MODES), default=[m for m in MODES if m != "adaptive"],
+                    help="modes, comma-separated (adaptive: only when named)")
     ap.add_argument("--top-k", type=int, default=3, help="chunks the oracle re-loads at L (default 3)")
     ap.add_argument("--seed", type=int, default=0, help="haystack seed (0: the README's figures)")
     ap.add_argument("--max-new-tokens", type=int, default=16, help="longest answer, in tokens")

@@ -59,7 +59,7 @@ class QueryEngine:
                  cache_bytes: int = 1 << 30, text_oracle: RelevanceOracle | None = None,
                  text_weight: float = 1.0, h_text: str = "drop", counter: SpanCounter | None = None,
                  context_budget: int | None = None, budget_policy: str = "pyramid", open_groups: int = 8,
-                 when_by: str = "moments", answer_moments: int = 3):
+                 when_by: str = "moments", answer_moments: int = 3, adaptive_margin: float | None = None):
         """h_text: "drop" pages unselected (H) chunks without their timestamp/text rows,
         "keep" with them (query/hotset.py says why drop is the default). counter: answers
         "how many times" questions from the visual oracle's per-frame (else per-chunk) scores
@@ -68,7 +68,9 @@ class QueryEngine:
         the answer); budget_policy, open_groups: how a video that does not fit at bi-level is
         paged (query/budget.py). when_by: who answers "when" questions by default: "moments"
         (the best moment's span; query/grounding.py) or "lm"; answer_moments: how many of the
-        question's best moments every answer carries."""
+        question's best moments every answer carries. adaptive_margin: when a question's best
+        moment outscores its next by this much, only the chunks it spans are loaded at L (no
+        top-k, no first/last; query/grounding.py `focus`); None: always the top-k."""
         if when_by not in WHEN_BY:
             raise ValueError(f"when_by must be one of {', '.join(WHEN_BY)}; got {when_by!r}")
         self.backend, self.store, self.config, self.oracle = backend, store, config, oracle
@@ -93,6 +95,7 @@ class QueryEngine:
         frame_floor = (getattr(oracle, "count_thresholds", None) or {}).get("frame")
         self.grounding = MomentFinder(self, FrameRuns(floor=frame_floor))
         self.when_by, self.answer_moments = when_by, answer_moments
+        self.adaptive_margin = adaptive_margin
         if budget_policy not in POLICIES:
             raise ValueError(f"budget_policy must be one of {', '.join(POLICIES)}; got {budget_policy!r}")
         self.context_budget, self.budget_policy, self.open_groups = context_budget, budget_policy, open_groups
@@ -181,6 +184,7 @@ class QueryEngine:
         within the budget, the parts paged and assembled. A counting question answered by
         the span counter comes back as `Prepared.answer`. Call it holding the model (on the
         GPU, paging runs on the device)."""
+        adaptive = top_k is None and self.adaptive_margin is not None and chunks is None and mode == "bilevel"
         top_k = self.top_k if top_k is None else top_k
         rec = self._askable(video_id, question, mode, count_by, top_k, when_by)
         if (count_by or "oracle") == "oracle" and self.counter is not None and chunks is None \
@@ -195,7 +199,11 @@ class QueryEngine:
         _, suffix = self.backend.prompt_parts(self.config.system_prompt, question)
         gen = gen or GenerationConfig(max_new_tokens=max_new_tokens, stop=("<|im_end|>",))
         budget = self.budget(video_id, len(self.backend.tokenize(suffix)), gen.max_new_tokens)
-        scores, layout = self._layout(rec, question, top_k, mode, chunks, budget)
+        focus = self.grounding.focus(rec, question, self.adaptive_margin) if adaptive else None
+        if focus:
+            scores, layout = focus, bilevel(self.costs(rec.video_id), set(focus))
+        if not focus or layout.tokens > budget:
+            scores, layout = self._layout(rec, question, top_k, mode, chunks, budget)
         t1 = time.perf_counter()
         paged, cache = self._page(video_id, layout)
         if check_context:

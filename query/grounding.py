@@ -127,6 +127,30 @@ class MomentFinder:
             ranked = [m for m in ranked if m.score >= min_score]
         return page(ranked[:MAX_MOMENTS], offset, limit, scope)
 
+    def focus(self, rec, question: str, margin: float) -> dict[int, float] | None:
+        """{chunk: score} of the chunks the question's best visual moment spans, when it is the
+        one match: the only moment that clears the oracle's calibrated frame threshold (an
+        oracle without one: it outscores the next moment by `margin`). An adaptive top-k: one
+        event that stands alone needs no other chunk at L, and every other card at L is one
+        the LLM can misread. None when two moments match (an ordering question's two objects,
+        a shape shown twice), none does, or the video has a text channel."""
+        e = self.engine
+        if e.has_text(rec):         # where the text channel speaks too, the hybrid top-k decides
+            return None
+        found = merged([m for m in self._visual(rec, e.question_vector(e.oracle, question), False)
+                        if m.source == "visual"])
+        floor = self.runs.floor
+        if not found or (floor is not None and found[0].score < floor):
+            return None
+        if floor is not None:
+            alone = len(found) == 1 or found[1].score < floor
+        else:
+            alone = len(found) == 1 or found[0].score - found[1].score >= margin
+        if not alone:
+            return None
+        best = found[0]
+        return {s.index: best.score for s in rec.plan if s.t_start < best.end and best.start < s.t_end}
+
     # ------------------------------------------------------------------ sources
     def _visual(self, rec, qv: np.ndarray, hybrid: bool) -> list[Moment]:
         """Frame runs where the video has per-frame vectors, else its chunks ("chunk")."""

@@ -175,4 +175,5 @@ class Runtime:
                            s.always_first_last, s.h_cache_bytes, text_oracle=self.text_oracle,
                            text_weight=s.text_weight, h_text=s.h_text, counter=self.counter,
                            context_budget=s.context_budget, budget_policy=s.budget_policy,
-                           open_groups=s.pyramid_open_groups, when_by=s.when_by, answer_moments=s.answer_moments)
+                           open_groups=s.pyramid_open_groups, when_by=s.when_by, answer_moments=s.answer_moments,
+                           adaptive_margin=s.adaptive_margin)

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # "When" questions: "moments" = the best moment's span, to a frame (query/grounding.py
     # says why), "lm" = decoded like any other question (the LLM names a chunk's start).
     when_by: Literal["moments", "lm"] = "moments"
+    # Adaptive top-k: when a question's best moment outscores its next by this much, only the
+    # chunks it spans load at L (query/grounding.py `focus`); unset: always the top-k.
+    adaptive_margin: float | None = None
     # How many of the question's best moments every answer carries (`moments` in its JSON).
     answer_moments: int = Field(3, ge=0, le=20)
 

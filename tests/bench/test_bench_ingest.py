@@ -44,9 +44,13 @@ def test_bench_ingest_flat_memory_with_a_small_window(tmp_path, capsys):
 def test_mfu_code_on_a_tiny_geometry(tokenizer):
     tiny = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "vocab_size": 49152}
-    m = bi.mfu_7b(tokenizer, "cpu", chunks=3, warmup=1, visual_tokens=32, window=2, peak=1.0, geometry=tiny)
+    # A tiny peak (1 GFLOP/s), so a slow, shared CPU's MFU never rounds to 0 (a loaded run did, at 1 TFLOP/s).
+    peak = 1e-3
+    m = bi.mfu_7b(tokenizer, "cpu", chunks=3, warmup=1, visual_tokens=32, window=2, peak=peak, geometry=tiny)
     assert m["geometry"]["hidden_size"] == 64 and m["chunks"] == 3 and m["seconds"] > 0
-    assert m["mfu"] == pytest.approx(m["tflops_achieved"] / 1.0, abs=2e-3) and m["forward_only_mfu"] > 0
+    assert m["mfu"] > 0 and m["forward_only_mfu"] > 0
+    # tflops_achieved is rounded to 3 decimals: the MFU agrees with it within that rounding
+    assert m["mfu"] == pytest.approx(m["tflops_achieved"] / peak, abs=0.5e-3 / peak + 1e-3)
     # the 7B geometry's parameters, counted as the FLOP formula counts them
     cfg = type("C", (), {**_common.QWEN25_7B, "num_hidden_layers": 28})
     flops = _common.llm_prefill_flops(cfg, 1, 0)

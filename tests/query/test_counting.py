@@ -161,6 +161,15 @@ def test_when_questions_are_answered_by_the_best_moment_to_a_frame(haystack):
     assert "answered_by" not in lm.extra and lm.kv_bytes_loaded > 0 and lm.moments == ans.moments
     with pytest.raises(QueryError, match="when_by"):
         rt.queries.ask(vid, qa["question"], when_by="guess")
+    # Adaptive top-k: the card stands clear of every other moment, so only its chunks load at L.
+    q = rt.queries
+    focused = QueryEngine(q.backend, q.store, q.config, q.oracle, adaptive_margin=0.05)
+    [rq] = [x for x in truth["questions"] if x["type"] == "retrieval"]
+    chunks = focused.grounding.focus(rt.store.get_video(vid), rq["question"], 0.05)
+    assert chunks and all(s.t_start < card["t_end"] and card["t_start"] < s.t_end
+                          for s in rt.store.get_video(vid).plan if s.index in chunks), chunks
+    got = focused.ask(vid, rq["question"], max_new_tokens=4)
+    assert got.levels["L"] == len(chunks) and {e.chunk for e in got.evidence if e.level == "L"} == set(chunks)
     # A search across the tenant's videos finds the same moment first; another tenant, none.
     found, _ = rt.queries.moments(f"the {card['color']} card", tenant="default")
     assert found[0].video_id == vid and (found[0].start, found[0].end) == (ev.t_start, ev.t_end)
