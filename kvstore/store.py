@@ -7,7 +7,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -101,14 +101,15 @@ class KVStore:
         """READY with its final plan, once every chunk is committed and indexed (commits.py)."""
         return C.finish(self.env, video_id, plan, oracles, extra)
 
-    def frame_vectors(self, video_id: str, oracle_id: str, dim: int) -> dict[int, np.ndarray]:
-        """{chunk index: [frames, dim] float32} for the chunks stored with per-frame vectors
-        of this oracle (none: {})."""
+    def frame_vectors(self, video_id: str, oracle_id: str, dim: int,
+                      chunks: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+        """{chunk index: [frames, dim] float32} for the chunks (all, or `chunks`) stored with
+        per-frame vectors of this oracle (none: {})."""
         out = {}
         okey = K.oracle_key(oracle_id, dim)
         with self.env.read() as txn:
             rec = load_video(txn, video_id)
-            for i in range(rec.chunks_total):
+            for i in (range(rec.chunks_total) if chunks is None else chunks):
                 raw = txn.get("embeddings", K.frames_key(rec.content_key, i, okey))
                 if raw is not None:
                     out[i] = np.frombuffer(raw, dtype=np.float16).reshape(-1, dim).astype(np.float32)

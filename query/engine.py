@@ -200,10 +200,7 @@ class QueryEngine:
         gen = gen or GenerationConfig(max_new_tokens=max_new_tokens, stop=("<|im_end|>",))
         budget = self.budget(video_id, len(self.backend.tokenize(suffix)), gen.max_new_tokens)
         focus = self.grounding.focus(rec, question, self.adaptive_margin) if adaptive else None
-        if focus:
-            scores, layout = focus, bilevel(self.costs(rec.video_id), set(focus))
-        if not focus or layout.tokens > budget:
-            scores, layout = self._layout(rec, question, top_k, mode, chunks, budget)
+        scores, layout = self._layout(rec, question, top_k, mode, chunks, budget, focus)
         t1 = time.perf_counter()
         paged, cache = self._page(video_id, layout)
         if check_context:
@@ -285,8 +282,9 @@ class QueryEngine:
         return rec
 
     def _layout(self, rec, question: str, top_k: int, mode: str, chunks: Sequence[int] | None,
-                budget: int) -> tuple[dict[int, float], Layout]:
-        """(scores {chunk: score} of the chosen chunks, the layout of the context)."""
+                budget: int, focus: dict[int, float] | None = None) -> tuple[dict[int, float], Layout]:
+        """(scores {chunk: score} of the chosen chunks, the layout of the context). focus: the
+        adaptive top-k's chunks, which then alone go at L (no retrieval, no first/last)."""
         n = rec.chunks_total
         costs = self.costs(rec.video_id)
         if chunks is not None:
@@ -294,11 +292,14 @@ class QueryEngine:
             if bad:
                 raise QueryError(f"chunks {bad} are out of range: video {rec.video_id} has chunks 0..{n - 1}")
             hits = [Hit(rec.video_id, int(i), 0.0) for i in chunks]
+        elif focus:
+            hits = [Hit(rec.video_id, i, score) for i, score in focus.items()]
         else:
             hits = self.retrieve(rec.video_id, question, top_k, rec) if top_k else []
         if mode in ("dense", "sparse"):
             return {h.chunk: h.score for h in hits}, uniform(costs, "L" if mode == "dense" else "H", mode)
-        ranked = list(dict.fromkeys([h.chunk for h in hits] + ([0, n - 1] if self.always_first_last and n else [])))
+        ends = [0, n - 1] if self.always_first_last and n and not focus else []
+        ranked = list(dict.fromkeys([h.chunk for h in hits] + ends))
         full = bilevel(costs, set(ranked))
         if full.tokens <= budget:
             return {h.chunk: h.score for h in hits}, full
@@ -334,21 +335,23 @@ class QueryEngine:
         return [Evidence(i, spans[i].t_start, spans[i].t_end, scores.get(i, 0.0), layout.level_of(i))
                 for i in sorted(shown, key=lambda i: -scores.get(i, float("-inf")))]
 
-    def frame_scores(self, rec, qv: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, float]]] | None:
+    def frame_scores(self, rec, qv: np.ndarray, chunks: Sequence[int] | None = None,
+                     ) -> tuple[np.ndarray, list[tuple[int, float, float]]] | None:
         """(scores [F], where [F] (chunk, t_start, t_end)): the question vector's dot with every
-        sampled frame's stored vector, in temporal order; None when the video lacks per-frame
-        vectors for some chunk (stored before they were kept, or an oracle without them)."""
-        per_frame = self.store.frame_vectors(rec.video_id, self.oracle.identity, qv.size)
-        n = rec.chunks_total
-        if not n or len(per_frame) != n:
+        sampled frame's stored vector (of `chunks` only, when given), in temporal order; None
+        when the video lacks per-frame vectors for one of them (stored before they were kept,
+        or an oracle without them)."""
+        want = sorted(chunks) if chunks is not None else list(range(rec.chunks_total))
+        per_frame = self.store.frame_vectors(rec.video_id, self.oracle.identity, qv.size, want)
+        if not want or len(per_frame) != len(want):
             return None
         plan = {s.index: s for s in rec.plan}
         where = []
-        for i in range(n):
+        for i in want:
             p, k = plan[i], len(per_frame[i])
             dt = (p.t_end - p.t_start) / k     # sampled frames evenly over the chunk's span
             where += [(i, p.t_start + j * dt, p.t_start + (j + 1) * dt) for j in range(k)]
-        return np.concatenate([per_frame[i] @ qv for i in range(n)]), where
+        return np.concatenate([per_frame[i] @ qv for i in want]), where
 
     def chunk_scores(self, rec, qv: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
         """(scores [n], where [n] (chunk, t_start, t_end)): the visual oracle's indexed score

@@ -73,12 +73,16 @@ def when_answer(question: str, m: Moment) -> str:
 class MomentFinder:
     """Moments of a QueryEngine's videos. runs: how frame runs are cut; text_chunks: the text
     index's best chunks of a video whose segments are scored (segments elsewhere are not
-    embedded); per_video: a video's moments kept for a search across videos."""
+    embedded); per_video: a video's moments kept for a search across videos; scan_chunks: a
+    video of more chunks has only the frames of its best scan_chunks / 2 chunks (by the
+    indexed chunk vectors) and their neighbours scored, so a ten-hour video costs what a
+    short one does."""
 
     engine: object
     runs: FrameRuns
     text_chunks: int = 8
     per_video: int = 32
+    scan_chunks: int = 64
 
     def in_video(self, rec, query: str, hybrid: bool | None = None, vectors: dict | None = None) -> list[Moment]:
         """All moments of one READY video for the query, best first. hybrid: rank text and
@@ -155,7 +159,11 @@ class MomentFinder:
     def _visual(self, rec, qv: np.ndarray, hybrid: bool) -> list[Moment]:
         """Frame runs where the video has per-frame vectors, else its chunks ("chunk")."""
         e = self.engine
-        framed = e.frame_scores(rec, qv)
+        n, chunks = rec.chunks_total, None
+        if n > self.scan_chunks:
+            hits = e.store.search(e.oracle.identity, qv, self.scan_chunks // 2, video_ids=[rec.video_id])
+            chunks = sorted({j for h in hits for j in (h.chunk - 1, h.chunk, h.chunk + 1) if 0 <= j < n})
+        framed = e.frame_scores(rec, qv, chunks)
         if framed is None:
             scores, where = e.chunk_scores(rec, qv)
             source, runs = "chunk", [(i, i, float(s)) for i, s in enumerate(scores.tolist())]

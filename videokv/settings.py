@@ -108,9 +108,11 @@ class Settings(BaseSettings):
     # "When" questions: "moments" = the best moment's span, to a frame (query/grounding.py
     # says why), "lm" = decoded like any other question (the LLM names a chunk's start).
     when_by: Literal["moments", "lm"] = "moments"
-    # Adaptive top-k: when a question's best moment outscores its next by this much, only the
-    # chunks it spans load at L (query/grounding.py `focus`); unset: always the top-k.
-    adaptive_margin: float | None = None
+    # Adaptive top-k: a question whose best moment is the one match (the only one over the
+    # oracle's calibrated frame threshold; for an oracle without one: ahead of the next by
+    # this margin) loads only the chunks it spans at L (query/grounding.py `focus`); unset
+    # (VIDEOKV_ADAPTIVE_MARGIN=): always the top-k. README "Event-dense footage" says why.
+    adaptive_margin: float | None = 0.05
     # How many of the question's best moments every answer carries (`moments` in its JSON).
     answer_moments: int = Field(3, ge=0, le=20)
 
@@ -174,7 +176,7 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         return Path(self.model_cache) if self.model_cache else self.home / "models"
 
-    @field_validator("max_frames", "context_budget", "count_threshold", mode="before")
+    @field_validator("max_frames", "context_budget", "count_threshold", "adaptive_margin", mode="before")
     @classmethod
     def _unset(cls, v):
         # An empty variable (VIDEOKV_MAX_FRAMES=) means unset, as it does in a shell.
