@@ -27,6 +27,7 @@ from .moments import (
     merged,
     page,
     page_offset,
+    rank_key,
     search_scope,
     standardised,
     text_source,
@@ -117,16 +118,16 @@ class MomentFinder:
         recs = {r.video_id: r for r in recs if r.status is Status.READY and r.tenant == tenant}
         if not recs:
             return [], None
-        want = offset + limit
-        hits = e.search(query, min(MAX_MOMENTS, max(32, 4 * want)), tenant=tenant,
-                        video_ids=list(recs) if video_ids is not None else None)
+        # The candidates never depend on the page asked for, so that pages tile one list (and
+        # a front's merge of every shard's first pages is a prefix of the merged whole).
+        hits = e.search(query, MAX_MOMENTS, tenant=tenant, video_ids=list(recs) if video_ids is not None else None)
         order = list(dict.fromkeys(h.video_id for h in hits if h.video_id in recs))[:MAX_VIDEOS]
         hybrid = any(e.has_text(r) for r in recs.values())
         vectors: dict = {}
         ranked: list[Moment] = []
         for vid in order:
-            ranked += self.in_video(recs[vid], query, hybrid, vectors)[:max(self.per_video, want)]
-        ranked.sort(key=lambda m: (-m.score, m.video_id, m.start))
+            ranked += self.in_video(recs[vid], query, hybrid, vectors)[:self.per_video]
+        ranked.sort(key=rank_key)
         if min_score is not None:
             ranked = [m for m in ranked if m.score >= min_score]
         return page(ranked[:MAX_MOMENTS], offset, limit, scope)

@@ -127,11 +127,17 @@ def merged(moments: list[Moment], merge_gap_s: float = 1.0, dedupe_iou: float = 
         else:
             group.append(Moment(**asdict(m)))
     kept: list[Moment] = []
-    for m in sorted((m for g in by_key.values() for m in g), key=lambda m: (-m.score, m.video_id, m.start)):
+    for m in sorted((m for g in by_key.values() for m in g), key=rank_key):
         if not any(k.video_id == m.video_id and k.source != m.source and iou((k.start, k.end), (m.start, m.end))
                    >= dedupe_iou for k in kept):
             kept.append(m)
     return kept
+
+
+def rank_key(m: Moment) -> tuple:
+    """Best first, by the score as reported (4 decimals), so that a front that merges
+    shards' pages of reported moments ranks them exactly as each shard did."""
+    return (-round(m.score, 4), m.video_id, m.start, m.source)
 
 
 def standardised(scores: np.ndarray) -> tuple[float, float]:

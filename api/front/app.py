@@ -169,7 +169,7 @@ def create_front_app(settings) -> FastAPI:
                 hits += resp.json()["results"]
                 moments += resp.json().get("moments", [])
         hits.sort(key=lambda h: -h["score"])
-        moments.sort(key=lambda m: (-m["score"], m["video_id"], m["start"]))
+        moments.sort(key=lambda m: (-m["score"], m["video_id"], m["start"], m["source"]))   # moments.rank_key
         got, token = page(moments, offset, body.limit, scope)
         return {"query": body.query, "results": hits[:body.top_k], "moments": got, "next_page_token": token,
                 "missing_shards": sorted(missing)}
