@@ -148,14 +148,15 @@ def create_front_app(settings) -> FastAPI:
     async def search(body: SearchRequest, t: str = Depends(tenant)):
         # Each shard ranks its own videos with the same oracles: the merged lists are by score.
         # A page of moments is the front's own: every shard is asked for all moments up to the
-        # page's end, and the front's token names its offset into the merged list.
+        # page's end and one more (a shard holding all of the next page's moments must say
+        # so), and the front's token names its offset into the merged list.
         scope = search_scope(body.query, t, body.video_ids, body.min_score)
         try:
             offset = page_offset(body.page_token, scope)
         except QueryError as e:
             raise Problem(400, str(e), code=e.code) from None
         req = body.model_dump(exclude_none=True, exclude={"page_token"})
-        req["limit"] = min(MAX_MOMENTS, offset + body.limit)
+        req["limit"] = min(MAX_MOMENTS, offset + body.limit + 1)     # one more: is there a next page?
         bodies = None
         if body.video_ids is not None:
             bodies = {}

@@ -162,11 +162,19 @@ def test_two_shards_serve_every_endpoint_and_keep_tenants_apart(cluster, uploade
         assert {x["video_id"] for x in found["results"]} == set(vids)      # all its videos, none other
         assert {x["shard"] for x in found["results"]} == set(vids.values())
         # Moments merged across the shards, paged by the front: two pages tile the whole list.
-        body = {"query": "a red card", "limit": 1000}
-        whole = c.post("/v1/search", headers=h, json=body).json()["moments"]
+        # A shard slower than the front's 3-s deadline (a loaded CI machine) is reported
+        # missing, and a partial page cannot tile: such a page is asked again.
+        def page(**extra):
+            for _ in range(5):
+                got = c.post("/v1/search", headers=h, json={"query": "a red card", **extra}).json()
+                if not got["missing_shards"]:
+                    return got
+            raise AssertionError(f"a shard stayed missing: {got['missing_shards']}")
+        whole = page(limit=1000)["moments"]
         assert {m["video_id"] for m in whole} == set(vids) and {m["shard"] for m in whole} == set(vids.values())
-        one = c.post("/v1/search", headers=h, json={**body, "limit": 2}).json()
-        rest = c.post("/v1/search", headers=h, json={**body, "limit": 998, "page_token": one["next_page_token"]}).json()
+        one = page(limit=2)
+        assert bool(one["next_page_token"]) == (len(whole) > 2), (one, len(whole))
+        rest = page(limit=998, page_token=one["next_page_token"])
         assert [(m["video_id"], m["start"]) for m in one["moments"] + rest["moments"]] == \
             [(m["video_id"], m["start"]) for m in whole] and rest["next_page_token"] is None
     # Streamed through the front: token events, then the answer.
