@@ -3,6 +3,7 @@ assembles exactly the cache the CPU path does, reuses its staging buffer across 
 and the on-device prefill yields exactly what the host prefill does."""
 
 import numpy as np
+import pytest
 import torch
 
 from videokv.engine.chunkkv import TokenKind
@@ -49,6 +50,12 @@ def test_device_pager_matches_cpu_path_and_reuses_staging(ingested):
                 for v in (r.blob(res.video_id, i, "H") for i in range(n)))
         assert got.bytes_read == (hot_bytes if j == 0 else 0) + (l_bytes if n_l else 0)
         assert paged.bytes_read == (l_bytes if n_l else 0)        # one cache: the CPU pager found it hot
+        # L parts go to the device as stored (int8 codes + float16 statistics), not decoded
+        staged = got.bytes_shipped - q.hot.get(res.video_id)[0].nbytes
+        l_parts = [p for p in paged.parts[1:] if p.level == "L"]
+        decoded = sum(p.nbytes for p in l_parts)
+        assert l_bytes <= staged <= l_bytes + 4 * sum(p.tokens for p in l_parts) + 64 * 5 * len(l_parts)
+        assert staged <= decoded / 3
         ptrs.append(dp.staging.data_ptr())
     # grown by the first L question and by the all-L one; the smaller one after it reused it
     assert ptrs[0] == 0 and dp.staging.grows == 2 and ptrs[2] == ptrs[3] != 0 and dp.staging.reuses == 1
@@ -91,6 +98,24 @@ def test_layouts_with_the_gist_level_page_alike_on_both_paths(tmp_path, toy_vide
     _same_cache(got.cache, assemble(rt.backend, paged.parts))
     assert got.bytes_in_context == paged.bytes_in_context
     assert got.bytes_read == sum(p.nbytes for p in paged.parts[1:] if p.level != "G")   # G hot, the rest staged
+
+
+def test_a_cast_codec_ships_its_narrower_floats(tmp_path, toy_video, embedded_backend):
+    """bf16-stored parts go to the device as bfloat16 (half of float32's bytes) and are cast
+    inside the gather: the same cache as the CPU path's."""
+    from tests.conftest import make_runtime
+
+    rt = make_runtime(tmp_path / "home", kv_codec="bf16")
+    rt.backend = embedded_backend
+    vid = rt.pipeline.ingest(toy_video[0]).video_id
+    q = rt.queries
+    layout = Layout.of({0: "L", 1: "H", 2: "L", 3: "H", 4: "H", 5: "L"})
+    paged = q.pager.load(vid, layout)
+    dp = DevicePager(q.hot, rt.backend, device="cpu", pin=False)
+    got = dp.load(vid, layout)
+    _same_cache(got.cache, assemble(rt.backend, paged.parts))
+    decoded = sum(p.nbytes for p in paged.parts[1:] if p.level == "L")
+    assert got.bytes_shipped - q.hot.get(vid)[0].nbytes == decoded // 2
 
 
 def test_staging_buffer_grows_geometrically_and_views_typed():
@@ -193,3 +218,51 @@ def test_window0_chunks_packed_into_one_forward_match_one_by_one(tokenizer):
                 x, y = a.level(lvl), b.level(lvl)
                 assert torch.equal(x.kinds, y.kinds) and x.keys.shape == y.keys.shape
                 assert torch.allclose(x.keys, y.keys, atol=1e-5) and torch.allclose(x.values, y.values, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,key_group,value_group", [("int8", 0, 0), ("int8", 8, 4), ("int4", 0, 0),
+                                                          ("int4", 5, 8), ("fp8", 0, 0), ("fp8", 4, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_device_dequantization_equals_the_codecs_own_decode(tokenizer, name, key_group, value_group, dtype):
+    """Rows shipped as stored (codes, scales, minima of three blobs of different lengths, some
+    rows of each) and dequantized inside the fused gather + rotate give exactly what decoding
+    each blob on the host (Codec.decode_into) and then gather_rotate give."""
+    from videokv.kvstore.codecs import PackedRows, codec_named, packed_specs, payload_of
+    from videokv.query.device_pager import dequant_gather_rotate
+
+    be = tiny_backend(tokenizer, "qwen2", "yarn")
+    codec = codec_named(name, key_group, value_group)
+    g = torch.Generator().manual_seed(3)
+    L, H, D = 2, 2, 16
+    blobs = [torch.randn(L, 2, H, T, D, generator=g) * 3 + 0.5 for T in (7, 12, 3)]
+    payloads = [codec.encode(kv) for kv in blobs]
+    picks = [torch.tensor([6, 0, 3]), None, torch.tensor([2])]
+    ns = [kv.shape[3] if r is None else len(r) for kv, r in zip(blobs, picks)]
+    gs = [-(-kv.shape[3] // codec.groups(kv.shape[3], D)[0]) for kv in blobs]
+    tensors = [torch.zeros(s, dtype=t) for t, s in packed_specs(codec, L, H, sum(ns), sum(gs), D)]
+    packed = PackedRows(codec, *payload_of(codec, tensors), torch.zeros(sum(ns), dtype=torch.int32))
+    ref, off, goff = [], 0, 0
+    for kv, parts, rows, n, gn in zip(blobs, payloads, picks, ns, gs):       # as the pager stages them
+        codes, ks, km, vs, vm = payload_of(codec, parts)
+        at = torch.arange(kv.shape[3]) if rows is None else rows
+        packed.codes[:, :, :, off:off + n] = codes.index_select(3, at)
+        packed.key_scale[:, :, goff:goff + gn] = ks
+        packed.value_scale[:, :, off:off + n] = vs.index_select(2, at)
+        if km is not None:
+            packed.key_min[:, :, goff:goff + gn] = km
+            packed.value_min[:, :, off:off + n] = vm.index_select(2, at)
+        packed.key_group[off:off + n] = at // codec.groups(kv.shape[3], D)[0] + goff
+        ref.append(codec.decode_into(parts, torch.empty(L, 2, H, n, D, dtype=dtype), rows))
+        off, goff = off + n, goff + gn
+    ref = torch.cat(ref, dim=3)
+    idx = torch.tensor([9, 0, 4, 13, 2])                     # context order != staged order
+    dst = torch.tensor([1, 4, 0, 2, 3])
+    cos, sin = be.rotary.cos_sin(torch.tensor([40, 3, 17, 8, 25]), "cpu")
+    want_k, want_v = torch.zeros(L, H, 5, D, dtype=dtype), torch.zeros(L, H, 5, D, dtype=dtype)
+    gather_rotate(ref[:, 0], ref[:, 1], idx, cos, sin, want_k, want_v, dst)
+    got_k, got_v = torch.zeros_like(want_k), torch.zeros_like(want_v)
+    p = packed
+    dequant_gather_rotate(p.codes, p.key_scale, p.key_min, p.value_scale, p.value_min, p.key_group, name,
+                          idx, cos, sin, got_k, got_v, dst)
+    assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+    assert (want_v != 0).all()
