@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from videokv.query.answers import COUNT_BY, MODES, WHEN_BY
+from videokv.query.moments import SOURCES
 
 Mode = Literal[MODES]
 CountBy = Literal[COUNT_BY]
@@ -150,7 +151,7 @@ class MomentOut(BaseModel):
     end: float = Field(description="seconds")
     score: float = Field(description="the oracle's cosine; each channel's z-score where text and visual "
                                      "moments are ranked together")
-    source: Literal["visual", "ocr", "speech", "subtitle", "chunk"] = Field(
+    source: Literal[SOURCES] = Field(
         description="what found it: the visual oracle's frame scores, a text segment (ocr, speech, subtitle), "
                     "or 'chunk': the video has no per-frame vectors, so the span is a whole chunk")
     chunk: int

@@ -12,8 +12,8 @@ gets counting questions with every truth the counter must tell apart:
   2 or 3  the needle bench's counting pair (one in the cluster, the rest spread at random)
 
 The counter needs only the question's score for every frame (per-frame vectors stored at
-ingest; QueryEngine.frame_scores) or every chunk (the indexed chunk vectors;
-QueryEngine.chunk_scores), so one scoring per question gives its answer at every threshold
+ingest; query/grounding.py frame_scores) or every chunk (the indexed chunk vectors;
+chunk_scores), so one scoring per question gives its answer at every threshold
 of --frame-thresholds and --thresholds. JSON + PNG (accuracy vs threshold, with the LLM's
 accuracy as a flat line) + markdown next to --out.
 """
@@ -57,6 +57,7 @@ def questions_for(truth: dict, rng: np.random.Generator) -> list[dict]:
 
 def run(args) -> dict:
     from videokv.query.counting import SpanCounter
+    from videokv.query.grounding import chunk_scores, frame_scores
     from videokv.runtime import Runtime
     from videokv.toyworld.grading import is_correct
 
@@ -75,8 +76,8 @@ def run(args) -> dict:
         rng = np.random.default_rng([haystack_seed(args.seed, n, d, r), 5])
         for qa in questions_for(truth, rng):
             qv = q.oracle.question_vector(qa["question"]).numpy()
-            scores = q.chunk_scores(rec, qv)[0].tolist()
-            framed = q.frame_scores(rec, qv)
+            scores = chunk_scores(q.store, q.oracle, rec, qv)[0].tolist()
+            framed = frame_scores(q.store, q.oracle, rec, qv)
             fs = dict(enumerate(framed[0].tolist())) if framed is not None else {}
             row = {"length": n, "depth": d, "repeat": r, **qa, "scores": [round(x, 4) for x in scores],
                    "counter": {f"{t:g}": len(SpanCounter(t).spans(dict(enumerate(scores)))) for t in args.thresholds},

@@ -38,7 +38,7 @@ import torch
 
 from videokv.engine.decode import AssembledCache
 from videokv.engine.rope import rotate_half
-from videokv.kvstore.codecs import Cast, Fp8, PackedRows, dequantize_rows, packed_specs, payload_of
+from videokv.kvstore.codecs import Cast, PackedRows, dequantize_rows, packed_specs, payload_of
 
 from .budget import Layout
 from .hotset import HotSetCache, as_part, part_rows, stored_bytes, text_chunks_of

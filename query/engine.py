@@ -23,11 +23,13 @@ from videokv.oracles.base import RelevanceOracle
 from .answers import COUNT_BY, MODES, Answer, ContextTooLong, Evidence, QueryError, ReingestRequired, VideoNotReady  # noqa: F401
 from .budget import POLICIES, ChunkCosts, Layout, bilevel, chunk_costs, plan, uniform
 from .counting import SpanCounter, asks_count
-from .grounding import WHEN_BY, MomentFinder, asks_when, when_answer
+from .grounding import WHEN_BY, MomentFinder, asks_when, chunk_scores, frame_scores, when_answer
 from .hotset import HotSetCache
 from .moments import FrameRuns
 from .pager import KVPager
 from .retrieval import Channel, search
+
+QUESTION_VECTORS = 256      # question vectors kept (per engine; a few KiB each)
 
 
 @dataclass
@@ -101,6 +103,8 @@ class QueryEngine:
         self.context_budget, self.budget_policy, self.open_groups = context_budget, budget_policy, open_groups
         self._costs: OrderedDict[str, ChunkCosts] = OrderedDict()
         self._costs_lock = threading.Lock()
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._vectors_lock = threading.Lock()
 
     def forget(self, video_id: str) -> None:
         """Drop what is cached for a video (its hot sets, its costs): it was deleted."""
@@ -109,10 +113,23 @@ class QueryEngine:
             self._costs.pop(video_id, None)
 
     def question_vector(self, oracle: RelevanceOracle, question: str) -> np.ndarray:
-        """The oracle's vector for a question, one embedding at a time: a search may embed
-        while a question decodes, and the encoders' tokenizers are not safe to share."""
+        """The oracle's vector for a question [dim] (read-only), one embedding at a time: a
+        search may embed while a question decodes, and the encoders' tokenizers are not safe
+        to share. Kept for the last QUESTION_VECTORS questions: one question asks for it up to
+        four times (focus, retrieval, its moments, a search's two lists)."""
+        key = (oracle.identity, question)
+        with self._vectors_lock:
+            if key in self._vectors:
+                self._vectors.move_to_end(key)
+                return self._vectors[key]
         with self._model_lock if getattr(oracle, "uses_backend", False) else self._embed_lock:
-            return oracle.question_vector(question).numpy()
+            vec = oracle.question_vector(question).numpy()
+        vec.flags.writeable = False
+        with self._vectors_lock:
+            self._vectors[key] = vec
+            while len(self._vectors) > QUESTION_VECTORS:
+                self._vectors.popitem(last=False)
+        return vec
 
     def channels(self, question: str, with_text: bool) -> list[Channel]:
         """The retrieval channels for a question: the visual oracle, and the text oracle when
@@ -335,32 +352,6 @@ class QueryEngine:
         return [Evidence(i, spans[i].t_start, spans[i].t_end, scores.get(i, 0.0), layout.level_of(i))
                 for i in sorted(shown, key=lambda i: -scores.get(i, float("-inf")))]
 
-    def frame_scores(self, rec, qv: np.ndarray, chunks: Sequence[int] | None = None,
-                     ) -> tuple[np.ndarray, list[tuple[int, float, float]]] | None:
-        """(scores [F], where [F] (chunk, t_start, t_end)): the question vector's dot with every
-        sampled frame's stored vector (of `chunks` only, when given), in temporal order; None
-        when the video lacks per-frame vectors for one of them (stored before they were kept,
-        or an oracle without them)."""
-        want = sorted(chunks) if chunks is not None else list(range(rec.chunks_total))
-        per_frame = self.store.frame_vectors(rec.video_id, self.oracle.identity, qv.size, want)
-        if not want or len(per_frame) != len(want):
-            return None
-        plan = {s.index: s for s in rec.plan}
-        where = []
-        for i in want:
-            p, k = plan[i], len(per_frame[i])
-            dt = (p.t_end - p.t_start) / k     # sampled frames evenly over the chunk's span
-            where += [(i, p.t_start + j * dt, p.t_start + (j + 1) * dt) for j in range(k)]
-        return np.concatenate([per_frame[i] @ qv for i in want]), where
-
-    def chunk_scores(self, rec, qv: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
-        """(scores [n], where [n] (chunk, t_start, t_end)): the visual oracle's indexed score
-        of every chunk, in temporal order."""
-        hits = {h.chunk: float(h.score) for h in
-                self.store.search(self.oracle.identity, qv, rec.chunks_total, video_ids=[rec.video_id])}
-        return (np.array([hits[s.index] for s in rec.plan], dtype=np.float32),
-                [(s.index, s.t_start, s.t_end) for s in rec.plan])
-
     def _count(self, rec, question: str, mode: str, on_token: Callable[[str], None] | None) -> Answer:
         """A "how many times" question, answered by the span counter (no KV is loaded, nothing
         is decoded): over the per-frame scores where the video has them and the counter a
@@ -368,11 +359,12 @@ class QueryEngine:
         touches (score: its best position's), in temporal order."""
         t0 = time.perf_counter()
         qv = self.question_vector(self.oracle, question)
-        framed = self.frame_scores(rec, qv) if self.counter.frame_threshold is not None else None
+        framed = frame_scores(self.store, self.oracle, rec, qv) if self.counter.frame_threshold is not None else None
         if framed is not None:
             (scores, where), level, threshold = framed, "frames", self.counter.frame_threshold
         else:
-            (scores, where), level, threshold = self.chunk_scores(rec, qv), "chunks", self.counter.threshold
+            (scores, where), level, threshold = chunk_scores(self.store, self.oracle, rec, qv), "chunks", \
+                self.counter.threshold
         runs = self.counter.spans(dict(enumerate(scores.tolist())), threshold)
         spans = [(where[r[0]][1], where[r[-1]][2]) for r in runs]
         best: dict[int, float] = {}

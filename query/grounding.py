@@ -12,6 +12,7 @@ count_by does for counting.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,9 +165,9 @@ class MomentFinder:
         if n > self.scan_chunks:
             hits = e.store.search(e.oracle.identity, qv, self.scan_chunks // 2, video_ids=[rec.video_id])
             chunks = sorted({j for h in hits for j in (h.chunk - 1, h.chunk, h.chunk + 1) if 0 <= j < n})
-        framed = e.frame_scores(rec, qv, chunks)
+        framed = frame_scores(e.store, e.oracle, rec, qv, chunks)
         if framed is None:
-            scores, where = e.chunk_scores(rec, qv)
+            scores, where = chunk_scores(e.store, e.oracle, rec, qv)
             source, runs = "chunk", [(i, i, float(s)) for i, s in enumerate(scores.tolist())]
         else:
             scores, where = framed
@@ -199,6 +200,34 @@ class MomentFinder:
         return [Moment(rec.video_id, float(s["t_start"]), float(s["t_end"]), weight * (r - mu) / sd,
                        text_source(s["source"]), chunk_of(float(s["t_start"])), s["text"])
                 for s, r in zip(segs, raw.tolist())]
+
+
+def frame_scores(store, oracle, rec, qv: np.ndarray, chunks: Sequence[int] | None = None,
+                 ) -> tuple[np.ndarray, list[tuple[int, float, float]]] | None:
+    """(scores [F], where [F] (chunk, t_start, t_end)): the question vector's dot with every
+    sampled frame's stored vector (of `chunks` only, when given), in temporal order; None
+    when the video lacks per-frame vectors for one of them (stored before they were kept,
+    or an oracle without them)."""
+    want = sorted(chunks) if chunks is not None else list(range(rec.chunks_total))
+    per_frame = store.frame_vectors(rec.video_id, oracle.identity, qv.size, want)
+    if not want or len(per_frame) != len(want):
+        return None
+    plan = {s.index: s for s in rec.plan}
+    where = []
+    for i in want:
+        p, k = plan[i], len(per_frame[i])
+        dt = (p.t_end - p.t_start) / k     # sampled frames evenly over the chunk's span
+        where += [(i, p.t_start + j * dt, p.t_start + (j + 1) * dt) for j in range(k)]
+    return np.concatenate([per_frame[i] @ qv for i in want]), where
+
+
+def chunk_scores(store, oracle, rec, qv: np.ndarray) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
+    """(scores [n], where [n] (chunk, t_start, t_end)): the oracle's indexed score of every
+    chunk, in temporal order."""
+    hits = {h.chunk: float(h.score) for h in
+            store.search(oracle.identity, qv, rec.chunks_total, video_ids=[rec.video_id])}
+    return (np.array([hits[s.index] for s in rec.plan], dtype=np.float32),
+            [(s.index, s.t_start, s.t_end) for s in rec.plan])
 
 
 def _chunk_finder(rec):
