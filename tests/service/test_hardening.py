@@ -137,6 +137,7 @@ def test_1_crafted_subtitles_do_not_freeze_the_api(hard, clips, unit):
     with HealthProbe(hard["api"].url) as probe:
         r = upload(hard, hard["keys"]["alice"], clips["short"], subtitles=("crafted.srt", cue.encode(), "text/plain"))
     assert r.status_code == 202, r.text
+    print(f"/healthz during a crafted-subtitles upload ({unit!r}): worst {probe.worst * 1e3:.0f} ms of {probe.n}")
     assert probe.n > 0 and probe.worst < 1.0, probe.worst
     too_big = upload(hard, hard["keys"]["alice"], clips["short"],
                      subtitles=("big.srt", b"x" * (5 << 20), "text/plain"))
@@ -243,6 +244,7 @@ def test_7_a_dead_worker_hosts_ingest_is_requeued(hard, clips):
     t0 = time.monotonic()
     hard["worker"] = Worker(hard["env"], hard["work"] / "worker2.log").start()
     v = wait_for(hard, k, vid, timeout=300)
+    print(f"dead worker host's ingest READY {time.monotonic() - t0:.1f} s after a new worker started")
     assert v["status"] == "READY" and time.monotonic() - t0 < 300
     store = KVStore(hard["home"])
     records = store.chunk_records(vid)
@@ -272,6 +274,8 @@ def test_8_health_answers_during_120_concurrent_questions(hard, ready):
             t.join(150)
     assert len(codes) == 120 and set(codes) <= {200, 503}
     assert codes.count(200) >= MAX_QUEUED and codes.count(503) > 0
+    print(f"/healthz during 120 concurrent questions: worst {probe.worst * 1e3:.0f} ms of {probe.n}; "
+          f"{codes.count(200)} answered, {codes.count(503)} busy")
     assert probe.worst < 1.0, probe.worst
 
 
