@@ -307,6 +307,15 @@ def line_chart(img, box, series: dict, title: str, xlabel: str, ylabel: str, xlo
         lx += 22 + f_small.getlength(name) + 14
 
 
+def store_args(ap, name: str, workdir: str | None = None, videos: str = "rendered videos") -> None:
+    """The options every bench over a KV store ends with: --threads, --home, --workdir
+    (default runs/NAME: `videos`, kept for reuse) and --out (default runs/bench_NAME.json)."""
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--home", type=Path, default=None, help="KV store home (default: VIDEOKV_HOME)")
+    ap.add_argument("--workdir", type=Path, default=Path(workdir or f"runs/{name}"), help=f"{videos} (kept for reuse)")
+    ap.add_argument("--out", type=Path, default=Path(f"runs/bench_{name}.json"), help="JSON (PNG, markdown beside it)")
+
+
 def write_json(path: Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import bench_settings, floats, line_chart, log, write_outputs
+from ._common import bench_settings, floats, line_chart, log, store_args, write_outputs
 from .needle import SIZE, TENANT, _ints, haystack_seed, make_haystack
 
 
@@ -190,10 +190,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--frame-thresholds", type=floats, default=_grid(0.3, 0.55, 0.025),
                     help="per-frame thresholds swept")
     ap.add_argument("--no-lm", dest="lm", action="store_false", help="skip the LLM's answers")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--home", type=Path, default=None, help="KV store home (default: VIDEOKV_HOME)")
-    ap.add_argument("--workdir", type=Path, default=Path("runs/counting"), help="rendered haystacks (kept for reuse)")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_counting.json"), help="JSON (PNG, markdown beside it)")
+    store_args(ap, "counting", videos="rendered haystacks")
     ap.add_argument("--install", action="store_true",
                     help="write the best thresholds into the toy world's weights manifest (the calibration "
                          "travels with the weights it was measured on)")

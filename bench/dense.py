@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import bench_settings, log, write_outputs
+from ._common import bench_settings, log, store_args, write_outputs
 
 TYPES = ("retrieval", "attribute", "counting", "ordering", "temporal")
 VARIANTS = ("bilevel-k3", "bilevel-k1", "adaptive", "dense")
@@ -217,10 +217,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--fps", type=float, default=None,
                     help="rendered frame rate (default: the sampling rate, so every frame is sampled)")
     ap.add_argument("--max-new-tokens", type=int, default=16, help="longest answer")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--home", type=Path, default=None, help="KV store home (default: VIDEOKV_HOME)")
-    ap.add_argument("--workdir", type=Path, default=Path("runs/dense"), help="rendered videos (kept for reuse)")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_dense.json"), help="JSON (PNG, markdown beside it)")
+    store_args(ap, "dense")
     args = ap.parse_args(argv)
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:

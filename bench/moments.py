@@ -28,7 +28,7 @@ import statistics
 import time
 from pathlib import Path
 
-from ._common import bench_settings, floats, log, write_outputs
+from ._common import bench_settings, floats, log, store_args, write_outputs
 from .needle import TENANT, _ints, make_haystack
 
 KINDS = ("card", "shape", "repeated shape")
@@ -242,10 +242,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--text-minutes", type=float, default=3.0, help="length of each text video")
     ap.add_argument("--no-lm", dest="lm", action="store_false", help="skip the LLM's temporal answers")
     ap.add_argument("--max-new-tokens", type=int, default=24, help="longest LLM answer")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--home", type=Path, default=None, help="KV store home (default: VIDEOKV_HOME)")
-    ap.add_argument("--workdir", type=Path, default=Path("runs/moments"), help="rendered videos (kept for reuse)")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_moments.json"), help="JSON (PNG, markdown beside it)")
+    store_args(ap, "moments")
     args = ap.parse_args(argv)
     write_outputs(run(args), args.out, None, plot, markdown, side_by_side)
     return 0

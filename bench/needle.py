@@ -690,6 +690,8 @@ def _write(result: dict, args) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from ._common import store_args
+
     ap = argparse.ArgumentParser(prog="videokv bench needle", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="See bench/needle.py's docstring for what depth means per question type.")
@@ -707,10 +709,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-context", type=int, default=0,
                     help="treat the LLM's context window as this many positions (default: its "
                          "max_position_embeddings); modes that need more are skipped as 'does not fit'")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    ap.add_argument("--home", type=Path, default=None, help="KV store home (default: VIDEOKV_HOME)")
-    ap.add_argument("--workdir", type=Path, default=Path("runs/needle"), help="haystack videos (kept for reuse)")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_needle.json"), help="JSON result (PNG and markdown beside it)")
+    store_args(ap, "needle", videos="haystack videos")
     ap.add_argument("--png", type=Path, default=None, help="heatmap (default: --out with .png)")
     ap.add_argument("--md", type=Path, default=None, help="markdown table (default: --out with .md)")
     args = ap.parse_args(argv)

@@ -295,10 +295,6 @@ class PackedRows:
     value_min: torch.Tensor | None
     key_group: torch.Tensor
 
-    def layered(self) -> list[torch.Tensor]:
-        return [t for t in (self.codes, self.key_scale, self.key_min, self.value_scale, self.value_min)
-                if t is not None]
-
     def with_layered(self, tensors: list[torch.Tensor], key_group: torch.Tensor) -> PackedRows:
         """The same rows over other tensors (their copies on the device, or a layer slice)."""
         it = iter(tensors)

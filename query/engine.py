@@ -53,6 +53,7 @@ class Prepared:
     vision_calls: int = 0
     answer: Answer | None = None
     stats: tuple = (0, 0, 0)      # kv_bytes_loaded, kv_bytes_read, context_tokens
+    moments: list | None = None   # the question's moments, when the adaptive top-k found them
 
 
 class QueryEngine:
@@ -216,7 +217,7 @@ class QueryEngine:
         _, suffix = self.backend.prompt_parts(self.config.system_prompt, question)
         gen = gen or GenerationConfig(max_new_tokens=max_new_tokens, stop=("<|im_end|>",))
         budget = self.budget(video_id, len(self.backend.tokenize(suffix)), gen.max_new_tokens)
-        focus = self.grounding.focus(rec, question, self.adaptive_margin) if adaptive else None
+        focus, moments = self.grounding.focus(rec, question, self.adaptive_margin) if adaptive else (None, None)
         scores, layout = self._layout(rec, question, top_k, mode, chunks, budget, focus)
         t1 = time.perf_counter()
         paged, cache = self._page(video_id, layout)
@@ -224,7 +225,7 @@ class QueryEngine:
             self._check_fits(video_id, mode, cache, suffix, gen.max_new_tokens)
         return Prepared(rec, question, mode, scores, layout, paged, cache, suffix, gen, budget,
                         [t0, t1, time.perf_counter()], vision_calls,
-                        stats=(paged.bytes_in_context, paged.bytes_read, cache.tokens))
+                        stats=(paged.bytes_in_context, paged.bytes_read, cache.tokens), moments=moments)
 
     def finish(self, p: Prepared, text: str, first_token_at: float | None, end: float | None = None,
                tokens: int = 0, finish_reason: str = "") -> Answer:
@@ -242,7 +243,7 @@ class QueryEngine:
                       self.backend.vision_calls - p.vision_calls, p.mode, p.rec.video_id, p.question,
                       levels=p.layout.levels(), policy=p.layout.policy, context_budget=p.budget,
                       sample_fps=p.rec.sample_fps, answer_tokens=tokens, finish_reason=finish_reason,
-                      moments=self.best_moments(p.rec, p.question))
+                      moments=self.best_moments(p.rec, p.question, p.moments))
 
     def budget(self, video_id: str, question_tokens: int, max_new_tokens: int) -> int:
         """Positions a question's video context may take: VIDEOKV_CONTEXT_BUDGET, at most the
@@ -382,11 +383,13 @@ class QueryEngine:
                        "threshold": threshold, "spans": [[round(a, 2), round(b, 2)] for a, b in spans]},
                       moments=self.best_moments(rec, question))
 
-    def best_moments(self, rec, question: str) -> list[dict]:
-        """The question's best moments inside the video (query/grounding.py), as dicts."""
+    def best_moments(self, rec, question: str, found: list | None = None) -> list[dict]:
+        """The question's best moments inside the video (query/grounding.py), as dicts; found:
+        its moments, when the caller has them."""
         if not self.answer_moments:
             return []
-        return [m.to_dict() for m in self.grounding.in_video(rec, question)[:self.answer_moments]]
+        found = found if found is not None else self.grounding.in_video(rec, question)
+        return [m.to_dict() for m in found[:self.answer_moments]]
 
     def moments(self, query: str, *, tenant: str, video_ids: list[str] | None = None, limit: int = 10,
                 page_token: str | None = None, min_score: float | None = None):

@@ -86,24 +86,16 @@ class MomentFinder:
     per_video: int = 32
     scan_chunks: int = 64
 
-    def in_video(self, rec, query: str, hybrid: bool | None = None, vectors: dict | None = None) -> list[Moment]:
+    def in_video(self, rec, query: str, hybrid: bool | None = None) -> list[Moment]:
         """All moments of one READY video for the query, best first. hybrid: rank text and
-        visual moments by z-score (default: the video has a text channel); vectors: the
-        query's vectors {oracle identity: [dim]} when the caller has them."""
+        visual moments by z-score (default: the video has a text channel). The query's
+        vectors come from the engine, which keeps them for the questions asked last."""
         e = self.engine
-        vectors = vectors if vectors is not None else {}
-        qv = vectors.get(e.oracle.identity)
-        if qv is None:
-            qv = vectors[e.oracle.identity] = e.question_vector(e.oracle, query)
         with_text = e.has_text(rec)
         hybrid = with_text if hybrid is None else hybrid
-        out = self._visual(rec, qv, hybrid)
+        out = self._visual(rec, e.question_vector(e.oracle, query), hybrid)
         if with_text:
-            tid = e.text_oracle.identity
-            tv = vectors.get(tid)
-            if tv is None:
-                tv = vectors[tid] = e.question_vector(e.text_oracle, query)
-            out += self._text(rec, tv, e.text_weight)
+            out += self._text(rec, e.question_vector(e.text_oracle, query), e.text_weight)
         return merged(out)
 
     def search(self, query: str, *, tenant: str, video_ids: list[str] | None = None, limit: int = 10,
@@ -124,38 +116,39 @@ class MomentFinder:
         hits = e.search(query, MAX_MOMENTS, tenant=tenant, video_ids=list(recs) if video_ids is not None else None)
         order = list(dict.fromkeys(h.video_id for h in hits if h.video_id in recs))[:MAX_VIDEOS]
         hybrid = any(e.has_text(r) for r in recs.values())
-        vectors: dict = {}
         ranked: list[Moment] = []
         for vid in order:
-            ranked += self.in_video(recs[vid], query, hybrid, vectors)[:self.per_video]
+            ranked += self.in_video(recs[vid], query, hybrid)[:self.per_video]
         ranked.sort(key=rank_key)
         if min_score is not None:
             ranked = [m for m in ranked if m.score >= min_score]
         return page(ranked[:MAX_MOMENTS], offset, limit, scope)
 
-    def focus(self, rec, question: str, margin: float) -> dict[int, float] | None:
-        """{chunk: score} of the chunks the question's best visual moment spans, when it is the
-        one match: the only moment that clears the oracle's calibrated frame threshold (an
-        oracle without one: it outscores the next moment by `margin`). An adaptive top-k: one
-        event that stands alone needs no other chunk at L, and every other card at L is one
-        the LLM can misread. None when two moments match (an ordering question's two objects,
-        a shape shown twice), none does, or the video has a text channel."""
-        e = self.engine
-        if e.has_text(rec):         # where the text channel speaks too, the hybrid top-k decides
-            return None
-        found = merged([m for m in self._visual(rec, e.question_vector(e.oracle, question), False)
-                        if m.source == "visual"])
+    def focus(self, rec, question: str, margin: float) -> tuple[dict[int, float] | None, list[Moment] | None]:
+        """({chunk: score} of the chunks the question's best visual moment spans, when it is
+        the one match, else None; the video's moments for the question, when they were
+        found: the answer carries them, found once). The one match: the only moment that
+        clears the oracle's calibrated frame threshold (an oracle without one: it outscores
+        the next moment by `margin`). An adaptive top-k: one event that stands alone needs no
+        other chunk at L, and every other card at L is one the LLM can misread. None when two
+        moments match (an ordering question's two objects, a shape shown twice), none does,
+        or the video has a text channel (the hybrid top-k decides; its moments are not
+        searched here, so the text oracle's embeddings stay out of the time to first token)."""
+        if self.engine.has_text(rec):
+            return None, None
+        moments = self.in_video(rec, question)
+        found = [m for m in moments if m.source == "visual"]
         floor = self.runs.floor
         if not found or (floor is not None and found[0].score < floor):
-            return None
+            return None, moments
         if floor is not None:
             alone = len(found) == 1 or found[1].score < floor
         else:
             alone = len(found) == 1 or found[0].score - found[1].score >= margin
         if not alone:
-            return None
+            return None, moments
         best = found[0]
-        return {s.index: best.score for s in rec.plan if s.t_start < best.end and best.start < s.t_end}
+        return {s.index: best.score for s in rec.plan if s.t_start < best.end and best.start < s.t_end}, moments
 
     # ------------------------------------------------------------------ sources
     def _visual(self, rec, qv: np.ndarray, hybrid: bool) -> list[Moment]:

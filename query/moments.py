@@ -134,10 +134,11 @@ def merged(moments: list[Moment], merge_gap_s: float = 1.0, dedupe_iou: float = 
     return kept
 
 
-def rank_key(m: Moment) -> tuple:
+def rank_key(m: Moment | dict) -> tuple:
     """Best first, by the score as reported (4 decimals), so that a front that merges
-    shards' pages of reported moments ranks them exactly as each shard did."""
-    return (-round(m.score, 4), m.video_id, m.start, m.source)
+    shards' pages of reported moments (their dicts) ranks them exactly as each shard did."""
+    get = m.__getitem__ if isinstance(m, dict) else m.__getattribute__
+    return (-round(get("score"), 4), get("video_id"), get("start"), get("source"))
 
 
 def standardised(scores: np.ndarray) -> tuple[float, float]:

@@ -30,7 +30,7 @@ from videokv.api.limits import BodyLimit
 from videokv.api.problems import Problem
 from videokv.api.schemas import request_models
 from videokv.query.answers import QueryError
-from videokv.query.moments import MAX_MOMENTS, page, page_offset, search_scope
+from videokv.query.moments import MAX_MOMENTS, page, page_offset, rank_key, search_scope
 
 from . import jobs
 from .pool import HOP_HEADERS, ShardPool, ShardUnreachable, shard_unavailable, valid_id
@@ -170,7 +170,7 @@ def create_front_app(settings) -> FastAPI:
                 hits += resp.json()["results"]
                 moments += resp.json().get("moments", [])
         hits.sort(key=lambda h: -h["score"])
-        moments.sort(key=lambda m: (-m["score"], m["video_id"], m["start"], m["source"]))   # moments.rank_key
+        moments.sort(key=rank_key)
         got, token = page(moments, offset, body.limit, scope)
         return {"query": body.query, "results": hits[:body.top_k], "moments": got, "next_page_token": token,
                 "missing_shards": sorted(missing)}

@@ -165,11 +165,14 @@ def test_when_questions_are_answered_by_the_best_moment_to_a_frame(haystack):
     q = rt.queries
     focused = QueryEngine(q.backend, q.store, q.config, q.oracle, adaptive_margin=0.05)
     [rq] = [x for x in truth["questions"] if x["type"] == "retrieval"]
-    chunks = focused.grounding.focus(rt.store.get_video(vid), rq["question"], 0.05)
+    chunks, moments = focused.grounding.focus(rt.store.get_video(vid), rq["question"], 0.05)
     assert chunks and all(s.t_start < card["t_end"] and card["t_start"] < s.t_end
                           for s in rt.store.get_video(vid).plan if s.index in chunks), chunks
     got = focused.ask(vid, rq["question"], max_new_tokens=4)
     assert got.levels["L"] == len(chunks) and {e.chunk for e in got.evidence if e.level == "L"} == set(chunks)
+    # the answer carries the moments the focus found (the search is not run again)
+    assert got.moments == [m.to_dict() for m in moments[:focused.answer_moments]]
+    assert got.moments == focused.best_moments(rt.store.get_video(vid), rq["question"])
     # A search across the tenant's videos finds the same moment first; another tenant, none.
     found, _ = rt.queries.moments(f"the {card['color']} card", tenant="default")
     assert found[0].video_id == vid and (found[0].start, found[0].end) == (ev.t_start, ev.t_end)
