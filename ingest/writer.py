@@ -87,9 +87,21 @@ class StreamWriter:
             carried = self._carried() if k else []
             self.text = TextStream(self.path, self.info.has_audio, self.opts,
                                             lambda line: len(self.backend.tokenize(line)), start_s, carried, embedded)
+        try:
+            self._prefill_and_commit(prefix, k)
+        except BaseException:
+            if self.text is not None:
+                self.text.close()
+            raise
+        if self.text is not None:
+            rest, self.out.report = self.text.finish()
+            if rest:
+                store.put_chunks(vid, [], [s.to_dict() for s in rest], [], part_at=len(self.out.plan))
+        return self.out
+
+    def _prefill_and_commit(self, prefix, k: int) -> None:
         group: list = []
-        history = self._history(k)
-        for pc in self.pipe.prefiller.run(prefix, self._inputs(k), history=history):
+        for pc in self.pipe.prefiller.run(prefix, self._inputs(k), history=self._history(k)):
             group.append(pc)
             self.out.computed += 1
             if (pc.L.index + 1) % self.group_size == 0:
@@ -97,11 +109,6 @@ class StreamWriter:
                 group = []
         if group:
             self._commit(group)
-        if self.text is not None:
-            rest, self.out.report = self.text.finish()
-            if rest:
-                store.put_chunks(vid, [], [s.to_dict() for s in rest], [], part_at=len(self.out.plan))
-        return self.out
 
     def _inputs(self, k: int) -> Iterator[ChunkInput]:
         """ChunkInputs of the chunks from k on; the chunks before k are decoded past (their

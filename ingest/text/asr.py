@@ -1,10 +1,12 @@
 """Speech to text: the video's audio track through PocketSphinx (`pocketsphinx_continuous`).
 
-    segs = transcribe("talk.mp4")   # [TextSegment(source="asr", words=[(w, t0, t1), ...])]
+    segs = transcribe("talk.mp4")   # one pass over the whole track, as a WAV file
+    stream = SpeechStream("talk.mp4"); segs = stream.advance_to(60.0)   # what ingest runs
+    # [TextSegment(source="asr", words=[(w, t0, t1), ...])]
 
-The audio is decoded with PyAV to 16 kHz mono 16-bit WAV (the acoustic model's format) in
-a temporary directory, and the program's `-time yes` output is parsed: one segment per
-utterance, word times in seconds of the video (the audio stream's own start offset added).
+The audio is decoded with PyAV to 16 kHz mono 16-bit samples (the acoustic model's format)
+and the program's `-time yes` output is parsed: one segment per utterance, word times in
+seconds of the video (the audio stream's own start offset added).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import wave
 from pathlib import Path
 
@@ -142,19 +145,6 @@ def transcribe(path: str | os.PathLike, info=None, options: tuple[str, ...] = DE
         return _pocketsphinx(wav, offset, options)
 
 
-def _recognise(samples: np.ndarray, offset: float, workdir: Path, options: tuple[str, ...]) -> list[TextSegment]:
-    """PocketSphinx over int16 mono samples at RATE; times + `offset` seconds."""
-    if len(samples) < RATE // 10:
-        return []                                   # under 0.1 s: nothing to recognise
-    wav = workdir / "window.wav"
-    with wave.open(str(wav), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(RATE)
-        out.writeframes(samples.astype("<i2").tobytes())
-    return _pocketsphinx(wav, offset, options)
-
-
 def _pocketsphinx(wav: Path, offset: float, options: tuple[str, ...]) -> list[TextSegment]:
     """PocketSphinx over a WAV file; segment times + `offset` seconds."""
     cmd = [PROGRAM, "-infile", str(wav), "-time", "yes", "-logfn", os.devnull, *options]
@@ -167,80 +157,124 @@ def _pocketsphinx(wav: Path, offset: float, options: tuple[str, ...]) -> list[Te
     return parse_output(done.stdout, offset)
 
 
-def _quietest(samples: np.ndarray, lo: int, hi: int, win: int = RATE // 10) -> int:
-    """The sample index in [lo, hi) at the centre of the quietest `win`-long stretch: where
-    a window is cut, so no word is split in two."""
-    if hi - lo <= win:
-        return hi
-    x = samples[lo:hi].astype(np.float32) ** 2
-    energy = np.convolve(x, np.ones(win, np.float32), mode="valid")
-    return lo + int(np.argmin(energy)) + win // 2
-
-
 class SpeechStream:
-    """Speech recognised in windows, ahead of the chunks that need it: the audio is decoded
-    as it is reached and recognised `window_s` seconds at a time, each window cut at its
-    quietest tenth of a second near the end, so memory stays one window whatever the
-    length of the video (a 10-hour track is 1.2 GB as one WAV).
+    """Speech recognised as the video streams: one `pocketsphinx_continuous` reads the audio
+    track from a pipe while the ingest moves through the chunks, so it hears each sentence
+    after the speech before it, as a pass over the whole track does (the same words: tested),
+    wherever the ingest asks; memory is a pipe's worth of audio whatever the length.
 
-    start_s: the time from which speech is wanted (a resumed ingest: where it resumes)."""
+    The recogniser prints an utterance when it ends, opening it with a "<s>" line at its
+    start time: once a "<s>" at or after `t` is out (or the track is done), every utterance
+    that began before `t` is complete.
 
-    def __init__(self, path: str | os.PathLike, start_s: float = 0.0, window_s: float = 120.0,
-                 options: tuple[str, ...] = DECODER_OPTIONS):
+    start_s: the time from which speech is wanted (a resumed ingest: where it resumes). The
+    recogniser still hears the track from its start, so a resumed ingest gets the words an
+    uninterrupted one would (what it hears depends on what it heard before: its live
+    cepstral mean and noise floor); that costs ~1 s per 2 minutes of audio before start_s."""
+
+    def __init__(self, path: str | os.PathLike, start_s: float = 0.0, options: tuple[str, ...] = DECODER_OPTIONS):
         require()
-        self.options, self.window = options, int(window_s * RATE)
+        self.start = start_s
         self._tmp = tempfile.TemporaryDirectory(prefix="videokv-asr-")
         self._container = av.open(str(path))
-        self._stream = self._container.streams.audio[0]
+        self._frames = self._container.decode(self._container.streams.audio[0])
         video = self._container.streams.video[0] if self._container.streams.video else None
         self._v0 = float(video.start_time * video.time_base) if video is not None and video.start_time is not None else 0.0
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        self._frames = self._container.decode(self._stream)
-        self._buf = np.zeros(0, np.int16)
-        self._t0: float | None = None       # video time of _buf[0]
-        self._eof = False
-        self.covered = start_s              # speech before this time is recognised (or not wanted)
-        self.start = start_s
+        self._t_next: float | None = None     # video time of the next sample decoded
+        self._offset: float | None = None     # video time of the first sample
+        self._audio_done = False
+        self._errors = open(Path(self._tmp.name) / "stderr.txt", "w+b")
+        self._proc = subprocess.Popen(
+            ["stdbuf", "-oL", PROGRAM, "-infile", "/dev/stdin", "-time", "yes", "-logfn", os.devnull, *options],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors)
+        self._heard = threading.Condition()
+        self._lines: list[str] = []           # printed, not yet handed out
+        self._last_start = -1.0               # time (of the fed audio) of the latest "<s>"
+        self._printed_all = False
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name="videokv-asr-reader", daemon=True)
+        self._reader.start()
 
-    def _decode_until(self, samples: int) -> None:
-        chunks = [self._buf]
-        have = len(self._buf)
-        while have < samples and not self._eof:
-            frame = next(self._frames, None)
-            outs = self._resampler.resample(frame)
-            if frame is None:
-                self._eof = True
-            elif self._t0 is None and frame.pts is not None:
-                self._t0 = float(frame.pts * frame.time_base) - self._v0
-            for res in outs:
-                a = res.to_ndarray().reshape(-1).astype(np.int16)
-                chunks.append(a)
-                have += len(a)
-        self._buf = np.concatenate(chunks)
-        if self._t0 is None:
-            self._t0 = 0.0
+    def _read(self) -> None:
+        for raw in self._proc.stdout:
+            line = raw.decode(errors="replace")
+            parts = line.split()
+            with self._heard:
+                self._lines.append(line)
+                if len(parts) == 4 and parts[0] == "<s>":
+                    self._last_start = float(parts[1])
+                    self._heard.notify_all()
+        with self._heard:
+            self._printed_all = True
+            self._heard.notify_all()
+
+    def _feed(self) -> bool:
+        """Decode the next audio frame and write it to the recogniser; False once the track
+        is done (its input then closed)."""
+        frame = next(self._frames, None)
+        if frame is not None and self._t_next is None and frame.pts is not None:
+            self._t_next = float(frame.pts * frame.time_base) - self._v0
+        for res in self._resampler.resample(frame):
+            samples = res.to_ndarray().reshape(-1).astype("<i2")
+            t = self._t_next or 0.0
+            self._t_next = t + len(samples) / RATE
+            if self._offset is None:
+                self._offset = t
+            try:
+                self._proc.stdin.write(samples.tobytes())
+            except BrokenPipeError:
+                break  # the recogniser died: its exit status says why (in advance_to)
+        if frame is None:
+            self._audio_done = True
+            self._proc.stdin.close()
+        return not self._audio_done
 
     def advance_to(self, t: float) -> list[TextSegment]:
-        """Recognise the audio up to at least `t` seconds (more: whole windows); the new
-        segments, words before `start` left out."""
-        out: list[TextSegment] = []
-        while self.covered < t and not (self._eof and len(self._buf) == 0):
-            self._decode_until(self.window + RATE * 10)
-            if self._t0 + len(self._buf) / RATE <= self.start:          # before a resume point: skip
-                self._t0 += len(self._buf) / RATE
-                self._buf = self._buf[:0]
-                self.covered = max(self.covered, self._t0)
-                continue
-            cut = len(self._buf) if self._eof and len(self._buf) <= self.window + RATE * 10 else \
-                _quietest(self._buf, max(0, self.window - RATE * 10), min(len(self._buf), self.window + RATE * 10))
-            segs = _recognise(self._buf[:cut], self._t0, Path(self._tmp.name), self.options)
-            out += [s for s in (_from(s, self.start) for s in segs) if s is not None]
-            self._t0 += cut / RATE
-            self._buf = self._buf[cut:]
-            self.covered = self._t0 if not (self._eof and len(self._buf) == 0) else float("inf")
-        return out
+        """Every utterance that began before `t` seconds and was not handed out yet (and any
+        later one already printed); words before `start` left out."""
+        while True:
+            with self._heard:
+                heard_past = self._offset is not None and self._last_start + self._offset >= t
+                if heard_past or self._printed_all:
+                    break
+                if self._audio_done:
+                    self._heard.wait()
+                    continue
+            self._feed()
+        with self._heard:
+            if self._printed_all:
+                ready, self._lines = self._lines, []
+            else:             # the last "<s>" opens an utterance that may still be printing
+                cut = max(i for i, line in enumerate(self._lines) if line.startswith("<s> "))
+                ready, self._lines = self._lines[:cut], self._lines[cut:]
+        if self._printed_all:
+            self._check_exit()
+        segs = parse_output("".join(ready), self._offset or 0.0)
+        return [s for s in (_from(s, self.start) for s in segs) if s is not None]
+
+    def _check_exit(self) -> None:
+        code = self._proc.wait()
+        if code != 0:
+            self._errors.seek(0)
+            tail = self._errors.read().decode(errors="replace").strip()[-300:]
+            raise RuntimeError(f"{PROGRAM} failed (exit {code}): {tail}")
 
     def close(self) -> None:
+        """Stop the recogniser (if still running) and remove the temporary files."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            try:
+                pipe.close()
+            except (OSError, ValueError):
+                pass
+        self._reader.join(timeout=5)
+        self._errors.close()
         self._container.close()
         self._tmp.cleanup()
 

@@ -1,9 +1,10 @@
 """The text channel of one ingest, as its chunks pass: on-screen text is read from each
-chunk's frames (decoded once, with the model's), speech is recognised in windows a little
-ahead of the chunks, subtitles are read at the start (at most 4 MiB). Each chunk gets its
-line; segments become final as they close (`take_final`, stored with the chunk group that
-closes them) and those still open are checkpointed (`open_segments`), so a resumed ingest
-continues them. Memory: the segments that can still touch a coming chunk.
+chunk's frames (decoded once, with the model's), speech is recognised by one recogniser
+that hears the audio track as it streams (a little ahead of the chunks), subtitles are read
+at the start (at most 4 MiB). Each chunk gets its line; segments become final as they close
+(`take_final`, stored with the chunk group that closes them) and those still open are
+checkpointed (`open_segments`), so a resumed ingest continues them. Memory: the segments
+that can still touch a coming chunk.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ class TextStream:
     def open_segments(self) -> list[TextSegment]:
         """Segments still open (on screen now): the commit's checkpoint."""
         return self.ocr.open_now() if self.ocr is not None else []
+
+    def close(self) -> None:
+        """Stop the speech recogniser (an ingest that fails or is stopped midway)."""
+        if self.asr is not None:
+            self.asr.close()
 
     def finish(self) -> tuple[list[TextSegment], dict]:
         """(the segments not yet handed over, all now final; the per-channel report)."""

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,6 +188,63 @@ def test_speech_goes_to_the_chunk_it_was_said_in(game):
         said = set(s["text"].split())
         heard = re.search(r'Speech: "([^"]*)"', lines[k0])
         assert heard and said & set(heard.group(1).split()), (s["text"], lines[k0])
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory):
+    """A 4-minute video whose sentences come every 17 s: longer than one read of the audio."""
+    path = tmp_path_factory.mktemp("talk") / "talk.mp4"
+    ts.make_text_video(path, 4.0, speech=ts.spread_speech(start=3.0, gap=17.0), size=(128, 72),
+                       scoreboard=False, clock=False, fps=1.0)
+    whole = [(w, a, b) for seg in asr.transcribe(path) for w, a, b in seg.words]
+    return path, whole
+
+
+def _words(segments) -> list[tuple[str, float, float]]:
+    return [(w, a, b) for seg in segments for w, a, b in seg.words]
+
+
+@needs("pocketsphinx_continuous", "espeak-ng")
+def test_streamed_speech_is_the_one_pass_transcript(talk):
+    """Asked chunk by chunk as an ingest asks, the stream hears what one pass over the whole
+    track hears (same words, same times), and each answer holds every utterance that began
+    before the time asked."""
+    path, whole = talk
+    assert len(whole) >= 40
+    segments = asr.transcribe(path)
+    stream = asr.SpeechStream(path)
+    got = []
+    try:
+        for t in [1.0, 2.5, *range(17, 250, 16), 131.0]:
+            got += stream.advance_to(t)
+            assert {s.t_start for s in segments if s.t_start < t} <= {s.t_start for s in got}, t
+        got += stream.advance_to(float("inf"))
+    finally:
+        stream.close()
+    assert _words(got) == whole
+
+
+@needs("pocketsphinx_continuous", "espeak-ng")
+def test_resumed_stream_hears_what_the_first_pass_heard(talk):
+    path, whole = talk
+    start = 100.0
+    stream = asr.SpeechStream(path, start_s=start)
+    try:
+        got = _words(stream.advance_to(float("inf")))
+    finally:
+        stream.close()
+    assert got == [x for x in whole if (x[1] + x[2]) / 2 >= start] and got
+
+
+@needs("pocketsphinx_continuous", "espeak-ng")
+def test_closing_a_stream_midway_stops_its_recogniser(talk):
+    path, _ = talk
+    stream = asr.SpeechStream(path)
+    assert stream.advance_to(30.0)
+    process, tmp = stream._proc, Path(stream._tmp.name)
+    stream.close()
+    stream.close()                       # twice: a no-op
+    assert process.poll() is not None and not tmp.exists()
 
 
 @ASR
