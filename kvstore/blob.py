@@ -36,6 +36,7 @@ torch can use it in place. Smaller values may land unaligned; `decode` then copi
 
 from __future__ import annotations
 
+import functools
 import struct
 import warnings
 import zlib
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .codecs import BY_CODE, Codec
+from .codecs import BY_CODE, Codec, as_run, take_rows
 from .errors import CorruptBlobError, KVStoreError
 
 MAGIC = b"VKV1"
@@ -146,7 +147,8 @@ class BlobView:
         h = self.header
         n = h.tokens if rows is None else len(rows)
         if h.codec is None:
-            return self.raw.clone() if rows is None else self.raw.index_select(3, rows)
+            part = self.raw if rows is None else take_rows(self.raw, 3, as_run(rows))
+            return part.clone() if part is self.raw or part._is_view() else part
         return self.take_into(torch.empty(h.layers, 2, h.kv_heads, n, h.head_dim, dtype=h.dtype), rows)
 
     def take_into(self, out: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -154,7 +156,7 @@ class BlobView:
         hot set or a pinned buffer): one pass, dequantizing on the way for a codec blob."""
         h = self.header
         if h.codec is None:
-            return out.copy_(self.raw if rows is None else self.raw.index_select(3, rows))
+            return out.copy_(take_rows(self.raw, 3, as_run(rows)))
         return h.codec.decode_into(self.parts, out, rows)
 
     def load_into(self, out: torch.Tensor) -> torch.Tensor:
@@ -165,8 +167,10 @@ class BlobView:
         return self.take_into(out)
 
 
-def _payload_layout(codec: Codec, shape) -> tuple[list[tuple[torch.dtype, tuple, int]], int]:
-    """([(dtype, shape, offset from data_offset)], total bytes) of a codec's payload."""
+@functools.lru_cache(maxsize=4096)
+def _payload_layout(codec: Codec, shape: tuple) -> tuple[tuple[tuple[torch.dtype, tuple, int], ...], int]:
+    """((dtype, shape, offset from data_offset), ...), total bytes) of a codec's payload (asked
+    for several times per blob read: cached per codec and shape)."""
     out, at = [], 0
     for dtype, sh in codec.parts(shape):
         n = dtype.itemsize
@@ -174,7 +178,7 @@ def _payload_layout(codec: Codec, shape) -> tuple[list[tuple[torch.dtype, tuple,
             n *= d
         out.append((dtype, sh, at))
         at += -(-n // ALIGN) * ALIGN
-    return out, at
+    return tuple(out), at
 
 
 def encoded_size(layers: int, kv_heads: int, tokens: int, head_dim: int, dtype: torch.dtype,

@@ -32,6 +32,24 @@ def _groups(n: int, group: int) -> int:
     return -(-n // group)
 
 
+def as_run(rows: torch.Tensor | slice | None) -> torch.Tensor | slice | None:
+    """Token rows (int64 [n]) as a slice when they are one ascending run (an H part's rows
+    usually are: its timestamp rows lead), so they are taken as views, not gathered."""
+    if rows is None or isinstance(rows, slice) or not len(rows):
+        return rows
+    first = int(rows[0])
+    return slice(first, first + len(rows)) if rows.tolist() == list(range(first, first + len(rows))) else rows
+
+
+def take_rows(t: torch.Tensor, dim: int, rows: torch.Tensor | slice | None) -> torch.Tensor:
+    """t's `rows` along `dim` (None: all; a slice: a view; int64 [n]: a gathered copy)."""
+    if rows is None:
+        return t
+    if isinstance(rows, slice):
+        return t.narrow(dim, rows.start, rows.stop - rows.start)
+    return t.index_select(dim, rows)
+
+
 @dataclass(frozen=True)
 class Codec:
     """A storage codec. parts(): the payload tensors' (dtype, shape) for a blob of
@@ -83,8 +101,7 @@ class Cast(Codec):
         return [kv.to(self.store_dtype).contiguous()]
 
     def decode_into(self, parts, out, rows=None):
-        src = parts[0] if rows is None else parts[0].index_select(3, rows)
-        return out.copy_(src)
+        return out.copy_(take_rows(parts[0], 3, as_run(rows)))
 
     def bound(self, parts, kv):
         rel = 2.0 ** -8 if self.store_dtype == torch.bfloat16 else 2.0 ** -11
@@ -135,9 +152,9 @@ class _Scaled(Codec):
         """The statistics of token `rows` (None: all T): keys [L, H, T', D] (or [L, H, 1, D]
         when the blob is one key group: broadcast, never gathered), values [L, H, T', D/vg]."""
         if key_stat.shape[2] > 1:
-            at = torch.arange(T) if rows is None else rows
+            at = torch.arange(T) if rows is None else torch.arange(T)[rows]
             key_stat = key_stat.index_select(2, torch.div(at, kg, rounding_mode="floor"))
-        return key_stat, (value_stat if rows is None else value_stat.index_select(2, rows))
+        return key_stat, take_rows(value_stat, 2, rows)
 
 
 @dataclass(frozen=True)
@@ -197,8 +214,8 @@ class IntQ(_Scaled):
         L, _, H, T = q.shape[:4]
         D = out.shape[-1]
         kg, vg = self.groups(T, D)
-        if rows is not None:
-            q = q.index_select(3, rows)
+        rows = as_run(rows)
+        q = take_rows(q, 3, rows)
         if self.bits == 4:                  # low nibble: even channels, high nibble: odd
             out[..., 0::2].copy_(q & 15)
             out[..., 1::2].copy_(q >> 4)
@@ -266,8 +283,8 @@ class Fp8(_Scaled):
         q, kscale, vscale = parts
         L, _, H, T, D = q.shape
         kg, vg = self.groups(T, D)
-        if rows is not None:
-            q = q.index_select(3, rows)
+        rows = as_run(rows)
+        q = take_rows(q, 3, rows)
         ks, vs = self._per_row(kscale, vscale, rows, T, kg)
         out.copy_(q.view(torch.float8_e4m3fn))
         out[:, 0].mul_(ks)

@@ -49,6 +49,27 @@ def test_codecs_round_trip_within_their_documented_bound(name, groups, ingested)
         assert torch.equal(view.take(rows), back.index_select(3, rows))
         out = torch.full((kv.shape[0], 2, kv.shape[2], 3, kv.shape[4]), float("nan"))
         assert torch.equal(view.take_into(out, rows), back.index_select(3, rows))
+        assert_runs_are_the_same_rows(view, back)
+
+
+def assert_runs_are_the_same_rows(view, back):
+    """Rows in one ascending run (taken as views) come back as the gathered rows would, into
+    a slice of a larger buffer, leaving the rest of it alone."""
+    run = torch.arange(1, 4)
+    assert torch.equal(view.take(run), back[:, :, :, 1:4])
+    L, _, H, _, D = back.shape
+    hot = torch.full((L, 2, H, 7, D), float("nan"))
+    view.take_into(hot[:, :, :, 2:5], run)
+    assert torch.equal(hot[:, :, :, 2:5], back[:, :, :, 1:4]) and hot[:, :, :, [0, 1, 5, 6]].isnan().all()
+
+
+def test_the_plain_format_takes_runs_and_scattered_rows():
+    kv = random_kv(tokens=9)
+    view = blobfmt.decode(bytes(blobfmt.encode(kv[:, 0], kv[:, 1], torch.zeros(9, dtype=torch.uint8))))
+    assert view.header.codec is None
+    assert_runs_are_the_same_rows(view, kv)
+    rows = torch.tensor([8, 0, 4])
+    assert torch.equal(view.take(rows), kv.index_select(3, rows))
 
 
 def test_the_settings_offer_exactly_the_codecs():
