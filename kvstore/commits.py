@@ -187,11 +187,14 @@ def open_text_segments(env: StorageBackend, video_id: str) -> list[dict]:
 
 def _joined(segments: list[dict]) -> list[dict]:
     """Time-ordered, with a line split at a resume point (closed there, opened again there)
-    joined back into one segment."""
+    joined back into one segment, and an utterance heard again by a resumed ingest (the
+    same words at the same times: asr.SpeechStream) kept once."""
     out: list[dict] = []
     last: dict[tuple[str, str], dict] = {}
     for s in sorted(segments, key=lambda s: (s["t_start"], s["t_end"], s["source"], s["text"])):
         prev = last.get((s["source"], s["text"]))
+        if prev is not None and s.get("words") and s == prev:
+            continue
         if prev is not None and not s.get("words") and not prev.get("words") and s["t_start"] <= prev["t_end"] + 1e-6:
             prev["t_end"] = max(prev["t_end"], s["t_end"])
             continue

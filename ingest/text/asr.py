@@ -167,10 +167,12 @@ class SpeechStream:
     start time: once a "<s>" at or after `t` is out (or the track is done), every utterance
     that began before `t` is complete.
 
-    start_s: the time from which speech is wanted (a resumed ingest: where it resumes). The
-    recogniser still hears the track from its start, so a resumed ingest gets the words an
-    uninterrupted one would (what it hears depends on what it heard before: its live
-    cepstral mean and noise floor); that costs ~1 s per 2 minutes of audio before start_s."""
+    start_s: the time from which speech is wanted (a resumed ingest: where it resumes): the
+    utterances that end after it, whole. The recogniser still hears the track from its
+    start, so a resumed ingest gets the utterances an uninterrupted one gets, word for word
+    and time for time (what it hears depends on what it heard before: its live cepstral
+    mean and noise floor); that costs ~1 s per 2 minutes of audio before start_s. An
+    utterance over the resume point was stored before too: the transcript keeps one."""
 
     def __init__(self, path: str | os.PathLike, start_s: float = 0.0, options: tuple[str, ...] = DECODER_OPTIONS):
         require()
@@ -232,7 +234,7 @@ class SpeechStream:
 
     def advance_to(self, t: float) -> list[TextSegment]:
         """Every utterance that began before `t` seconds and was not handed out yet (and any
-        later one already printed); words before `start` left out."""
+        later one already printed); those that end before `start` left out."""
         while True:
             with self._heard:
                 heard_past = self._offset is not None and self._last_start + self._offset >= t
@@ -250,8 +252,7 @@ class SpeechStream:
                 ready, self._lines = self._lines[:cut], self._lines[cut:]
         if self._printed_all:
             self._check_exit()
-        segs = parse_output("".join(ready), self._offset or 0.0)
-        return [s for s in (_from(s, self.start) for s in segs) if s is not None]
+        return [s for s in parse_output("".join(ready), self._offset or 0.0) if s.t_end > self.start]
 
     def _check_exit(self) -> None:
         code = self._proc.wait()
@@ -277,13 +278,3 @@ class SpeechStream:
         self._errors.close()
         self._container.close()
         self._tmp.cleanup()
-
-
-def _from(seg: TextSegment, start: float) -> TextSegment | None:
-    """The segment's words at or after `start` (a resumed ingest has the earlier ones)."""
-    if seg.t_start >= start:
-        return seg
-    words = [w for w in seg.words if (w[1] + w[2]) / 2 >= start]
-    if not words:
-        return None
-    return TextSegment(words[0][1], words[-1][2], " ".join(w for w, _, _ in words), "asr", seg.conf, words)
