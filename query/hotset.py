@@ -119,12 +119,18 @@ def read_hot_set(store: KVStore, video_id: str, fingerprint: str, h_text: str = 
         h0 = views[0][0].header
         total = sum(v.header.tokens if x is None else len(x) for v, x in views)
         kv = torch.empty(h0.layers, 2, h0.kv_heads, total, h0.head_dim, dtype=h0.dtype, pin_memory=pin)
+        codecs = {v.header.codec for v, _ in views}
+        codec = codecs.pop() if len(codecs) == 1 else None
+        if codec is not None:                                       # dequantized on the way, together
+            codec.decode_many([(v.parts, x) for v, x in views], kv)
         parts, offsets, off, stored = [], [], 0, 0
         for (i, lvl), (v, x) in zip(wanted, views):
             n = v.header.tokens if x is None else len(x)
             stored += stored_bytes(v, x)
             kinds = v.kinds if x is None else v.kinds[x]
-            dst = v.take_into(kv[:, :, :, off:off + n], x)         # dequantized on the way (codecs)
+            dst = kv[:, :, :, off:off + n]
+            if codec is None:
+                v.take_into(dst, x)                                 # as stored, or decoded blob by blob
             parts.append(as_part(r, video_id, i, lvl, dst, kinds.clone(), rec.fingerprint))
             offsets.append(off)
             off += n

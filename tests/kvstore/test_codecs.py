@@ -63,6 +63,31 @@ def assert_runs_are_the_same_rows(view, back):
     assert torch.equal(hot[:, :, :, 2:5], back[:, :, :, 1:4]) and hot[:, :, :, [0, 1, 5, 6]].isnan().all()
 
 
+@pytest.mark.parametrize("name", CODEC_NAMES)
+@pytest.mark.parametrize("groups", [(0, 0), (0, 16), (8, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_hot_set_decoded_together_equals_blob_by_blob(name, groups, dtype):
+    """decode_many (a hot set: blobs one after another, each with its rows) is decode_into
+    blob by blob, bit for bit: runs of equal and unequal lengths, all rows, a run of rows,
+    scattered rows and a blob with none."""
+    codec = codec_named(name, *groups)
+    tokens = [15, 15, 15, 9, 15, 15, 4, 15]
+    kvs = [random_kv(tokens=t, seed=i).to(dtype) for i, t in enumerate(tokens)]
+    items = [(codec.encode(kv), rows) for kv, rows in zip(kvs, [
+        None, torch.arange(7, 15), torch.arange(7, 15), torch.tensor([8, 0, 3]), torch.arange(7, 15),
+        torch.arange(0, 0), None, torch.arange(7, 15)])]
+    total = sum(kv.shape[3] if rows is None else len(rows) for kv, (_, rows) in zip(kvs, items))
+    L, _, H, _, D = kvs[0].shape
+    together = codec.decode_many(items, torch.full((L, 2, H, total + 2, D), float("nan"), dtype=dtype))
+    one_by_one, off = torch.full_like(together, float("nan")), 0
+    for parts, rows in items:
+        n = parts[0].shape[3] if rows is None else len(rows)
+        codec.decode_into(parts, one_by_one[:, :, :, off:off + n], rows)
+        off += n
+    assert torch.equal(together[:, :, :, :total], one_by_one[:, :, :, :total])
+    assert together[:, :, :, total:].isnan().all()
+
+
 def test_the_plain_format_takes_runs_and_scattered_rows():
     kv = random_kv(tokens=9)
     view = blobfmt.decode(bytes(blobfmt.encode(kv[:, 0], kv[:, 1], torch.zeros(9, dtype=torch.uint8))))
