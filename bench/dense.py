@@ -12,11 +12,11 @@ calibrated with --seed 3000). Questions are every TOYWORLD template the events a
 (toyworld.scenario.make_questions), graded by toyworld.grading.is_correct.
 
 Variants, over the same stored videos:
-  bilevel-k3    the service's default: top-3 chunks at L (and the first and last), the rest
-                at H; "how many times" by the span counter, "when" by the best moment
+  bilevel-k3    top-3 chunks at L (and the first and last), the rest at H; "how many
+                times" by the span counter, "when" by the best moment (as the service does)
   bilevel-k1    the same with the top-1 chunk
-  adaptive      the best moment's chunks alone at L when it stands clear of the next
-                (VIDEOKV_ADAPTIVE_MARGIN, --margin), else the top-3
+  adaptive      the service's default: the best moment's chunks alone at L when it stands
+                clear of the next (VIDEOKV_ADAPTIVE_MARGIN, --margin), else the top-3
   dense         every chunk at L, where it fits the LLM's positions
 JSON (default runs/bench_dense.json), PNG and markdown next to it.
 """
@@ -117,7 +117,10 @@ def run(args) -> dict:
     from videokv.runtime import Runtime
 
     t0 = time.perf_counter()
-    settings = bench_settings(args.threads, args.home, adaptive_margin=args.margin)
+    # --margin over the settings' VIDEOKV_ADAPTIVE_MARGIN; not given: the settings' own (the
+    # service's default), never "off" by accident
+    settings = bench_settings(args.threads, args.home,
+                              **({} if args.margin is None else {"adaptive_margin": args.margin}))
     rt = Runtime(settings)
     q = rt.queries
     fps = float(settings.sample_fps)
@@ -141,7 +144,7 @@ def run(args) -> dict:
     targets = {"retrieval_ge_0.90": {"value": k3["retrieval"], "met": (k3["retrieval"] or 0) >= 0.9},
                "attribute_ge_0.90": {"value": k3["attribute"], "met": (k3["attribute"] or 0) >= 0.9},
                "all_types_ge_0.75": {"value": k3["all"], "met": (k3["all"] or 0) >= 0.75}}
-    return {"config": {"videos": args.videos, "repeats": args.repeats, "seed": args.seed, "margin": args.margin,
+    return {"config": {"videos": args.videos, "repeats": args.repeats, "seed": args.seed, "margin": settings.adaptive_margin,
                        "size": args.size, "fps": args.fps or fps,
                        "variants": args.variants},
             "summary": summary, "targets": targets, "rows": rows, "total_s": round(time.perf_counter() - t0, 1)}
@@ -209,7 +212,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="videos per (seconds, events), seeds --seed upward")
     ap.add_argument("--seed", type=int, default=4000, help="first video seed (calibrate with another)")
     ap.add_argument("--margin", type=float, default=None,
-                    help="adaptive top-k margin (default: VIDEOKV_ADAPTIVE_MARGIN; unset: adaptive is the top-3)")
+                    help="adaptive top-k margin (default: VIDEOKV_ADAPTIVE_MARGIN, 0.05; set empty, adaptive is the top-3)")
     ap.add_argument("--variants", type=lambda s: [x for x in s.split(",") if x], default=list(VARIANTS),
                     help=f"which of {','.join(VARIANTS)}")
     ap.add_argument("--size", type=lambda s: [int(x) for x in s.lower().split("x")], default=list(SIZE),
