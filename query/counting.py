@@ -3,7 +3,7 @@ scores instead of by the LLM.
 
 Why. The embedded default's 135M LLM does not count across chunks: with every chunk's
 L-KV in context it still says "1 time" for a pair seen twice, and refines that trained it
-on counting taught it to guess "2-3 times" instead (videokv/weights/toyworld/MODEL_CARD.md,
+on counting taught it to guess "2-3 times" instead (toyworld/weights/MODEL_CARD.md,
 "Tried, not shipped: counting"). The toy-world oracle, though, scores single frames: every
 sampled frame's vector is stored at ingest, and a frame showing the thing asked about
 scores ~0.55 against the question where a look-alike (same colour, other shape) scores
