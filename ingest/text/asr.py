@@ -41,6 +41,8 @@ def require() -> None:
     """ToolMissing unless the recogniser and its en-us model are installed."""
     if shutil.which(PROGRAM) is None or not (MODEL_DIR / "en-us").is_dir():
         raise ToolMissing("speech", PROGRAM, PACKAGES)
+    if shutil.which("stdbuf") is None:                  # SpeechStream runs the program under it
+        raise ToolMissing("speech", "stdbuf", "coreutils")
 
 
 def pocketsphinx_version() -> str:
@@ -187,6 +189,7 @@ class SpeechStream:
         self._offset: float | None = None     # video time of the first sample
         self._audio_done = False
         self._errors = open(Path(self._tmp.name) / "stderr.txt", "w+b")
+        # stdbuf -oL: the recogniser's lines reach us as it prints them, not per 4 KiB
         self._proc = subprocess.Popen(
             ["stdbuf", "-oL", PROGRAM, "-infile", "/dev/stdin", "-time", "yes", "-logfn", os.devnull, *options],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors)
