@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .codecs import BY_CODE, Codec, as_run, take_rows
+from .codecs import BY_CODE, Codec, Rows, row_count, take_rows
 from .errors import CorruptBlobError, KVStoreError
 
 MAGIC = b"VKV1"
@@ -142,21 +142,21 @@ class BlobView:
         """Bytes stored (what a read costs in I/O)."""
         return self.header.data_nbytes
 
-    def take(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Token `rows` (int64 [T'], None: all) as a new tensor [layers, 2, kv_heads, T', head_dim]."""
+    def take(self, rows: Rows = None) -> torch.Tensor:
+        """Token `rows` (codecs.Rows, T' of them) as a new tensor [layers, 2, kv_heads, T', head_dim]."""
         h = self.header
-        n = h.tokens if rows is None else len(rows)
+        n = row_count(rows, h.tokens)
         if h.codec is None:
-            part = self.raw if rows is None else take_rows(self.raw, 3, as_run(rows))
-            return part.clone() if part is self.raw or part._is_view() else part
+            part = take_rows(self.raw, 3, rows)
+            return part if isinstance(rows, torch.Tensor) else part.clone()      # gathered: already a copy
         return self.take_into(torch.empty(h.layers, 2, h.kv_heads, n, h.head_dim, dtype=h.dtype), rows)
 
-    def take_into(self, out: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def take_into(self, out: torch.Tensor, rows: Rows = None) -> torch.Tensor:
         """Token `rows` written into out [layers, 2, kv_heads, T', head_dim] (a slice of a
         hot set or a pinned buffer): one pass, dequantizing on the way for a codec blob."""
         h = self.header
         if h.codec is None:
-            return out.copy_(take_rows(self.raw, 3, as_run(rows)))
+            return out.copy_(take_rows(self.raw, 3, rows))
         return h.codec.decode_into(self.parts, out, rows)
 
     def load_into(self, out: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ channels (KVQuant), so a per-channel scale absorbs them. Scales and minima are f
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,22 +33,25 @@ def _groups(n: int, group: int) -> int:
     return -(-n // group)
 
 
-def as_run(rows: torch.Tensor | slice | None) -> torch.Tensor | slice | None:
-    """Token rows (int64 [n]) as a slice when they are one ascending run (an H part's rows
-    usually are: its timestamp rows lead), so they are taken as views, not gathered."""
-    if rows is None or isinstance(rows, slice) or not len(rows):
-        return rows
-    first = int(rows[0])
-    return slice(first, first + len(rows)) if rows.tolist() == list(range(first, first + len(rows))) else rows
+Rows = torch.Tensor | slice | None
+"""Token rows of a blob: int64 [n] indices, a slice (one ascending run: taken as a view, not
+gathered; an H part's rows usually are one, its timestamp rows leading), or None: all."""
 
 
-def take_rows(t: torch.Tensor, dim: int, rows: torch.Tensor | slice | None) -> torch.Tensor:
-    """t's `rows` along `dim` (None: all; a slice: a view; int64 [n]: a gathered copy)."""
+def take_rows(t: torch.Tensor, dim: int, rows: Rows) -> torch.Tensor:
+    """t's `rows` along `dim` (None: t; a slice: a view; indices: a gathered copy)."""
     if rows is None:
         return t
     if isinstance(rows, slice):
         return t.narrow(dim, rows.start, rows.stop - rows.start)
     return t.index_select(dim, rows)
+
+
+def row_count(rows: Rows, tokens: int) -> int:
+    """How many rows `rows` takes of a blob of `tokens`."""
+    if rows is None:
+        return tokens
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
 
 
 @dataclass(frozen=True)
@@ -66,17 +70,17 @@ class Codec:
     def encode(self, kv: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def decode_into(self, parts: list[torch.Tensor], out: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Dequantize token `rows` (int64 [T'], None: all) into out [layers, 2, kv_heads, T', head_dim]."""
+    def decode_into(self, parts: list[torch.Tensor], out: torch.Tensor, rows: Rows = None) -> torch.Tensor:
+        """Dequantize token `rows` (T' of them) into out [layers, 2, kv_heads, T', head_dim]."""
         raise NotImplementedError
 
-    def decode_many(self, items: list[tuple[list[torch.Tensor], torch.Tensor | None]], out: torch.Tensor) -> torch.Tensor:
+    def decode_many(self, items: list[tuple[list[torch.Tensor], Rows]], out: torch.Tensor) -> torch.Tensor:
         """Blobs one after another along out's token axis: items [(parts, rows)], out
         [layers, 2, kv_heads, sum of their rows, head_dim] (a hot set). Equal to decode_into
         blob by blob (a codec may batch the arithmetic)."""
         off = 0
         for parts, rows in items:
-            n = parts[0].shape[3] if rows is None else len(rows)
+            n = row_count(rows, parts[0].shape[3])
             self.decode_into(parts, out.narrow(3, off, n), rows)
             off += n
         return out
@@ -112,7 +116,7 @@ class Cast(Codec):
         return [kv.to(self.store_dtype).contiguous()]
 
     def decode_into(self, parts, out, rows=None):
-        return out.copy_(take_rows(parts[0], 3, as_run(rows)))
+        return out.copy_(take_rows(parts[0], 3, rows))
 
     def bound(self, parts, kv):
         rel = 2.0 ** -8 if self.store_dtype == torch.bfloat16 else 2.0 ** -11
@@ -233,7 +237,6 @@ class IntQ(_Scaled):
         L, _, H, T = q.shape[:4]
         D = out.shape[-1]
         kg, vg = self.groups(T, D)
-        rows = as_run(rows)
         self._codes_into(take_rows(q, 3, rows), out)
         ks, vs = self._per_row(kscale, vscale, rows, T, kg)
         km, vm = self._per_row(kmin, vmin, rows, T, kg)
@@ -253,7 +256,6 @@ class IntQ(_Scaled):
         L, _, H, _, D = out.shape
         lengths, kstats, vstats, off = [], [], [], 0
         for (q, kscale, kmin, vscale, vmin), rows in items:
-            rows = as_run(rows)
             q = take_rows(q, 3, rows)
             n = q.shape[3]
             if not n:
@@ -273,14 +275,11 @@ class IntQ(_Scaled):
         v.view(L, H, off, D // vg, vg).mul_(vs.unsqueeze(-1)).add_(vm.unsqueeze(-1))
         ks, km = (torch.cat(x, dim=2).float() for x in zip(*kstats))        # [L, H, blobs, D]
         k, i, at = out[:, 0], 0, 0
-        while i < len(lengths):
-            j = i
-            while j < len(lengths) and lengths[j] == lengths[i]:
-                j += 1
-            n, c = lengths[i], j - i
+        for n, same in itertools.groupby(lengths):        # runs of blobs with n rows each
+            c = len(list(same))
             run = k.narrow(2, at, n * c).view(L, H, c, n, D)
-            run.mul_(ks[:, :, i:j].unsqueeze(3)).add_(km[:, :, i:j].unsqueeze(3))
-            i, at = j, at + n * c
+            run.mul_(ks[:, :, i:i + c].unsqueeze(3)).add_(km[:, :, i:i + c].unsqueeze(3))
+            i, at = i + c, at + n * c
         return out
 
 
@@ -336,7 +335,6 @@ class Fp8(_Scaled):
         q, kscale, vscale = parts
         L, _, H, T, D = q.shape
         kg, vg = self.groups(T, D)
-        rows = as_run(rows)
         q = take_rows(q, 3, rows)
         ks, vs = self._per_row(kscale, vscale, rows, T, kg)
         out.copy_(q.view(torch.float8_e4m3fn))

@@ -38,7 +38,7 @@ import torch
 
 from videokv.engine.decode import AssembledCache
 from videokv.engine.rope import rotate_half
-from videokv.kvstore.codecs import Cast, PackedRows, dequantize_rows, packed_specs, payload_of
+from videokv.kvstore.codecs import Cast, PackedRows, dequantize_rows, packed_specs, payload_of, row_count, take_rows
 
 from .budget import Layout
 from .hotset import HotSetCache, as_part, part_rows, stored_bytes, text_chunks_of
@@ -250,7 +250,7 @@ class DevicePager:
                 self._stage_rows(views, codec.store_dtype if codec is not None else None, staged)
             off = 0
             for key, (v, rows) in zip(wanted, views):
-                n = v.header.tokens if rows is None else len(rows)
+                n = row_count(rows, v.header.tokens)
                 kinds = v.kinds if rows is None else v.kinds[rows]
                 shape = (v.header.layers, v.header.kv_heads, n, v.header.head_dim)
                 kv = torch.empty(shape[0], 2, *shape[1:], dtype=self.backend.dtype, device="meta")
@@ -263,16 +263,15 @@ class DevicePager:
         """One [layers, 2, kv_heads, T, head_dim] stage: a cast codec's rows as stored
         (store_dtype), anything else decoded to the model's dtype."""
         h0 = views[0][0].header
-        total = sum(v.header.tokens if rows is None else len(rows) for v, rows in views)
+        total = sum(row_count(rows, v.header.tokens) for v, rows in views)
         stage = self.staging.take((h0.layers, 2, h0.kv_heads, total, h0.head_dim), store_dtype or h0.dtype)
         off = 0
         for v, rows in views:
-            n = v.header.tokens if rows is None else len(rows)
+            n = row_count(rows, v.header.tokens)
             if store_dtype is None:
                 v.take_into(stage[:, :, :, off:off + n], rows)       # decoded here (mixed codecs)
             else:
-                src = v.parts[0]
-                stage[:, :, :, off:off + n].copy_(src if rows is None else src.index_select(3, rows))
+                stage[:, :, :, off:off + n].copy_(take_rows(v.parts[0], 3, rows))
             off += n
         staged.tensors = [stage]
 
@@ -280,7 +279,7 @@ class DevicePager:
         """The rows of a scaled codec's blobs as stored (codecs.PackedRows), blob after blob."""
         h0 = views[0][0].header
         L, H, D = h0.layers, h0.kv_heads, h0.head_dim
-        ns = [v.header.tokens if rows is None else len(rows) for v, rows in views]
+        ns = [row_count(rows, v.header.tokens) for v, rows in views]
         kgs = [codec.groups(v.header.tokens, D)[0] for v, _ in views]
         gs = [-(-v.header.tokens // kg) for (v, _), kg in zip(views, kgs)]
         tensors = self.staging.take_all(packed_specs(codec, L, H, sum(ns), sum(gs), D))
@@ -289,13 +288,13 @@ class DevicePager:
         off = goff = 0
         for (v, rows), n, kg, g in zip(views, ns, kgs, gs):
             codes, ks, km, vs, vm = payload_of(codec, v.parts)
-            at = torch.arange(v.header.tokens) if rows is None else rows
-            packed.codes[:, :, :, off:off + n].copy_(codes if rows is None else codes.index_select(3, rows))
+            at = take_rows(torch.arange(v.header.tokens), 0, rows)
+            packed.codes[:, :, :, off:off + n].copy_(take_rows(codes, 3, rows))
             packed.key_scale[:, :, goff:goff + g].copy_(ks)
-            packed.value_scale[:, :, off:off + n].copy_(vs if rows is None else vs.index_select(2, rows))
+            packed.value_scale[:, :, off:off + n].copy_(take_rows(vs, 2, rows))
             if km is not None:
                 packed.key_min[:, :, goff:goff + g].copy_(km)
-                packed.value_min[:, :, off:off + n].copy_(vm if rows is None else vm.index_select(2, rows))
+                packed.value_min[:, :, off:off + n].copy_(take_rows(vm, 2, rows))
             key_group[off:off + n] = torch.div(at, kg, rounding_mode="floor") + goff
             off, goff = off + n, goff + g
         staged.tensors, staged.packed = tensors, packed

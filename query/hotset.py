@@ -25,6 +25,7 @@ import torch
 
 from videokv.engine.chunkkv import ChunkKV, TokenKind
 from videokv.kvstore import KVStore
+from videokv.kvstore.codecs import Rows, row_count
 
 H_TEXT = ("drop", "keep")
 
@@ -35,12 +36,17 @@ def check_h_text(h_text: str) -> str:
     return h_text
 
 
-def h_rows(kinds: torch.Tensor, h_text: str, has_line: bool = False) -> torch.Tensor | None:
-    """kinds: [tokens] of a stored H part -> the row indices a question pages ([kept], int64),
-    or None for all of them. has_line: the chunk has a text-channel line (kept whole)."""
+def h_rows(kinds: torch.Tensor, h_text: str, has_line: bool = False) -> Rows:
+    """kinds: [tokens] of a stored H part -> the rows a question pages (codecs.Rows: a slice
+    when they are one run, as they are when the timestamp rows lead; else int64 indices), or
+    None for all of them. has_line: the chunk has a text-channel line (kept whole)."""
     if h_text == "keep" or has_line:
         return None
-    return (kinds != TokenKind.TEXT).nonzero().flatten()
+    kept = (kinds != TokenKind.TEXT).nonzero().flatten()
+    n = len(kept)
+    if n and int(kept[-1]) - int(kept[0]) == n - 1:           # ascending and unique: one run
+        return slice(int(kept[0]), int(kept[0]) + n)
+    return kept
 
 
 def text_chunks_of(rec) -> set[int]:
@@ -117,7 +123,7 @@ def read_hot_set(store: KVStore, video_id: str, fingerprint: str, h_text: str = 
         wanted = [(-1, "full")] + [(i, level) for i in hot_indices(rec, level)]
         views = [part_rows(r, video_id, i, lvl, fingerprint, h_text, text_chunks) for i, lvl in wanted]
         h0 = views[0][0].header
-        total = sum(v.header.tokens if x is None else len(x) for v, x in views)
+        total = sum(row_count(x, v.header.tokens) for v, x in views)
         kv = torch.empty(h0.layers, 2, h0.kv_heads, total, h0.head_dim, dtype=h0.dtype, pin_memory=pin)
         codecs = {v.header.codec for v, _ in views}
         codec = codecs.pop() if len(codecs) == 1 else None
@@ -125,7 +131,7 @@ def read_hot_set(store: KVStore, video_id: str, fingerprint: str, h_text: str = 
             codec.decode_many([(v.parts, x) for v, x in views], kv)
         parts, offsets, off, stored = [], [], 0, 0
         for (i, lvl), (v, x) in zip(wanted, views):
-            n = v.header.tokens if x is None else len(x)
+            n = row_count(x, v.header.tokens)
             stored += stored_bytes(v, x)
             kinds = v.kinds if x is None else v.kinds[x]
             dst = kv[:, :, :, off:off + n]
@@ -139,7 +145,7 @@ def read_hot_set(store: KVStore, video_id: str, fingerprint: str, h_text: str = 
 
 def stored_bytes(v, rows) -> int:
     """The stored bytes of a blob view's `rows` (None: all): its share of the blob's payload."""
-    return v.nbytes if rows is None or not v.header.tokens else v.nbytes * len(rows) // v.header.tokens
+    return v.nbytes if rows is None or not v.header.tokens else v.nbytes * row_count(rows, v.header.tokens) // v.header.tokens
 
 
 class HotSetCache:

@@ -67,8 +67,7 @@ def decode_audio(path: str | os.PathLike, wav_path: str | os.PathLike) -> float 
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
-        video = container.streams.video[0] if container.streams.video else None
-        v_start = float(video.start_time * video.time_base) if video is not None and video.start_time is not None else 0.0
+        v_start = _video_start(container)
         resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
         first = None
         with wave.open(str(wav_path), "wb") as out:
@@ -85,6 +84,12 @@ def decode_audio(path: str | os.PathLike, wav_path: str | os.PathLike) -> float 
         a_start = first if first is not None else (
             float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0)
         return a_start - v_start
+
+
+def _video_start(container) -> float:
+    """The video stream's start time in seconds (0 without one): audio times are relative to it."""
+    video = container.streams.video[0] if container.streams.video else None
+    return float(video.start_time * video.time_base) if video is not None and video.start_time is not None else 0.0
 
 
 def parse_output(text: str, offset: float = 0.0) -> list[TextSegment]:
@@ -179,16 +184,14 @@ class SpeechStream:
     def __init__(self, path: str | os.PathLike, start_s: float = 0.0, options: tuple[str, ...] = DECODER_OPTIONS):
         require()
         self.start = start_s
-        self._tmp = tempfile.TemporaryDirectory(prefix="videokv-asr-")
         self._container = av.open(str(path))
         self._frames = self._container.decode(self._container.streams.audio[0])
-        video = self._container.streams.video[0] if self._container.streams.video else None
-        self._v0 = float(video.start_time * video.time_base) if video is not None and video.start_time is not None else 0.0
+        self._v0 = _video_start(self._container)
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
         self._t_next: float | None = None     # video time of the next sample decoded
         self._offset: float | None = None     # video time of the first sample
         self._audio_done = False
-        self._errors = open(Path(self._tmp.name) / "stderr.txt", "w+b")
+        self._errors = tempfile.TemporaryFile(prefix="videokv-asr-")      # the recogniser's stderr
         # stdbuf -oL: the recogniser's lines reach us as it prints them, not per 4 KiB
         self._proc = subprocess.Popen(
             ["stdbuf", "-oL", PROGRAM, "-infile", "/dev/stdin", "-time", "yes", "-logfn", os.devnull, *options],
@@ -265,7 +268,7 @@ class SpeechStream:
             raise RuntimeError(f"{PROGRAM} failed (exit {code}): {tail}")
 
     def close(self) -> None:
-        """Stop the recogniser (if still running) and remove the temporary files."""
+        """Stop the recogniser (if still running) and release its files."""
         if self._closed:
             return
         self._closed = True
@@ -280,4 +283,3 @@ class SpeechStream:
         self._reader.join(timeout=5)
         self._errors.close()
         self._container.close()
-        self._tmp.cleanup()

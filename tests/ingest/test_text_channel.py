@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,10 +226,10 @@ def test_closing_a_stream_midway_stops_its_recogniser(talk):
     path, _ = talk
     stream = asr.SpeechStream(path)
     assert stream.advance_to(10.0)
-    process, tmp = stream._proc, Path(stream._tmp.name)
+    process, errors = stream._proc, stream._errors
     stream.close()
     stream.close()                       # twice: a no-op
-    assert process.poll() is not None and not tmp.exists()
+    assert process.poll() is not None and errors.closed
 
 
 class StopHere(Exception):

@@ -10,7 +10,7 @@ import torch
 
 from videokv.engine.config import EngineConfig
 from videokv.kvstore import blob as blobfmt
-from videokv.kvstore.codecs import CODECS, NAMES, codec_named
+from videokv.kvstore.codecs import CODECS, NAMES, codec_named, row_count
 from videokv.kvstore.errors import CorruptBlobError
 
 CODEC_NAMES = list(CODECS)
@@ -53,14 +53,17 @@ def test_codecs_round_trip_within_their_documented_bound(name, groups, ingested)
 
 
 def assert_runs_are_the_same_rows(view, back):
-    """Rows in one ascending run (taken as views) come back as the gathered rows would, into
-    a slice of a larger buffer, leaving the rest of it alone."""
-    run = torch.arange(1, 4)
-    assert torch.equal(view.take(run), back[:, :, :, 1:4])
+    """Rows given as a slice (taken as views) or as the same indices (gathered) come back
+    alike, into a slice of a larger buffer, leaving the rest of it alone."""
     L, _, H, _, D = back.shape
-    hot = torch.full((L, 2, H, 7, D), float("nan"))
-    view.take_into(hot[:, :, :, 2:5], run)
-    assert torch.equal(hot[:, :, :, 2:5], back[:, :, :, 1:4]) and hot[:, :, :, [0, 1, 5, 6]].isnan().all()
+    for run in (slice(1, 4), torch.arange(1, 4)):
+        assert torch.equal(view.take(run), back[:, :, :, 1:4])
+        hot = torch.full((L, 2, H, 7, D), float("nan"))
+        view.take_into(hot[:, :, :, 2:5], run)
+        assert torch.equal(hot[:, :, :, 2:5], back[:, :, :, 1:4]) and hot[:, :, :, [0, 1, 5, 6]].isnan().all()
+    taken = view.take(slice(1, 4))
+    taken.zero_()                                           # a copy: the stored blob is untouched
+    assert torch.equal(view.take(slice(1, 4)), back[:, :, :, 1:4])
 
 
 @pytest.mark.parametrize("name", CODEC_NAMES)
@@ -74,14 +77,14 @@ def test_a_hot_set_decoded_together_equals_blob_by_blob(name, groups, dtype):
     tokens = [15, 15, 15, 9, 15, 15, 4, 15]
     kvs = [random_kv(tokens=t, seed=i).to(dtype) for i, t in enumerate(tokens)]
     items = [(codec.encode(kv), rows) for kv, rows in zip(kvs, [
-        None, torch.arange(7, 15), torch.arange(7, 15), torch.tensor([8, 0, 3]), torch.arange(7, 15),
-        torch.arange(0, 0), None, torch.arange(7, 15)])]
-    total = sum(kv.shape[3] if rows is None else len(rows) for kv, (_, rows) in zip(kvs, items))
+        None, slice(7, 15), torch.arange(7, 15), torch.tensor([8, 0, 3]), slice(7, 15),
+        torch.arange(0, 0), None, slice(7, 15)])]
+    total = sum(row_count(rows, kv.shape[3]) for kv, (_, rows) in zip(kvs, items))
     L, _, H, _, D = kvs[0].shape
     together = codec.decode_many(items, torch.full((L, 2, H, total + 2, D), float("nan"), dtype=dtype))
     one_by_one, off = torch.full_like(together, float("nan")), 0
     for parts, rows in items:
-        n = parts[0].shape[3] if rows is None else len(rows)
+        n = row_count(rows, parts[0].shape[3])
         codec.decode_into(parts, one_by_one[:, :, :, off:off + n], rows)
         off += n
     assert torch.equal(together[:, :, :, :total], one_by_one[:, :, :, :total])

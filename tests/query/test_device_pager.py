@@ -16,7 +16,7 @@ from videokv.models.selftest import random_chunks
 from videokv.models.tiny import tiny_backend
 from videokv.query.budget import Layout
 from videokv.query.device_pager import DevicePager, StagingBuffer, gather_rotate
-from videokv.query.hotset import HotSetCache, stored_bytes
+from videokv.query.hotset import HotSetCache, h_rows, stored_bytes
 from videokv.query.pager import KVPager
 
 
@@ -266,3 +266,15 @@ def test_device_dequantization_equals_the_codecs_own_decode(tokenizer, name, key
                           idx, cos, sin, got_k, got_v, dst)
     assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
     assert (want_v != 0).all()
+
+
+def test_h_rows_are_a_slice_when_they_are_one_run():
+    """An H part's visual rows after its leading timestamp rows: a slice (read as a view);
+    rows with text between them: their indices; a chunk with a text line or "keep": all."""
+    T, V = TokenKind.TEXT, TokenKind.VISUAL
+    lead = torch.tensor([T, T, T, V, V, V, V], dtype=torch.uint8)
+    assert h_rows(lead, "drop") == slice(3, 7)
+    mixed = torch.tensor([T, V, V, T, V], dtype=torch.uint8)
+    assert torch.equal(h_rows(mixed, "drop"), torch.tensor([1, 2, 4]))
+    assert h_rows(lead, "keep") is None and h_rows(lead, "drop", has_line=True) is None
+
