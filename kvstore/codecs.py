@@ -241,7 +241,7 @@ class IntQ(_Scaled):
         ks, vs = self._per_row(kscale, vscale, rows, T, kg)
         km, vm = self._per_row(kmin, vmin, rows, T, kg)
         k, v = out[:, 0], out[:, 1]
-        k.mul_(ks).add_(km)
+        torch.addcmul(km, k, ks, out=k)
         Tn = v.shape[2]
         v5 = v.view(L, H, Tn, D // vg, vg)
         v5.mul_(vs.unsqueeze(-1)).add_(vm.unsqueeze(-1))
@@ -278,7 +278,7 @@ class IntQ(_Scaled):
         for n, same in itertools.groupby(lengths):        # runs of blobs with n rows each
             c = len(list(same))
             run = k.narrow(2, at, n * c).view(L, H, c, n, D)
-            run.mul_(ks[:, :, i:i + c].unsqueeze(3)).add_(km[:, :, i:i + c].unsqueeze(3))
+            torch.addcmul(km[:, :, i:i + c].unsqueeze(3), run, ks[:, :, i:i + c].unsqueeze(3), out=run)
             i, at = i + c, at + n * c
         return out
 
@@ -405,13 +405,16 @@ def dequantize_rows(codes, key_scale, key_min, value_scale, value_min, key_group
     else:
         x = q.to(dtype)
     groups = key_group.index_select(0, idx)
-    k = (x[:, 0] * key_scale.index_select(2, groups)).to(dtype)
+    ks = key_scale.index_select(2, groups)
+    if key_min is None:
+        k = (x[:, 0] * ks).to(dtype)
+    else:                                                   # one rounding, as decode_into's addcmul
+        k = torch.addcmul(key_min.index_select(2, groups), x[:, 0], ks).to(dtype)
     L, H, n, D = k.shape
     vs = value_scale.index_select(2, idx).unsqueeze(-1)
     vg = D // vs.shape[3]
     v = (x[:, 1].reshape(L, H, n, D // vg, vg) * vs).to(dtype)
     if key_min is not None:
-        k = (k + key_min.index_select(2, groups)).to(dtype)
         v = (v + value_min.index_select(2, idx).unsqueeze(-1)).to(dtype)
     return k, v.reshape(L, H, n, D)
 

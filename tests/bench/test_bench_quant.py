@@ -29,4 +29,5 @@ def test_bench_quant_tiny_run(tmp_path, monkeypatch):
     assert int4["bytes_per_hour_qwen25_7b_gb"] == round(qwen7b_gb_per_hour("int4"), 2) < \
         none["bytes_per_hour_qwen25_7b_gb"] / 3
     assert set(r["targets"]) == {"int4"} and int4["ttft_cold_ms"] > 0 and int4["hot_set_read_gb_s"] > 0
+    assert int4["ttft_disk_ms"] > 0 and 0 <= int4["disk_resident_after_drop"] <= 1
     assert out.with_suffix(".png").stat().st_size > 0 and "| int4 |" in out.with_suffix(".md").read_text()
