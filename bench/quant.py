@@ -69,7 +69,7 @@ def first_logits(rt, video_id: str, question: str, top_k: int):
 
 def ttfts(runtimes: dict, vids: dict, question: str, top_k: int, repeats: int) -> dict:
     """Per codec: median TTFT (ms) with the hot set read from the disk (the store's file put
-    out of memory first, pagecache.py: the first question on a video of an archive larger
+    out of memory first, _pagecache.py: the first question on a video of an archive larger
     than memory), read from the store with its file in the page cache (cold: the hot set
     was evicted, the bytes are in memory), and kept in memory (warm); the store's share left
     in memory after each drop; and the read-and-dequantize throughput of the hot set (GB/s
@@ -78,7 +78,7 @@ def ttfts(runtimes: dict, vids: dict, question: str, top_k: int, repeats: int) -
     itself falls on all of them alike."""
     from videokv.query.hotset import read_hot_set
 
-    from .pagecache import drop_store_pages
+    from ._pagecache import drop_store_pages
 
     keys = ("disk", "cold", "warm", "rate", "resident")
     got = {name: {k: [] for k in keys} for name in runtimes}

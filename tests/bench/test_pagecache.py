@@ -1,4 +1,4 @@
-"""bench/pagecache.py: a store put out of memory really is (mincore says so), and reads the
+"""bench/_pagecache.py: a store put out of memory really is (mincore says so), and reads the
 same bytes back from the disk afterwards."""
 
 import pytest
@@ -18,7 +18,7 @@ def _fs_type(path) -> str:
 
 
 def test_drop_store_pages_puts_the_store_out_of_memory(tmp_path):
-    from videokv.bench.pagecache import data_file, drop_store_pages, resident_fraction
+    from videokv.bench._pagecache import data_file, drop_store_pages, resident_fraction
     from videokv.kvstore import KVStore
 
     if _fs_type(tmp_path) in ("tmpfs", "ramfs"):
