@@ -97,8 +97,9 @@ def test_web_page_upload_ask_seek_search(api, browser, service_env, videos):
     assert js("return document.getElementById('upload-progress').value") == 1
 
     # The video page: the player plays the original file through a signed link (Range).
-    d.find_element(By.LINK_TEXT, "a.mp4").click()
-    wait(lambda: js("return document.getElementById('player').readyState >= 1"), what="the player's metadata")
+    d.find_element(By.LINK_TEXT, "a.mp4").click()              # routed on hashchange, a moment later
+    wait(lambda: js("const p = document.getElementById('player'); return p && p.readyState >= 1"),
+         what="the player's metadata")
     assert js("return document.getElementById('player').duration") > 20
     lines = wait(lambda: d.find_elements(By.CSS_SELECTOR, "#transcript .line"), what="the transcript")
     assert [x.text for x in lines] == ["0:06 subtitle: A red card comes in", "0:21 subtitle: Then a purple square"]
@@ -142,7 +143,7 @@ def test_web_page_upload_ask_seek_search(api, browser, service_env, videos):
 
     # Search, and open a hit at its time.
     d.find_element(By.LINK_TEXT, "Search").click()
-    d.find_element(By.ID, "search-q").send_keys("a card")
+    wait(lambda: d.find_elements(By.ID, "search-q"), what="the search page")[0].send_keys("a card")
     d.find_element(By.ID, "search-go").click()
     hits = wait(lambda: d.find_elements(By.CSS_SELECTOR, "#hits a.hit"), 60, "search hits")
     target = [h for h in hits if vid in h.get_attribute("href")][0]
