@@ -254,7 +254,8 @@ class SpeechStream:
             if self._printed_all:
                 ready, self._lines = self._lines, []
             else:             # the last "<s>" opens an utterance that may still be printing
-                cut = max(i for i, line in enumerate(self._lines) if line.startswith("<s> "))
+                # (none yet: the audio starts after t, so nothing began before it)
+                cut = max((i for i, line in enumerate(self._lines) if line.startswith("<s> ")), default=0)
                 ready, self._lines = self._lines[:cut], self._lines[cut:]
         if self._printed_all:
             self._check_exit()

@@ -221,6 +221,25 @@ def test_streamed_speech_is_the_one_pass_transcript(talk):
     assert _words(got) == _words(segments)
 
 
+@needs("pocketsphinx_continuous", "espeak-ng", "ffmpeg")
+def test_speech_of_a_track_that_starts_late(talk, tmp_path):
+    """Audio that starts 6 s after the picture: asked before it starts, the stream has
+    nothing yet (not an error); in the end, the one-pass words at the track's times."""
+    path, _ = talk
+    late = tmp_path / "late.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(path), "-itsoffset", "6", "-i", str(path),
+                    "-map", "0:v", "-map", "1:a", "-c", "copy", str(late)], check=True)
+    segments = asr.transcribe(late)
+    assert segments and segments[0].t_start > 14.0         # the first sentence, said at 9 s, now after 15 s
+    stream = asr.SpeechStream(late)
+    try:
+        assert stream.advance_to(1.0) == []
+        got = stream.advance_to(float("inf"))
+    finally:
+        stream.close()
+    assert _words(got) == _words(segments)
+
+
 @needs("pocketsphinx_continuous", "espeak-ng")
 def test_closing_a_stream_midway_stops_its_recogniser(talk):
     path, _ = talk
