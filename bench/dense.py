@@ -144,8 +144,8 @@ def run(args) -> dict:
     targets = {"retrieval_ge_0.90": {"value": k3["retrieval"], "met": (k3["retrieval"] or 0) >= 0.9},
                "attribute_ge_0.90": {"value": k3["attribute"], "met": (k3["attribute"] or 0) >= 0.9},
                "all_types_ge_0.75": {"value": k3["all"], "met": (k3["all"] or 0) >= 0.75}}
-    return {"config": {"videos": args.videos, "repeats": args.repeats, "seed": args.seed, "margin": settings.adaptive_margin,
-                       "size": args.size, "fps": args.fps or fps,
+    return {"config": {"videos": args.videos, "repeats": args.repeats, "seed": args.seed,
+                       "margin": settings.adaptive_margin, "size": args.size, "fps": args.fps or fps,
                        "variants": args.variants},
             "summary": summary, "targets": targets, "rows": rows, "total_s": round(time.perf_counter() - t0, 1)}
 
@@ -212,7 +212,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="videos per (seconds, events), seeds --seed upward")
     ap.add_argument("--seed", type=int, default=4000, help="first video seed (calibrate with another)")
     ap.add_argument("--margin", type=float, default=None,
-                    help="adaptive top-k margin (default: VIDEOKV_ADAPTIVE_MARGIN, 0.05; set empty, adaptive is the top-3)")
+                    help="adaptive top-k margin (default: VIDEOKV_ADAPTIVE_MARGIN, 0.05; with that set empty, "
+                         "adaptive is the top-3)")
     ap.add_argument("--variants", type=lambda s: [x for x in s.split(",") if x], default=list(VARIANTS),
                     help=f"which of {','.join(VARIANTS)}")
     ap.add_argument("--size", type=lambda s: [int(x) for x in s.lower().split("x")], default=list(SIZE),

@@ -145,7 +145,8 @@ def read_hot_set(store: KVStore, video_id: str, fingerprint: str, h_text: str = 
 
 def stored_bytes(v, rows) -> int:
     """The stored bytes of a blob view's `rows` (None: all): its share of the blob's payload."""
-    return v.nbytes if rows is None or not v.header.tokens else v.nbytes * row_count(rows, v.header.tokens) // v.header.tokens
+    tokens = v.header.tokens
+    return v.nbytes * row_count(rows, tokens) // tokens if tokens else v.nbytes
 
 
 class HotSetCache:
