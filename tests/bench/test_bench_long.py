@@ -16,7 +16,7 @@ def test_bench_long_reduced(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDEOKV_CONTEXT_BUDGET", "300")
     out = tmp_path / "long.json"
     main(["--hours", "0.03,0.06", "--repeats", "1", "--depths", "0.3,0.7", "--index-sizes", "1000",
-          "--threads", "1", "--max-new-tokens", "6", "--workdir", str(tmp_path / "w"), "--out", str(out)])
+          "--threads", "2", "--max-new-tokens", "6", "--workdir", str(tmp_path / "w"), "--out", str(out)])
     r = json.loads(out.read_text())
     assert not r["partial"] and set(r["summary"]) == {"0.03h", "0.06h"}
     for s in r["summary"].values():
