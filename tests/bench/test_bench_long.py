@@ -15,10 +15,10 @@ def test_bench_long_reduced(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDEOKV_MODEL_CACHE", str(MODEL_CACHE))
     monkeypatch.setenv("VIDEOKV_CONTEXT_BUDGET", "300")
     out = tmp_path / "long.json"
-    main(["--hours", "0.03,0.06", "--repeats", "1", "--depths", "0.3,0.7", "--index-sizes", "1000",
+    main(["--hours", "0.02,0.04", "--repeats", "1", "--depths", "0.3,0.7", "--index-sizes", "1000",
           "--threads", "2", "--max-new-tokens", "6", "--workdir", str(tmp_path / "w"), "--out", str(out)])
     r = json.loads(out.read_text())
-    assert not r["partial"] and set(r["summary"]) == {"0.03h", "0.06h"}
+    assert not r["partial"] and set(r["summary"]) == {"0.02h", "0.04h"}
     for s in r["summary"].values():
         assert s["ingest"]["frames"] == round(s["hours"] * 3600) and 0 < s["ingest"]["peak_rss_mb"] < 4096
         for p in ("pyramid", "drop"):
