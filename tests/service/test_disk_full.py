@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import ApiServer, QueryWorkerProcess, RedisServer, Worker, service_process_env
+from .conftest import ApiServer, QueryWorkerProcess, RedisServer, Worker, service_process_env, stop_together
 from .test_hardening import H, wait_for
 
 
@@ -34,10 +34,7 @@ def full(tmp_path_factory):
           "api": ApiServer(env, work / "api.log").start(), "worker": Worker(env, work / "worker.log").start(),
           "query_worker": QueryWorkerProcess(env, work / "query-worker.log").start()}
     yield ns
-    ns["api"].stop()
-    ns["query_worker"].stop()
-    if ns.get("worker"):
-        ns["worker"].stop()
+    stop_together(ns["api"], ns["query_worker"], ns.get("worker"))
     redis.stop()
     subprocess.run(["umount", "-l", str(home)])
 

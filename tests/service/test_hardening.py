@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import write_rotated_video
 
-from .conftest import ApiServer, QueryWorkerProcess, RedisServer, Worker, service_process_env
+from .conftest import ApiServer, QueryWorkerProcess, RedisServer, Worker, service_process_env, stop_together
 
 MAX_QUEUED = 8
 
@@ -44,9 +44,7 @@ def hard(tmp_path_factory):
           "worker": Worker(env, work / "worker.log").start(), "api": ApiServer(env, work / "api.log").start(),
           "query_worker": QueryWorkerProcess(env, work / "query-worker.log").start()}
     yield ns
-    ns["api"].stop()
-    ns["query_worker"].stop()
-    ns["worker"].stop()
+    stop_together(ns["api"], ns["query_worker"], ns["worker"])
     redis.stop()
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import MODEL_CACHE, make_runtime
 
-from .conftest import CHUNK_FRAMES, ApiServer, QueryWorkerProcess, RedisServer, auth, wait_status
+from .conftest import CHUNK_FRAMES, ApiServer, QueryWorkerProcess, RedisServer, auth, stop_together, wait_status
 
 QUESTIONS = ["What digit was shown on the red card?", "What color was the first card?",
              "Which shape moved to the left?", "What happened at the end?"]
@@ -114,9 +114,7 @@ def own_stack(service_env, tmp_path):
     procs = {"redis": redis, "env": env, "work": tmp_path}
     procs["api"] = ApiServer(env, tmp_path / "api.log").start()
     yield procs
-    for p in procs.values():
-        if hasattr(p, "proc"):
-            p.stop() if p.proc.poll() is None else None
+    stop_together(*(p for p in procs.values() if hasattr(p, "proc")))
     redis.stop()
 
 

@@ -14,7 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import CHUNK_FRAMES, ApiServer, QueryWorkerProcess, RedisServer, Worker, auth, service_process_env
+from .conftest import (
+    CHUNK_FRAMES,
+    ApiServer,
+    QueryWorkerProcess,
+    RedisServer,
+    Worker,
+    auth,
+    service_process_env,
+    stop_together,
+)
 
 TOKEN = "cluster-secret-for-tests"
 QUESTIONS = ["What color was the first card?", "What happened at the end?"]
@@ -51,10 +60,12 @@ class Shard:
             proc.kill()
             proc.wait(10)
 
+    @property
+    def processes(self) -> list:
+        return [self.api, self.qworker, self.worker]
+
     def stop(self) -> None:
-        self.api.stop()
-        self.qworker.stop()
-        self.worker.stop()
+        stop_together(*self.processes)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +82,7 @@ def cluster(tmp_path_factory):
     ring = KeyRing(work / "home-front")
     keys = {"acme": ring.create("acme"), "globex": ring.create("globex")}
     yield {"front": front, "shards": shards, "keys": keys, "work": work, "redis": redis}
-    front.stop()
-    for s in shards.values():
-        s.stop()
+    stop_together(front, *(p for s in shards.values() for p in s.processes))
     redis.stop()
 
 
