@@ -31,8 +31,9 @@ def full(tmp_path_factory):
     redis.start()
     env = service_process_env(home, redis.url, chunk_frames=16, ingest_max_retries=0, min_free_mb=8)
     ns = {"work": work, "home": home, "env": env, "redis": redis, "key": KeyRing(home).create("acme"),
-          "api": ApiServer(env, work / "api.log").start(), "worker": Worker(env, work / "worker.log").start(),
-          "query_worker": QueryWorkerProcess(env, work / "query-worker.log").start()}
+          "api": ApiServer(env, work / "api.log").start(wait=False), "worker": Worker(env, work / "worker.log").start(),
+          "query_worker": QueryWorkerProcess(env, work / "query-worker.log").start(wait=False)}
+    ns["api"].wait(), ns["query_worker"].wait()                 # started side by side
     yield ns
     stop_together(ns["api"], ns["query_worker"], ns.get("worker"))
     redis.stop()

@@ -41,8 +41,9 @@ def hard(tmp_path_factory):
     ring = KeyRing(home)
     ns = {"work": work, "home": home, "env": env, "redis": redis,
           "keys": {"alice": ring.create("alice"), "bob": ring.create("bob")},
-          "worker": Worker(env, work / "worker.log").start(), "api": ApiServer(env, work / "api.log").start(),
-          "query_worker": QueryWorkerProcess(env, work / "query-worker.log").start()}
+          "worker": Worker(env, work / "worker.log").start(), "api": ApiServer(env, work / "api.log").start(wait=False),
+          "query_worker": QueryWorkerProcess(env, work / "query-worker.log").start(wait=False)}
+    ns["api"].wait(), ns["query_worker"].wait()                 # started side by side
     yield ns
     stop_together(ns["api"], ns["query_worker"], ns["worker"])
     redis.stop()

@@ -140,8 +140,9 @@ def test_a_worker_killed_mid_answer_is_retried_or_a_503(own_stack, keys, two_vid
     assert r.status_code == 503 and r.json()["code"] == "no_query_worker" and r.headers["retry-after"], r.text
 
     # Not streamed, another worker alive: the question goes again and is answered.
-    second = own_stack["second"] = QueryWorkerProcess(env, work / "qw2.log").start()
-    third = own_stack["third"] = QueryWorkerProcess(env, work / "qw3.log", max_batch=1).start()
+    second = own_stack["second"] = QueryWorkerProcess(env, work / "qw2.log").start(wait=False)
+    third = own_stack["third"] = QueryWorkerProcess(env, work / "qw3.log", max_batch=1).start(wait=False)
+    second.wait(), third.wait()                     # the two load their models side by side
     out: dict = {}
     th = threading.Thread(target=lambda: out.update(r=ask(url, keys["acme"], vid, q, max_new_tokens=200)))
     th.start()
