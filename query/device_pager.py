@@ -11,7 +11,7 @@ Used by `QueryEngine` only when the backend runs on CUDA; the CPU path (`KVPager
      H-KVs) out of LMDB's map into a pinned staging buffer that is reused across questions
      (grown, never shrunk; the next question waits for the previous one's copy out of it
      before writing), and issues their copy. They travel as stored: a scaled codec's codes
-     and statistics (`codecs.PackedRows`: int8 is about a quarter of float32's bytes), a
+     and statistics (`packed.PackedRows`: int8 is about a quarter of float32's bytes), a
      cast codec's narrower floats; only parts of mixed codecs are decoded on the host;
   3. on the compute stream, group by group as each copy lands, one fused gather + rotate
      (`gather_rotate`, torch.compile'd on CUDA; `dequant_gather_rotate` for packed rows,
@@ -38,7 +38,8 @@ import torch
 
 from videokv.engine.decode import AssembledCache
 from videokv.engine.rope import rotate_half
-from videokv.kvstore.codecs import Cast, PackedRows, dequantize_rows, packed_specs, payload_of, row_count, take_rows
+from videokv.kvstore.codecs import Cast, row_count, take_rows
+from videokv.kvstore.packed import PackedRows, dequantize_rows, packed_specs, payload_of
 
 from .budget import Layout
 from .hotset import HotSetCache, as_part, part_rows, stored_bytes, text_chunks_of
@@ -59,7 +60,7 @@ def gather_rotate(src_k: torch.Tensor, src_v: torch.Tensor, idx: torch.Tensor, c
 def dequant_gather_rotate(codes, key_scale, key_min, value_scale, value_min, key_group, kind: str,
                           idx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out_k: torch.Tensor,
                           out_v: torch.Tensor, dst: torch.Tensor) -> None:
-    """`gather_rotate` of rows still in a scaled codec (the fields of codecs.PackedRows; kind:
+    """`gather_rotate` of rows still in a scaled codec (the fields of packed.PackedRows; kind:
     the codec's name): dequantized by the codec's own arithmetic (`dequantize_rows`), rotated,
     written. Equals decoding on the host then `gather_rotate`, bit for bit (tests check it)."""
     k, v = dequantize_rows(codes, key_scale, key_min, value_scale, value_min, key_group, idx, out_k.dtype, kind)
@@ -276,7 +277,7 @@ class DevicePager:
         staged.tensors = [stage]
 
     def _stage_packed(self, views, codec, staged: Staged) -> None:
-        """The rows of a scaled codec's blobs as stored (codecs.PackedRows), blob after blob."""
+        """The rows of a scaled codec's blobs as stored (packed.PackedRows), blob after blob."""
         h0 = views[0][0].header
         L, H, D = h0.layers, h0.kv_heads, h0.head_dim
         ns = [row_count(rows, v.header.tokens) for v, rows in views]

@@ -227,7 +227,8 @@ def test_device_dequantization_equals_the_codecs_own_decode(tokenizer, name, key
     """Rows shipped as stored (codes, scales, minima of three blobs of different lengths, some
     rows of each) and dequantized inside the fused gather + rotate give exactly what decoding
     each blob on the host (Codec.decode_into) and then gather_rotate give."""
-    from videokv.kvstore.codecs import PackedRows, codec_named, packed_specs, payload_of
+    from videokv.kvstore.codecs import codec_named
+    from videokv.kvstore.packed import PackedRows, packed_specs, payload_of
     from videokv.query.device_pager import dequant_gather_rotate
 
     be = tiny_backend(tokenizer, "qwen2", "yarn")
