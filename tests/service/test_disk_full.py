@@ -5,6 +5,7 @@ goes through. Real Redis, a real worker and the real API; needs root to mount th
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -41,11 +42,19 @@ def full(tmp_path_factory):
 
 
 def fill(home, leave_bytes: int):
-    """A filler file that leaves about `leave_bytes` free."""
+    """A filler file that leaves about `leave_bytes` free; 0 fills the disk, and running out
+    of room on the way is then the point (the worker may be writing an ingest meanwhile)."""
     (home / "filler").unlink(missing_ok=True)
-    free = os.statvfs(home).f_bavail * os.statvfs(home).f_frsize
-    with open(home / "filler", "wb") as f:
-        f.write(b"\0" * max(0, free - leave_bytes))
+    left = max(0, os.statvfs(home).f_bavail * os.statvfs(home).f_frsize - leave_bytes)
+    block = b"\0" * (1 << 20)
+    with open(home / "filler", "wb", buffering=0) as f:
+        while left > 0:
+            try:
+                left -= f.write(block[:left])
+            except OSError as e:
+                if e.errno == errno.ENOSPC and not leave_bytes:
+                    return
+                raise
 
 
 def test_full_disk_is_507_readyz_says_so_and_ingest_fails_with_a_sentence(full, tmp_path):
