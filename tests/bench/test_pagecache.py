@@ -1,6 +1,8 @@
 """bench/_pagecache.py: a store put out of memory really is (mincore says so), and reads the
 same bytes back from the disk afterwards."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ def _fs_type(path) -> str:
     best, kind = "", ""
     for line in open("/proc/self/mounts"):
         _, mnt, fs = line.split()[:3]
-        if str(path).startswith(mnt) and len(mnt) > len(best):
+        if Path(path).is_relative_to(mnt) and len(mnt) > len(best):
             best, kind = mnt, fs
     return kind
 

@@ -117,15 +117,21 @@ def terminate(proc: subprocess.Popen | None, wait_s: float) -> None:
             proc.kill()
 
 
-def stop_together(*services) -> None:
+def stop_together(*services, grace_s: float = 15) -> None:
     """Stop test service processes (Worker, QueryWorkerProcess, ApiServer; None is skipped) at
-    once: SIGTERM to every live one first, then each one's own stop, which waits and kills what
-    outlives its grace. One after another, their graceful shutdowns add up; here they overlap."""
-    live = [s for s in services if s is not None]
+    once: SIGTERM to every live one first, up to `grace_s` for them to exit, then each one's own
+    stop (for one still running: its own SIGTERM, wait and kill). One after another, their
+    graceful shutdowns add up; here they overlap, and each is signalled once when it exits in time."""
+    live = [s for s in services if s is not None and s.proc is not None]
     for s in live:
-        if s.proc is not None and s.proc.poll() is None:
+        if s.proc.poll() is None:
             s.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
     for s in live:
+        try:
+            s.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
         s.stop()
 
 
