@@ -14,6 +14,7 @@ from functools import cached_property
 from pydantic import ValidationError
 
 from .errors import VideoKVError
+from .hostmem import keep_freed_memory
 from .settings import Settings, get_settings
 
 
@@ -52,6 +53,7 @@ def settings_error_text(e: ValidationError) -> str:
 class Runtime:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
+        keep_freed_memory(self.settings.malloc_keep_bytes)        # process-wide: the last Runtime's wins
 
     # ------------------------------------------------------------------ model
     @cached_property

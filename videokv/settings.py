@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     pyramid_open_groups: int = Field(default=8, ge=0)
     always_first_last: bool = True
     h_cache_bytes: int = 1 << 30
+    # Freed heap memory a process keeps for its next question instead of returning it to the
+    # OS and faulting it back in (videokv/hostmem.py; 0: the C library's own policy).
+    malloc_keep_bytes: int = Field(default=512 << 20, ge=0, lt=1 << 31)
     # Unselected chunks are paged at H without ("drop") or with ("keep") their timestamp and
     # text rows; stored bytes are the same either way (query/pager.py).
     h_text: Literal["drop", "keep"] = "drop"
