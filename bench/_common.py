@@ -43,6 +43,10 @@ def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 # ----------------------------------------------------------------------------- videos
 
 def n_events_for(minutes: float) -> int:

@@ -1,7 +1,7 @@
 """Toy-world haystacks of hours for `videokv bench long`: one video per (length, repeat) holding
 a needle cluster at each depth, so every depth and question type is asked of one ingest.
 
-A cluster is the needle bench's five slots (bench/needle.py says what each question asks):
+A cluster is the needle bench's five slots (bench/_haystack.py says what each question asks):
 
   ordering A | attribute shape (or a second card) | card | counting #1 | ordering B
 

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import bench_settings, floats, line_chart, log, store_args, write_outputs
-from .needle import SIZE, TENANT, _ints, haystack_seed, make_haystack
+from ._common import SIZE, bench_settings, floats, ints, line_chart, log, store_args, write_outputs
+from ._haystack import haystack_seed, make_haystack
+from .needle import TENANT
 
 
 def _grid(lo: float, hi: float, step: float) -> list[float]:
@@ -182,7 +183,7 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv bench counting", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lengths", type=_ints, default=[256, 1024], help="haystack sizes in sampled frames")
+    ap.add_argument("--lengths", type=ints, default=[256, 1024], help="haystack sizes in sampled frames")
     ap.add_argument("--depths", type=floats, default=[0.1, 0.3, 0.5, 0.7, 0.9], help="where the needles sit (0..1)")
     ap.add_argument("--repeats", type=int, default=2, help="haystacks per length and depth")
     ap.add_argument("--seed", type=int, default=1, help="haystack seed (the needle bench uses 0)")

@@ -28,8 +28,9 @@ import statistics
 import time
 from pathlib import Path
 
-from ._common import bench_settings, floats, log, store_args, write_outputs
-from .needle import TENANT, _ints, make_haystack
+from ._common import bench_settings, floats, ints, log, store_args, write_outputs
+from ._haystack import make_haystack
+from .needle import TENANT
 
 KINDS = ("card", "shape", "repeated shape")
 METHODS = ("moments", "lm")
@@ -232,7 +233,7 @@ def plot(res: dict, path: Path) -> None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv bench moments", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lengths", type=_ints, default=[256, 1024, 4096], help="haystack sizes in sampled frames")
+    ap.add_argument("--lengths", type=ints, default=[256, 1024, 4096], help="haystack sizes in sampled frames")
     ap.add_argument("--depths", type=floats, default=[0.2, 0.5, 0.8], help="where the needles sit (0..1)")
     ap.add_argument("--repeats", type=int, default=1, help="haystacks per length and depth")
     ap.add_argument("--seed", type=int, default=5, help="haystack seed (needle bench: 0, counting bench: 1)")

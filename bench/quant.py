@@ -22,8 +22,8 @@ import statistics
 import time
 from pathlib import Path
 
-from ._common import bench_settings, floats, line_chart, log, write_outputs
-from .needle import TYPES, _ints, make_haystack
+from ._common import bench_settings, floats, ints, line_chart, log, write_outputs
+from ._haystack import TYPES, make_haystack
 
 CODECS = ("none", "bf16", "fp16", "fp8", "int8", "int4")
 TENANT = "bench-quant"
@@ -253,7 +253,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="videokv bench quant", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lengths", type=_ints, default=[64, 256, 1024], help="haystack sizes in frames")
+    ap.add_argument("--lengths", type=ints, default=[64, 256, 1024], help="haystack sizes in frames")
     ap.add_argument("--depths", type=floats, default=[0.1, 0.5, 0.9], help="needle depths (0-1)")
     ap.add_argument("--codecs", type=lambda s: [x for x in s.split(",") if x], default=list(CODECS),
                     help="codecs, the reference first (default: none,bf16,fp16,fp8,int8,int4)")

@@ -4,7 +4,7 @@
 (one numpy Generator seeded with `seed`), so a ground-truth JSON that records them is
 enough to re-render any frame exactly (`World.render(i)`). `build_needle_world(seed,
 n_frames, fps, size, needles)` is the same with the events given (identity and time span),
-for benchmarks that control where the needles sit (bench/needle.py).
+for benchmarks that control where the needles sit (bench/_haystack.py).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from videokv.bench import _haystack as hs
 from videokv.bench import needle as nb
 from videokv.query.engine import QueryError
 from videokv.toyworld import scenario
@@ -19,7 +20,7 @@ SIZE = (160, 120)
 def test_needle_world_places_events_and_answers_match(n_frames, depth):
     fps = 1.0
     rng = np.random.default_rng([n_frames, int(depth * 10)])
-    needles, roles = nb.needle_layout(rng, n_frames, fps, depth)
+    needles, roles = hs.needle_layout(rng, n_frames, fps, depth)
     world = scenario.build_needle_world(5, n_frames, fps, SIZE, needles)
     assert len(world.events) == len(needles)
     for n, e in zip(needles, world.events):
@@ -42,8 +43,8 @@ def test_needle_world_places_events_and_answers_match(n_frames, depth):
     assert shifted or abs(card_mid - depth * n_frames) <= 1
     assert [e.start_frame for e in cluster] == sorted(e.start_frame for e in cluster)
 
-    qs = {q["type"]: q for q in nb.needle_questions(world, roles, rng, 16.0)}
-    assert set(qs) == set(nb.TYPES)
+    qs = {q["type"]: q for q in hs.needle_questions(world, roles, rng, 16.0)}
+    assert set(qs) == set(hs.TYPES)
     assert qs["retrieval"]["answer"] == card.obj.digit and f"the {card.obj.color} card" in qs["retrieval"]["question"]
     attr = world.events[roles["attribute"]]
     assert qs["attribute"]["answer"] == attr.obj.color
@@ -86,7 +87,7 @@ def test_needle_world_rejects_bad_needles():
     with pytest.raises(ValueError, match="digit"):
         scenario.build_needle_world(0, 32, 1.0, SIZE, [scenario.Needle("card", "blue", 1.0, 3.0)])
     with pytest.raises(ValueError, match="too short"):
-        nb.needle_layout(np.random.default_rng(0), 20, 1.0, 0.5)
+        hs.needle_layout(np.random.default_rng(0), 20, 1.0, 0.5)
     card = scenario.build_needle_world(0, 32, 1.0, SIZE, [ok]).events[0]
     assert (card.obj.kind, card.obj.color, card.obj.digit) == ("card", "red", "3")
     assert (card.start_frame, card.end_frame) == (2, 5)
@@ -122,7 +123,7 @@ def test_bench_needle_tiny_run(tmp_path, capsys):
     [h] = res["haystacks"]
     assert h["frames"] == 64 and h["chunks"] == 4 and h["ingest_s"] > 0 and not h["reused_ingest"]
     assert h["dense_context_tokens"] > 0 and h["dense_kv_bytes"] > 0
-    assert [q["type"] for q in res["questions"]] == list(nb.TYPES)
+    assert [q["type"] for q in res["questions"]] == list(hs.TYPES)
     for q in res["questions"]:
         r = q["results"]
         assert set(r) == {"sparse", "bilevel", "bilevel-random", "dense"}
@@ -143,7 +144,7 @@ def test_bench_needle_tiny_run(tmp_path, capsys):
         assert 0 < c["bytes_vs_dense"] <= 1
     assert s["by_mode"]["sparse"]["bytes_vs_dense"] < s["by_mode"]["bilevel"]["bytes_vs_dense"] < 1
     assert 0 <= s["recall_at_k"]["overall"] <= 1 and 0 <= s["grid"]["bilevel"]["64"]["0.5"]["accuracy"] <= 1
-    assert {(c["length"], c["depth"], c["type"]) for c in s["cells"]} == {(64, 0.5, t) for t in nb.TYPES}
+    assert {(c["length"], c["depth"], c["type"]) for c in s["cells"]} == {(64, 0.5, t) for t in hs.TYPES}
     assert res["timing"]["answers"] == 20 and res["timing"]["ingest_frames_per_s"] > 0
 
     png, md = out.with_suffix(".png"), out.with_suffix(".md")
