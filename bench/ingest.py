@@ -256,7 +256,8 @@ def run(args) -> dict:
     import torch
 
     from videokv.ingest.chunks import plan_chunks
-    from videokv.ingest.video import probe, sample_frames
+    from videokv.ingest.sampling import sample_frames
+    from videokv.ingest.video import probe
     from videokv.runtime import Runtime
 
     t0 = time.perf_counter()

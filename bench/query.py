@@ -213,7 +213,8 @@ def reprefill(rt, path: Path, question: str, method: str, max_new_tokens: int, a
     from videokv.engine.prefill import ChunkInput
     from videokv.ingest.chunks import plan_chunks
     from videokv.ingest.pipeline import frames_to_tensor
-    from videokv.ingest.video import probe, sample_frames
+    from videokv.ingest.sampling import sample_frames
+    from videokv.ingest.video import probe
 
     be, cfg = rt.backend, rt.config
     pre = rt.pipeline.prefiller

@@ -23,8 +23,9 @@ from videokv.kvstore import KVStore, Status, VideoNotFoundError
 from videokv.oracles.base import RelevanceOracle
 
 from . import text as T
+from .sampling import effective_fps, sample_targets
 from .text.subtitles import has_subtitle_stream
-from .video import NoFrames, VideoInfo, content_hash, effective_fps, probe, sample_targets
+from .video import NoFrames, VideoInfo, content_hash, probe
 from .writer import StreamWriter, frames_to_tensor  # noqa: F401 (frames_to_tensor: tests, benches)
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks expected)

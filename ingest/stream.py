@@ -16,7 +16,7 @@ import numpy as np
 
 from videokv.engine.chunkkv import ChunkSpan
 
-from .video import SampledFrames
+from .sampling import SampledFrames
 
 
 @dataclass

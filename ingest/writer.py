@@ -24,11 +24,12 @@ from videokv.engine.compress import gist
 from videokv.kvstore.commits import ChunkWrite
 
 from . import text as T
+from .sampling import iter_frames
 from .stream import ChunkFrames, stream_chunks
 from .text.ocr import ocr_size
 from .text.stream import TextStream
 from .text.subtitles import has_subtitle_stream
-from .video import VideoInfo, iter_frames
+from .video import VideoInfo
 
 # Frames per vision-tower call when chunks are batched (the GPU path).
 VISION_BATCH_FRAMES = 256

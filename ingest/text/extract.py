@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from videokv.ingest.video import VideoInfo, iter_frames
+from videokv.ingest.sampling import iter_frames
+from videokv.ingest.video import VideoInfo
 
 from . import asr as asr_mod
 from . import ocr as ocr_mod

@@ -13,8 +13,9 @@ import pytest
 from tests.conftest import MODEL_CACHE, make_runtime
 from videokv.bench.memtrack import PeakTensorMemory
 from videokv.ingest.chunks import plan_chunks
+from videokv.ingest.sampling import iter_frames, sample_frames
 from videokv.ingest.stream import stream_chunks
-from videokv.ingest.video import iter_frames, probe, sample_frames
+from videokv.ingest.video import probe
 from videokv.toyworld.synth import render_video
 
 

@@ -15,10 +15,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from videokv.ingest.sampling import iter_frames
 from videokv.ingest.text import BadSubtitles, TextOptions, TextSegment, ToolMissing, asr, ocr, subtitles
 from videokv.ingest.text.align import chunk_texts, transcript
 from videokv.ingest.text.extract import extract_segments
-from videokv.ingest.video import iter_frames, probe
+from videokv.ingest.video import probe
 from videokv.toyworld import textsynth as ts
 
 

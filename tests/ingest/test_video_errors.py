@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from videokv.ingest import video
-from videokv.ingest.video import VideoError, probe, sample_frames
+from videokv.ingest.sampling import sample_frames
+from videokv.ingest.video import VideoError, probe
 
 
 def assert_error(path, code):

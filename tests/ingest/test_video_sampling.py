@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_rotated_video
-from videokv.ingest import video
-from videokv.ingest.video import content_hash, iter_frames, probe, sample_frames
+from videokv.ingest import sampling
+from videokv.ingest.sampling import iter_frames, sample_frames
+from videokv.ingest.video import content_hash, probe
 
 
 @pytest.fixture
@@ -42,8 +43,8 @@ def test_sample_one_fps_timestamps_and_pixels(ten_seconds, pattern):
 def test_max_frames_spreads_uniformly(ten_seconds):
     s = sample_frames(ten_seconds, fps=8.0, max_frames=5)
     np.testing.assert_allclose(s.timestamps, [0, 2, 4, 6, 8])
-    np.testing.assert_allclose(video.sample_targets(10.0, 1.0, 4), [0, 2.5, 5, 7.5])
-    np.testing.assert_allclose(video.sample_targets(2.5, 1.0, 100), [0, 1, 2])
+    np.testing.assert_allclose(sampling.sample_targets(10.0, 1.0, 4), [0, 2.5, 5, 7.5])
+    np.testing.assert_allclose(sampling.sample_targets(2.5, 1.0, 100), [0, 1, 2])
 
 
 def test_resize(ten_seconds):
@@ -55,8 +56,8 @@ def test_resize(ten_seconds):
 def test_seek_matches_sequential(ten_seconds, fps, monkeypatch):
     sequential = sample_frames(ten_seconds, fps, 100, mode="sequential")
     seeks = []
-    real_seek = video._Cursor.seek
-    monkeypatch.setattr(video._Cursor, "seek", lambda self, t: (seeks.append(t), real_seek(self, t)))
+    real_seek = sampling._Cursor.seek
+    monkeypatch.setattr(sampling._Cursor, "seek", lambda self, t: (seeks.append(t), real_seek(self, t)))
     seeked = sample_frames(ten_seconds, fps, 100, mode="seek")
     if fps < 0.5:
         assert len(seeks) >= 2  # sparse targets really went through the seek path
@@ -110,7 +111,8 @@ def test_a_single_keyframe_file_is_decoded_once_not_once_per_sample(make_video):
     """One keyframe for the whole file (a long recording, keyint larger than the video):
     seeking to each sparse target would decode from that one keyframe again every time
     (quadratic). The sampler reads the container's keyframe index and decodes forward."""
-    from videokv.ingest.video import iter_frames, probe
+    from videokv.ingest.sampling import iter_frames
+    from videokv.ingest.video import probe
 
     n = 1200                                                        # 20 min at 1 fps
     path = make_video("one_keyframe.mp4", n_frames=n, fps=1, size=(64, 48), gop=100_000,
@@ -131,7 +133,8 @@ def test_rotation_metadata_turns_frames_upright(tmp_path):
     """A phone video stored sideways with a display rotation is sampled upright, as ffmpeg
     shows it (autorotate), and probe reports its displayed size."""
 
-    from videokv.ingest.video import probe, sample_frames
+    from videokv.ingest.sampling import sample_frames
+    from videokv.ingest.video import probe
 
     path = tmp_path / "portrait.mp4"
     stored = np.zeros((32, 64, 3), np.uint8)

@@ -166,9 +166,10 @@ def test_device_prefill_yields_what_host_prefill_does(tokenizer):
 
 def test_batched_vision_inputs_match_per_chunk(ingested, toy_video, monkeypatch):
     from videokv.ingest import writer as W
+    from videokv.ingest.sampling import iter_frames
     from videokv.ingest.stream import stream_chunks
     from videokv.ingest.text import TextOptions
-    from videokv.ingest.video import iter_frames, probe
+    from videokv.ingest.video import probe
 
     rt, _ = ingested
     path = toy_video[0]

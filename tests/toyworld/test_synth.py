@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from videokv.commands.synth import main as synth_cli
-from videokv.ingest.video import probe, sample_frames
+from videokv.ingest.sampling import sample_frames
+from videokv.ingest.video import probe
 from videokv.toyworld import render as tw
 from videokv.toyworld import scenario, synth
 
