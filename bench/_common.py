@@ -47,6 +47,11 @@ def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def rounded(x, nd: int = 4):
+    """x rounded to nd places; None stays None (a figure that was not measured)."""
+    return None if x is None else round(float(x), nd)
+
+
 # ----------------------------------------------------------------------------- videos
 
 def n_events_for(minutes: float) -> int:

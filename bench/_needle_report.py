@@ -8,6 +8,8 @@ import math
 import statistics
 from pathlib import Path
 
+from ._common import rounded
+
 SINGLE_NEEDLE_TYPES = ("retrieval", "attribute", "temporal")
 
 
@@ -15,10 +17,6 @@ def mean(xs):
     """The mean of the values that are not None (None: there are none)."""
     xs = [x for x in xs if x is not None]
     return statistics.fmean(xs) if xs else None
-
-
-def rounded(x, nd=4):
-    return None if x is None else round(float(x), nd)
 
 
 def _cell(rows: list[dict], mode: str) -> dict:
