@@ -11,6 +11,7 @@ from PIL import Image
 
 from videokv.bench import _common
 from videokv.bench import ingest as bi
+from videokv.bench._mfu import mfu_7b
 
 
 def test_bench_ingest_flat_memory_with_a_small_window(tmp_path, capsys):
@@ -46,7 +47,7 @@ def test_mfu_code_on_a_tiny_geometry(tokenizer):
             "num_key_value_heads": 2, "vocab_size": 49152}
     # A tiny peak (1 GFLOP/s), so a slow, shared CPU's MFU never rounds to 0 (a loaded run did, at 1 TFLOP/s).
     peak = 1e-3
-    m = bi.mfu_7b(tokenizer, "cpu", chunks=3, warmup=1, visual_tokens=32, window=2, peak=peak, geometry=tiny)
+    m = mfu_7b(tokenizer, "cpu", chunks=3, warmup=1, visual_tokens=32, window=2, peak=peak, geometry=tiny)
     assert m["geometry"]["hidden_size"] == 64 and m["chunks"] == 3 and m["seconds"] > 0
     assert m["mfu"] > 0 and m["forward_only_mfu"] > 0
     # tflops_achieved is rounded to 3 decimals: the MFU agrees with it within that rounding
