@@ -219,7 +219,10 @@ def llm_prefill_flops(cfg, tokens: int, context: int) -> float:
 
 PALETTE = {"re-prefill": (214, 47, 39), "reprefill": (214, 47, 39), "dense": (35, 75, 225),
            "bilevel": (26, 152, 80), "sparse": (150, 90, 200), "chunk-based": (26, 152, 80),
-           "full attention": (214, 47, 39), "ingest": (35, 75, 225)}
+           "full attention": (214, 47, 39), "ingest": (35, 75, 225),
+           # storage codecs (bench quant)
+           "none": (90, 90, 90), "bf16": (35, 75, 225), "fp16": (0, 150, 170), "fp8": (230, 140, 20),
+           "int8": (26, 152, 80), "int4": (214, 47, 39)}
 _EXTRA = [(230, 140, 20), (90, 90, 90), (0, 150, 170)]
 
 

@@ -242,12 +242,19 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
+    """Two panels against bytes stored (vs bf16): needle accuracy, and the largest first-token
+    logit change against the reference (log scale; the reference itself, 0, is not drawn)."""
     from PIL import Image
 
-    img = Image.new("RGB", (760, 420), "white")
-    series = {name: [(c["bytes_ratio_vs_bf16"], 100 * c["accuracy"])] for name, c in result["codecs"].items()}
-    line_chart(img, (0, 0, 760, 420), series, "needle accuracy (bilevel) against bytes stored", "bytes vs bf16",
-               "% right")
+    img = Image.new("RGB", (1240, 420), "white")
+    codecs = result["codecs"].items()
+    x = {name: round(c["bytes_ratio_vs_bf16"], 3) for name, c in codecs}
+    accuracy = {name: [(x[name], 100 * c["accuracy"])] for name, c in codecs}
+    logits = {name: [(x[name], c["max_abs_logit_diff"])] for name, c in codecs}
+    line_chart(img, (0, 0, 620, 420), accuracy, "needle accuracy (bilevel) against bytes stored", "bytes vs bf16",
+               "% right", xlog=True)
+    line_chart(img, (620, 0, 1240, 420), logits, "largest logit change against bytes stored", "bytes vs bf16",
+               "max |delta logit|", xlog=True, ylog=True)
     img.save(path)
 
 

@@ -3,7 +3,10 @@ prints is in the JSON and consistent with the stores and rows it comes from."""
 
 import json
 
+from PIL import Image
+
 from tests.conftest import MODEL_CACHE
+from videokv.bench._common import PALETTE
 
 
 def test_bench_quant_tiny_run(tmp_path, monkeypatch):
@@ -32,4 +35,9 @@ def test_bench_quant_tiny_run(tmp_path, monkeypatch):
     assert int4["ttft_disk_ms"] > 0 and 0 <= int4["disk_resident_after_drop"] <= 1
     for c in (none, int4):                  # the KV paging is a share of the time to first token
         assert 0 < c["load_cold_ms"] < c["ttft_cold_ms"] and 0 < c["load_disk_ms"] < c["ttft_disk_ms"]
-    assert out.with_suffix(".png").stat().st_size > 0 and "| int4 |" in out.with_suffix(".md").read_text()
+    assert "| int4 |" in out.with_suffix(".md").read_text()
+    # Two panels (accuracy, logit change), each with int4 in its own colour.
+    img = Image.open(out.with_suffix(".png")).convert("RGB")
+    assert img.size == (1240, 420)
+    for half in (img.crop((0, 0, 620, 420)), img.crop((620, 0, 1240, 420))):
+        assert PALETTE["int4"] in {c for _, c in half.getcolors(1 << 20)}
