@@ -3,7 +3,7 @@ method's decode) and by the span counter (query/counting.py) over the same store
 side by side; and the counter's accuracy against its threshold, which is how the shipped
 threshold was chosen.
 
-Videos are `videokv bench needle` haystacks (bench/needle.py), but with --seed 1 by default
+Videos are `videokv bench needle` haystacks (bench/_haystack.py), but with --seed 1 by default
 so the threshold is never fitted on the needle bench's own haystacks (seed 0). Each haystack
 gets counting questions with every truth the counter must tell apart:
 

@@ -12,7 +12,7 @@ three appearances, any of which counts): recall@1 at IoU >= 0.5 and >= 0.3 and m
 the top-1 span; per haystack length: temporal answers right by the TOYWORLD rule (a stated
 time inside the event's span +/- one chunk), for both.
 
-Haystacks are `videokv bench needle`'s (bench/needle.py) with --seed 5: never the needle
+Haystacks are `videokv bench needle`'s (bench/_haystack.py) with --seed 5: never the needle
 bench's (0), nor the counting bench's (1), on which the oracle's frame threshold, the one
 calibrated value moments use, was measured. Text: on the text bench's videos (bench/text.py,
 match and announcements; OCR and subtitles on), recall@1 of the query's best moment against

@@ -53,7 +53,7 @@ def settings_error_text(e: ValidationError) -> str:
 class Runtime:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
-        keep_freed_memory(self.settings.malloc_keep_bytes)        # process-wide: the last Runtime's wins
+        keep_freed_memory(self.settings.malloc_keep_bytes)        # process-wide; 0 changes nothing
 
     # ------------------------------------------------------------------ model
     @cached_property
