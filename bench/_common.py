@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +51,18 @@ def ints(text: str) -> list[int]:
 def rounded(x, nd: int = 4):
     """x rounded to nd places; None stays None (a figure that was not measured)."""
     return None if x is None else round(float(x), nd)
+
+
+def mean(xs):
+    """The mean of the values that are not None (None: there are none)."""
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def median(xs):
+    """The median of the values that are not None (None: there are none)."""
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
 # ----------------------------------------------------------------------------- videos

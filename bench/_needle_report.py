@@ -5,18 +5,11 @@ README's markdown and the heatmap."""
 from __future__ import annotations
 
 import math
-import statistics
 from pathlib import Path
 
-from ._common import rounded
+from ._common import mean, rounded
 
 SINGLE_NEEDLE_TYPES = ("retrieval", "attribute", "temporal")
-
-
-def mean(xs):
-    """The mean of the values that are not None (None: there are none)."""
-    xs = [x for x in xs if x is not None]
-    return statistics.fmean(xs) if xs else None
 
 
 def _cell(rows: list[dict], mode: str) -> dict:

@@ -39,15 +39,11 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from ._common import bench_settings, floats, log, machine, max_rss_mb, toy_video, write_json, write_outputs
+from ._common import bench_settings, floats, log, machine, max_rss_mb, rounded, toy_video, write_json, write_outputs
 from ._mfu import mfu_7b
 
 TAG = "ingest"
 TENANT = "bench-ingest"
-
-
-def _r(x, nd=2):
-    return None if x is None else round(float(x), nd)
 
 
 def _sync(be):
@@ -160,9 +156,10 @@ def full_tokens(rt, plan) -> int:
 def _rates(d: dict, frames: int, vision_s: float) -> dict:
     s = d["seconds"]
     llm_s = max(s - vision_s, 1e-9)
-    return {"seconds": _r(s, 3), "frames_per_s": _r(frames / s, 1), "llm_tokens": d["llm_tokens"],
-            "llm_tokens_per_s": _r(d["llm_tokens"] / llm_s, 1), "tokens_per_s_incl_vision": _r(d["llm_tokens"] / s, 1),
-            "llm_seconds": _r(llm_s, 3)}
+    return {"seconds": rounded(s, 3), "frames_per_s": rounded(frames / s, 1), "llm_tokens": d["llm_tokens"],
+            "llm_tokens_per_s": rounded(d["llm_tokens"] / llm_s, 1),
+            "tokens_per_s_incl_vision": rounded(d["llm_tokens"] / s, 1),
+            "llm_seconds": rounded(llm_s, 3)}
 
 
 # ----------------------------------------------------------------------------- run
@@ -227,13 +224,14 @@ def run(args) -> dict:
             if not cuda and not args.no_track:
                 ch["peak_bytes"] = chunk_prefill(rt, sampled.frames, plan, track=True)["peak_bytes"]
             row = {"minutes": minutes, "frames": n, "chunks": len(plan), "video": str(path),
-                   "ingest": {"deduplicated": res.deduplicated, "seconds": _r(res.seconds, 3),
-                              "frames_per_s": _r(res.frames_per_s, 1), "visual_tokens_per_s": _r(res.tokens_per_s, 1),
-                              "peak_mb": _r(ingest_peak / 2**20, 2) if ingest_peak is not None else None},
-                   "decode_s": _r(decode_s, 3), "vision_s": _r(vis_s, 3),
-                   "vision_frames_per_s": _r(n / vis_s, 1) if vis_s else None,
+                   "ingest": {"deduplicated": res.deduplicated, "seconds": rounded(res.seconds, 3),
+                              "frames_per_s": rounded(res.frames_per_s, 1),
+                              "visual_tokens_per_s": rounded(res.tokens_per_s, 1),
+                              "peak_mb": rounded(ingest_peak / 2**20, 2) if ingest_peak is not None else None},
+                   "decode_s": rounded(decode_s, 3), "vision_s": rounded(vis_s, 3),
+                   "vision_frames_per_s": rounded(n / vis_s, 1) if vis_s else None,
                    "chunk_based": {**_rates(ch, n, vis_s), "peak_bytes": ch["peak_bytes"],
-                                   "peak_mb": _r(ch["peak_bytes"] / 2**20, 2) if ch["peak_bytes"] is not None
+                                   "peak_mb": rounded(ch["peak_bytes"] / 2**20, 2) if ch["peak_bytes"] is not None
                                    else None}}
             ft = full_tokens(rt, plan)
             if args.no_full or (max_pos and ft > max_pos):
@@ -244,9 +242,9 @@ def run(args) -> dict:
                 if not cuda and not args.no_track:
                     fu["peak_bytes"] = full_prefill(rt, sampled.frames, plan, track=True)["peak_bytes"]
                 row["full_attention"] = {**_rates(fu, n, vis_s), "peak_bytes": fu["peak_bytes"],
-                                         "peak_mb": _r(fu["peak_bytes"] / 2**20, 2) if fu["peak_bytes"] is not None
+                                         "peak_mb": rounded(fu["peak_bytes"] / 2**20, 2) if fu["peak_bytes"] is not None
                                          else None}
-                row["chunk_vs_full_llm_tokens_per_s"] = _r(row["chunk_based"]["llm_tokens_per_s"]
+                row["chunk_vs_full_llm_tokens_per_s"] = rounded(row["chunk_based"]["llm_tokens_per_s"]
                                                            / row["full_attention"]["llm_tokens_per_s"], 3)
             fa = row["full_attention"]
             log(t0, TAG, f"{label}: {n} frames, ingest {row['ingest']['frames_per_s']} frames/s; chunk-based "
@@ -272,7 +270,7 @@ def run(args) -> dict:
             shutil.rmtree(home, ignore_errors=True)
     result["partial"] = False
     result["machine"]["max_rss_mb"] = max_rss_mb()
-    result["total_s"] = _r(time.perf_counter() - t0, 1)
+    result["total_s"] = rounded(time.perf_counter() - t0, 1)
     return result
 
 
@@ -286,12 +284,12 @@ def summary(result: dict, window: int) -> dict:
     return {
         "chunk_peak_mb_by_minutes": {f"{r['minutes']:g}": r["chunk_based"]["peak_mb"] for r in rows},
         "full_peak_mb_by_minutes": {f"{r['minutes']:g}": r["full_attention"].get("peak_mb") for r in rows},
-        "chunk_peak_growth": _r(max(peaks) / min(peaks), 4) if peaks else None,
+        "chunk_peak_growth": rounded(max(peaks) / min(peaks), 4) if peaks else None,
         "chunk_peak_growth_over": [r["minutes"] for r in sat],
-        "full_peak_growth": _r(fulls[-1]["full_attention"]["peak_bytes"] / fulls[0]["full_attention"]["peak_bytes"], 3)
-        if len(fulls) > 1 else None,
+        "full_peak_growth": rounded(fulls[-1]["full_attention"]["peak_bytes"]
+                                    / fulls[0]["full_attention"]["peak_bytes"], 3) if len(fulls) > 1 else None,
         "ingest_peak_mb_by_minutes": {f"{r['minutes']:g}": r["ingest"]["peak_mb"] for r in rows},
-        "ingest_peak_growth": _r(max(ip) / min(ip), 4) if ip else None,
+        "ingest_peak_growth": rounded(max(ip) / min(ip), 4) if ip else None,
         "ingest_frames_per_s_by_minutes": {f"{r['minutes']:g}": r["ingest"]["frames_per_s"] for r in rows},
         "chunk_llm_tokens_per_s_by_minutes": {f"{r['minutes']:g}": r["chunk_based"]["llm_tokens_per_s"] for r in rows},
     }

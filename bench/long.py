@@ -34,20 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from . import _longstack as stack
-from ._common import bench_settings, floats, log, machine, write_json, write_outputs
+from ._common import bench_settings, floats, log, machine, mean, median, rounded, write_json, write_outputs
 
 TAG = "long"
 TENANT = "bench-long"
 TYPES = ("retrieval", "attribute", "temporal", "ordering", "counting")
-
-
-def _r(x, nd=2):
-    return None if x is None else round(float(x), nd)
-
-
-def _median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -71,7 +62,8 @@ def ingest(path: Path, home: Path, threads: int, cache: dict) -> dict:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if out.get("deduplicated") and path.name in cache:
         return {**cache[path.name], "reused": True}
-    out.update({"wall_s": _r(wall), "cpu_s": _r(cpu), "frames_per_cpu_s": _r(out["frames"] / cpu) if cpu else None,
+    out.update({"wall_s": rounded(wall, 2), "cpu_s": rounded(cpu, 2),
+                "frames_per_cpu_s": rounded(out["frames"] / cpu, 2) if cpu else None,
                 "reused": bool(out.get("deduplicated"))})
     if not out["reused"]:
         cache[path.name] = out
@@ -131,7 +123,7 @@ def retrieval_scale(sizes: list[int], dim: int = 384, videos: int = 4, repeat: i
                 t = time.perf_counter()
                 idx.search(q, k, {2})
                 ts.append((time.perf_counter() - t) * 1e3)
-            row[label] = _r(statistics.median(ts), 3)
+            row[label] = rounded(statistics.median(ts), 3)
         out.append(row)
     return out
 
@@ -145,18 +137,20 @@ def summarize(lengths: list[dict], rows: list[dict], policies: list[str]) -> dic
         per = {}
         for p in policies:
             mine = [r for r in rows if r["hours"] == h and r["policy"] == p]
-            acc = {t: _r(sum(r["correct"] for r in mine if r["type"] == t) / max(1, sum(r["type"] == t for r in mine)), 3)
-                   for t in TYPES}
+            acc = {t: rounded(sum(r["correct"] for r in mine if r["type"] == t)
+                              / max(1, sum(r["type"] == t for r in mine)), 3) for t in TYPES}
             ra = [r for r in mine if r["type"] in ("retrieval", "attribute")]
             decoded = [r for r in mine if r["answered_by"] == "lm"]
-            levels = {k: _median([r["levels"][k] for r in decoded]) for k in ("L", "H", "G", "dropped")}
-            per[p] = {"accuracy": acc, "retrieval_attribute": _r(sum(r["correct"] for r in ra) / max(1, len(ra)), 3),
-                      "retrieval_attribute_n": len(ra), "overall": _r(sum(r["correct"] for r in mine) / max(1, len(mine)), 3),
-                      "ttft_ms_median": _r(_median([r["ttft_ms"] for r in decoded]), 1),
-                      "retrieve_ms_median": _r(_median([r["retrieve_ms"] for r in decoded]), 2),
+            levels = {k: median([r["levels"][k] for r in decoded]) for k in ("L", "H", "G", "dropped")}
+            per[p] = {"accuracy": acc,
+                      "retrieval_attribute": rounded(sum(r["correct"] for r in ra) / max(1, len(ra)), 3),
+                      "retrieval_attribute_n": len(ra),
+                      "overall": rounded(sum(r["correct"] for r in mine) / max(1, len(mine)), 3),
+                      "ttft_ms_median": rounded(median([r["ttft_ms"] for r in decoded]), 1),
+                      "retrieve_ms_median": rounded(median([r["retrieve_ms"] for r in decoded]), 2),
                       "context_tokens_max": max((r["context_tokens"] for r in mine), default=0),
-                      "context_tokens_median": _median([r["context_tokens"] for r in decoded]),
-                      "kv_mb_median": _r((_median([r["kv_bytes_loaded"] for r in decoded]) or 0) / 2**20, 1),
+                      "context_tokens_median": median([r["context_tokens"] for r in decoded]),
+                      "kv_mb_median": rounded((median([r["kv_bytes_loaded"] for r in decoded]) or 0) / 2**20, 1),
                       "levels_median": levels, "used": sorted({r["used"] for r in decoded})}
         out[f"{h:g}h"] = {"hours": h, "ingest": L["ingest"], "policies": per}
     return out
@@ -174,18 +168,19 @@ def targets(result: dict) -> dict:
     t = {
         "frames_at_longest": {"value": ing10["frames"], "expected": int(round(ten["hours"] * 3600)),
                               "ok": ing10["frames"] == int(round(ten["hours"] * 3600))},
-        "peak_rss_ratio": {"value": _r(ing10["peak_rss_mb"] / ing1["peak_rss_mb"], 3), "max": 1.25},
-        "frames_per_s_ratio": {"value": _r(ing10["frames_per_s"] / ing1["frames_per_s"], 3), "min": 0.9},
-        "frames_per_cpu_s_ratio": {"value": _r(ing10["frames_per_cpu_s"] / ing1["frames_per_cpu_s"], 3)
+        "peak_rss_ratio": {"value": rounded(ing10["peak_rss_mb"] / ing1["peak_rss_mb"], 3), "max": 1.25},
+        "frames_per_s_ratio": {"value": rounded(ing10["frames_per_s"] / ing1["frames_per_s"], 3), "min": 0.9},
+        "frames_per_cpu_s_ratio": {"value": rounded(ing10["frames_per_cpu_s"] / ing1["frames_per_cpu_s"], 3)
                                    if ing1.get("frames_per_cpu_s") and ing10.get("frames_per_cpu_s") else None,
                                    "min": 0.9},
         "context_tokens_max": {"value": max(v["policies"][q]["context_tokens_max"] for v in s.values()
                                             for q in v["policies"]), "max": 8192},
         "retrieval_attribute_at_longest": {"value": ten["policies"][p]["retrieval_attribute"], "min": 0.9},
         "retrieval_attribute_drop_vs_shortest": {
-            "value": _r(100 * (one["policies"][p]["retrieval_attribute"] - ten["policies"][p]["retrieval_attribute"]), 1),
+            "value": rounded(100 * (one["policies"][p]["retrieval_attribute"]
+                                    - ten["policies"][p]["retrieval_attribute"]), 1),
             "max_points": 5},
-        "ttft_ratio": {"value": _r(ten["policies"][p]["ttft_ms_median"] / one["policies"][p]["ttft_ms_median"], 3),
+        "ttft_ratio": {"value": rounded(ten["policies"][p]["ttft_ms_median"] / one["policies"][p]["ttft_ms_median"], 3),
                        "max": 2.0},
     }
     for v in t.values():
@@ -325,14 +320,13 @@ def run(args) -> dict:
     for hours in args.hours:                          # repeats pooled per length (ingest: the mean)
         ings = [L["ingest"] for L in result["lengths"] if L["hours"] == hours]
         keys = ("frames", "frames_per_s", "frames_per_cpu_s", "peak_rss_mb", "wall_s")
-        merged.append({"hours": hours, "ingest": {k: _r(statistics.fmean(i[k] for i in ings if i.get(k) is not None), 2)
-                                                  for k in keys}})
+        merged.append({"hours": hours, "ingest": {k: rounded(mean(i.get(k) for i in ings), 2) for k in keys}})
         merged[-1]["ingest"]["frames"] = int(ings[0]["frames"])
     result["summary"] = summarize(merged, result["questions"], args.policies)
     result["retrieval_scale"] = retrieval_scale(args.index_sizes)
     result["targets"] = targets(result)
     result["partial"] = False
-    result["total_s"] = _r(time.perf_counter() - t0, 1)
+    result["total_s"] = rounded(time.perf_counter() - t0, 1)
     return result
 
 

@@ -62,9 +62,9 @@ import numpy as np
 
 from videokv.query.engine import ContextTooLong
 
-from ._common import SIZE, floats, ints, log, rounded, write_json
+from ._common import SIZE, floats, ints, log, mean, rounded, write_json
 from ._haystack import TYPES, haystack_seed, make_haystack
-from ._needle_report import heatmap, markdown, mean, side_by_side, summarize
+from ._needle_report import heatmap, markdown, side_by_side, summarize
 
 MODES = ("dense", "sparse", "bilevel", "bilevel-random", "adaptive")
 TENANT = "bench-needle"

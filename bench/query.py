@@ -52,7 +52,9 @@ from ._common import (
     log,
     machine,
     max_rss_mb,
+    median,
     pick_question,
+    rounded,
     toy_video,
     write_json,
     write_outputs,
@@ -62,15 +64,6 @@ from ._reprefill import plan_tokens, reprefill
 
 TENANT = "bench-query"
 TAG = "query"
-
-
-def _median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def _r(x, nd=2):
-    return None if x is None else round(float(x), nd)
 
 
 # ----------------------------------------------------------------------------- stored modes
@@ -98,15 +91,15 @@ def ask_modes(rt, video_id: str, question: str, modes, repeats: int, max_new_tok
         a0 = first[0]
         timing_keys = a0.timings.keys()
         out[m] = {
-            "ttft_ms": _r(_median([a.timings["ttft_ms"] for a, _ in rest])),
-            "total_ms": _r(_median([w for _, w in rest])),
+            "ttft_ms": rounded(median([a.timings["ttft_ms"] for a, _ in rest]), 2),
+            "total_ms": rounded(median([w for _, w in rest]), 2),
             "ttft_ms_all": [a.timings["ttft_ms"] for a, _ in rs],
-            "total_ms_all": [_r(w) for _, w in rs],
-            "first_ask_ttft_ms": a0.timings["ttft_ms"], "first_ask_total_ms": _r(first[1]),
-            "timings_ms": {k: _r(_median([a.timings[k] for a, _ in rest])) for k in timing_keys},
+            "total_ms_all": [rounded(w, 2) for _, w in rs],
+            "first_ask_ttft_ms": a0.timings["ttft_ms"], "first_ask_total_ms": rounded(first[1], 2),
+            "timings_ms": {k: rounded(median([a.timings[k] for a, _ in rest]), 2) for k in timing_keys},
             "kv_bytes_loaded": a0.kv_bytes_loaded,
             "kv_bytes_read_first": a0.kv_bytes_read,
-            "kv_bytes_read_repeat": int(_median([a.kv_bytes_read for a, _ in rest])),
+            "kv_bytes_read_repeat": int(median([a.kv_bytes_read for a, _ in rest])),
             "context_tokens": a0.context_tokens,
             "beyond_context_window": bool(max_pos and a0.context_tokens + extra > max_pos),
             "l_chunks": sorted(e.chunk for e in a0.evidence if e.level == "L") if m != "dense" else "all",
@@ -214,11 +207,11 @@ def paging_gpu(rt, video_id: str, question: str, top_k: int, h2d: dict, repeat: 
         best = min(secs)
         gbs = p.bytes_in_context / best / 1e9
         same = h2d_bandwidth(max(1 << 20, p.bytes_in_context), repeat=repeat)
-        out[name] = {"bytes": p.bytes_in_context, "bytes_from_store": p.bytes_read, "ms": _r(best * 1e3, 3),
-                     "ms_median": _r(statistics.median(secs) * 1e3, 3), "gb_s": _r(gbs, 2),
-                     "fraction_of_h2d": _r(gbs / h2d["gb_s"], 3),
-                     "h2d_same_size_gb_s": _r(same["gb_s"], 2),
-                     "fraction_of_h2d_same_size": _r(gbs / same["gb_s"], 3)}
+        out[name] = {"bytes": p.bytes_in_context, "bytes_from_store": p.bytes_read, "ms": rounded(best * 1e3, 3),
+                     "ms_median": rounded(statistics.median(secs) * 1e3, 3), "gb_s": rounded(gbs, 2),
+                     "fraction_of_h2d": rounded(gbs / h2d["gb_s"], 3),
+                     "h2d_same_size_gb_s": rounded(same["gb_s"], 2),
+                     "fraction_of_h2d_same_size": rounded(gbs / same["gb_s"], 3)}
     out["rotation"] = getattr(fast._fn, "kind", "eager")
     if getattr(fast._fn, "error", ""):
         out["rotation_compile_error"] = fast._fn.error
@@ -267,7 +260,7 @@ def run(args) -> dict:
     if cuda:
         from videokv.query.device_pager import h2d_bandwidth
         h2d = h2d_bandwidth(256 << 20, repeat=10)
-        result["h2d"] = {k: _r(v, 2) if isinstance(v, float) else v for k, v in h2d.items()}
+        result["h2d"] = {k: rounded(v, 2) if isinstance(v, float) else v for k, v in h2d.items()}
         log(t0, TAG, f"raw pinned host-to-device: {h2d['gb_s']:.1f} GB/s (256 MiB copies)")
     times_path = args.workdir / "ingest_times.json"
     try:
@@ -306,8 +299,8 @@ def run(args) -> dict:
         rp: dict[str, dict] = {}
         for method in methods:
             runs = [reprefill(rt, path, question, method, args.max_new_tokens, answer_level) for _ in range(reps)]
-            rp[method] = {**runs[0], "ttft_ms": _r(_median([x["ttft_ms"] for x in runs])),
-                          "total_ms": _r(_median([x["total_ms"] for x in runs])),
+            rp[method] = {**runs[0], "ttft_ms": rounded(median([x["ttft_ms"] for x in runs]), 2),
+                          "total_ms": rounded(median([x["total_ms"] for x in runs]), 2),
                           "ttft_ms_all": [x["ttft_ms"] for x in runs], "total_ms_all": [x["total_ms"] for x in runs],
                           "repeats": len(runs)}
             log(t0, TAG, f"{label}: re-prefill ({method}) TTFT {rp[method]['ttft_ms'] / 1e3:.1f} s "
@@ -317,15 +310,15 @@ def run(args) -> dict:
         row = {
             "minutes": minutes, "frames": res.frames, "chunks": res.chunks_total, "video": str(path),
             "video_id": res.video_id, "question": question, "expected": qa.get("answer"),
-            "render_s": _r(render_s), "reused_video": reused,
-            "ingest": {"deduplicated": res.deduplicated, "seconds": _r(ingest_s),
-                       "frames_per_s": _r(res.frames / ingest_s) if ingest_s else None},
+            "render_s": rounded(render_s, 2), "reused_video": reused,
+            "ingest": {"deduplicated": res.deduplicated, "seconds": rounded(ingest_s, 2),
+                       "frames_per_s": rounded(res.frames / ingest_s, 2) if ingest_s else None},
             "context_positions": ctx, "modes": stored, "reprefill": rp, "reprefill_baseline": baseline,
             "reprefill_ttft_ms": b["ttft_ms"], "reprefill_total_ms": b["total_ms"],
-            "ttft_speedup_vs_reprefill": _r(b["ttft_ms"] / stored["bilevel"]["ttft_ms"], 1),
-            "ttft_speedup_vs_reprefill_by_mode": {m: _r(b["ttft_ms"] / stored[m]["ttft_ms"], 1) for m in MODES},
-            "total_speedup_vs_reprefill_by_mode": {m: _r(b["total_ms"] / stored[m]["total_ms"], 1) for m in MODES},
-            "ttft_speedup_vs_chunk_reprefill": _r(rp["chunk"]["ttft_ms"] / stored["bilevel"]["ttft_ms"], 1),
+            "ttft_speedup_vs_reprefill": rounded(b["ttft_ms"] / stored["bilevel"]["ttft_ms"], 1),
+            "ttft_speedup_vs_reprefill_by_mode": {m: rounded(b["ttft_ms"] / stored[m]["ttft_ms"], 1) for m in MODES},
+            "total_speedup_vs_reprefill_by_mode": {m: rounded(b["total_ms"] / stored[m]["total_ms"], 1) for m in MODES},
+            "ttft_speedup_vs_chunk_reprefill": rounded(rp["chunk"]["ttft_ms"] / stored["bilevel"]["ttft_ms"], 1),
             "bytes_ratio_bilevel_vs_dense": round(stored["bilevel"]["kv_bytes_loaded"]
                                                   / stored["dense"]["kv_bytes_loaded"], 4),
             "bytes_ratio_sparse_vs_dense": round(stored["sparse"]["kv_bytes_loaded"]
@@ -345,7 +338,7 @@ def run(args) -> dict:
     result["targets"] = targets(result, cuda)
     result["partial"] = False
     result["machine"]["max_rss_mb"] = max_rss_mb()
-    result["total_s"] = _r(time.perf_counter() - t0, 1)
+    result["total_s"] = rounded(time.perf_counter() - t0, 1)
     return result
 
 
