@@ -1,6 +1,12 @@
 # videokv: one image for the API and the workers (CPU torch; the GPU services of
 # docker-compose.gpu.yml use the same image with NVIDIA device reservations: build with
 # --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 for CUDA wheels).
+# The one-pass int8/int4 dequantizer (kvstore/dequant.c, loaded by kvstore/native.py), built
+# in an image that has a C compiler; the runtime image stays without one.
+FROM python:3.11-bookworm AS native
+COPY kvstore/dequant.c /src/
+RUN cc -O3 -ffp-contract=off -fPIC -shared -o /src/_dequant.so /src/dequant.c
+
 FROM python:3.11-slim-bookworm
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -29,6 +35,7 @@ COPY oracles ./oracles
 COPY toyworld ./toyworld
 COPY ingest ./ingest
 COPY kvstore ./kvstore
+COPY --from=native /src/_dequant.so ./kvstore/_dequant.so
 COPY query ./query
 COPY workers ./workers
 COPY api ./api

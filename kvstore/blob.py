@@ -40,6 +40,7 @@ import functools
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -303,13 +304,42 @@ def _decode_payload(mv: memoryview, hdr: BlobHeader, kinds: torch.Tensor) -> Blo
     if not hdr.tokens or not hdr.layers:
         return BlobView(hdr, None, kinds.clone(), False, [torch.zeros(sh, dtype=dt) for dt, sh in
                                                           hdr.codec.parts(hdr.shape)])
-    parts, aliased = [], True
-    for dtype, shape, at in _payload_layout(hdr.codec, hdr.shape)[0]:
-        count = 1
-        for d in shape:
-            count *= d
-        t = torch.frombuffer(mv, dtype=dtype, count=count, offset=hdr.data_offset + at).view(shape)
-        if t.data_ptr() % dtype.itemsize:
-            t, aliased = t.clone(), False
-        parts.append(t)
-    return BlobView(hdr, None, kinds if aliased else kinds.clone(), aliased, parts)
+    layout = _payload_layout(hdr.codec, hdr.shape)[0]
+    start = kinds.data_ptr() - HEADER_SIZE + hdr.data_offset          # kinds is a view of mv
+    if all((start + at) % dtype.itemsize == 0 for dtype, _, at in layout):
+        return BlobView(hdr, None, kinds, True, Payload(mv, hdr.data_offset, layout, start))
+    # Stored unaligned inside an LMDB leaf page: copies rather than misaligned views.
+    parts = [_view(mv, dtype, shape, hdr.data_offset + at).clone() for dtype, shape, at in layout]
+    return BlobView(hdr, None, kinds.clone(), False, parts)
+
+
+def _view(mv: memoryview, dtype: torch.dtype, shape: tuple, offset: int) -> torch.Tensor:
+    count = 1
+    for d in shape:
+        count *= d
+    return torch.frombuffer(mv, dtype=dtype, count=count, offset=offset).view(shape)
+
+
+class Payload(Sequence):
+    """A codec blob's payload tensors (Codec.parts, in order) as views of the buffer, made
+    when first asked for. `layout` ((dtype, shape, offset), ...) and `addresses` (where each
+    starts) describe them without making them: the one-pass kernel (native.py) needs only
+    those, and a hot set is ~65 blobs of five tensors each."""
+
+    __slots__ = ("_mv", "_offset", "layout", "addresses", "_tensors")
+
+    def __init__(self, mv: memoryview, data_offset: int, layout: tuple, start: int):
+        self._mv, self._offset, self.layout = mv, data_offset, layout
+        self.addresses = tuple(start + at for _, _, at in layout)
+        self._tensors = None
+
+    def _made(self) -> list[torch.Tensor]:
+        if self._tensors is None:
+            self._tensors = [_view(self._mv, dtype, shape, self._offset + at) for dtype, shape, at in self.layout]
+        return self._tensors
+
+    def __getitem__(self, i):
+        return self._made()[i]
+
+    def __len__(self) -> int:
+        return len(self.layout)

@@ -28,6 +28,8 @@ from typing import ClassVar
 
 import torch
 
+from . import native
+
 
 def _groups(n: int, group: int) -> int:
     return -(-n // group)
@@ -78,10 +80,14 @@ class Codec:
         """Blobs one after another along out's token axis: items [(parts, rows)], out
         [layers, 2, kv_heads, sum of their rows, head_dim] (a hot set). Equal to decode_into
         blob by blob (a codec may batch the arithmetic)."""
+        return self._blob_by_blob(items, out, self.decode_into)
+
+    @staticmethod
+    def _blob_by_blob(items, out: torch.Tensor, decode_into) -> torch.Tensor:
         off = 0
         for parts, rows in items:
             n = row_count(rows, parts[0].shape[3])
-            self.decode_into(parts, out.narrow(3, off, n), rows)
+            decode_into(parts, out.narrow(3, off, n), rows)
             off += n
         return out
 
@@ -233,6 +239,18 @@ class IntQ(_Scaled):
             out.copy_(q)
 
     def decode_into(self, parts, out, rows=None):
+        if native.dequantize_into(self.bits, self.groups, [(parts, rows)], out):
+            return out
+        return self.decode_into_torch(parts, out, rows)
+
+    def decode_many(self, items, out):
+        if native.dequantize_into(self.bits, self.groups, items, out):
+            return out
+        return self.decode_many_torch(items, out)
+
+    def decode_into_torch(self, parts, out, rows=None):
+        """decode_into in torch: a code copy, then the scaling in place (the reference the
+        one-pass C kernel, native.py, equals bit for bit; used where it is not built)."""
         q, kscale, kmin, vscale, vmin = parts
         L, _, H, T = q.shape[:4]
         D = out.shape[-1]
@@ -247,12 +265,12 @@ class IntQ(_Scaled):
         v5.mul_(vs.unsqueeze(-1)).add_(vm.unsqueeze(-1))
         return out
 
-    def decode_many(self, items, out):
-        """decode_into's arithmetic with each scaling done once: values over all the rows,
+    def decode_many_torch(self, items, out):
+        """decode_into_torch's arithmetic with each scaling done once: values over all the rows,
         keys over each run of equal-length blobs (their per-channel statistics stacked), so
         a hot set of ~65 small blobs costs one code copy per blob, not five passes."""
         if any(parts[1].shape[2] > 1 for parts, _ in items):
-            return super().decode_many(items, out)          # several key groups a blob
+            return self._blob_by_blob(items, out, self.decode_into_torch)      # several key groups a blob
         L, _, H, _, D = out.shape
         lengths, kstats, vstats, off = [], [], [], 0
         for (q, kscale, kmin, vscale, vmin), rows in items:

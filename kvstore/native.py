@@ -1,0 +1,99 @@
+"""The one-pass int8/int4 dequantizer (dequant.c), called through ctypes.
+
+scripts/setup.sh builds it next to this file (`_dequant.so`); where it is not built (no C
+compiler) or cannot take a layout, `dequantize_into` returns False and the codec's torch path
+(codecs.IntQ) does the same arithmetic in three passes. Both give the same bits (tested).
+The call releases the GIL; it runs on the calling thread (dequant.c says why).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+LIBRARY = Path(__file__).with_name("_dequant.so")
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The built kernel, or None (not built, or it does not load: logged once)."""
+    if not LIBRARY.exists():
+        return None
+    try:
+        lib = ctypes.CDLL(str(LIBRARY))
+    except OSError as e:
+        log.warning("%s does not load (%s): int8/int4 decode on the torch path", LIBRARY, e)
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.vkv_dequantize.argtypes = [ptr, i64, i64, i64, i64, i64, i64, ptr, i64]
+    lib.vkv_dequantize.restype = None
+    return lib
+
+
+def _takes(out: torch.Tensor) -> bool:
+    """out [L, 2, H, T, D] float32 on the CPU, each (layer, k/v, head) plane a block of whole rows."""
+    if out.dim() != 5 or out.dtype != torch.float32 or not out.is_cpu:
+        return False
+    _, _, H, _, D = out.shape
+    s = out.stride()
+    return s[4] == 1 and s[3] == D and s[1] == H * s[2] and s[0] == 2 * s[1]
+
+
+PAYLOAD_DTYPES = [torch.uint8, torch.float16, torch.float16, torch.float16, torch.float16]
+
+
+def _described(parts) -> tuple[list[int], list[tuple], list[torch.dtype]] | None:
+    """(addresses, shapes, dtypes) of a payload's parts: read off a blob's layout without
+    making its tensors (blob.Payload), or off tensors (contiguous CPU ones; else None)."""
+    layout = getattr(parts, "layout", None)
+    if layout is not None:
+        return list(parts.addresses), [tuple(sh) for _, sh, _ in layout], [dt for dt, _, _ in layout]
+    if not all(p.is_contiguous() and p.is_cpu for p in parts):
+        return None
+    return [p.data_ptr() for p in parts], [tuple(p.shape) for p in parts], [p.dtype for p in parts]
+
+
+def dequantize_into(bits: int, groups, items: list, out: torch.Tensor) -> bool:
+    """Blobs' rows, one after another along out's token axis, dequantized into out
+    [L, 2, H, sum of rows, D]; items [(parts, rows)]: parts an IntQ payload [codes
+    [L, 2, H, T, D*bits/8] uint8, key_scale, key_min float16 [L, H, key groups, D],
+    value_scale, value_min float16 [L, H, T, D/value_group]] (tensors, or a blob.Payload),
+    rows None or a slice;
+    groups(T, D) -> (key_group, value_group). False when it did nothing: not built, or a
+    layout it does not take (index rows, another dtype, non-contiguous parts)."""
+    lib = library()
+    if lib is None or not _takes(out) or not items:
+        return False
+    L, _, H, _, D = out.shape
+    blobs, value_groups, total = [], set(), 0
+    for parts, rows in items:
+        described = _described(parts)
+        if described is None or isinstance(rows, torch.Tensor):
+            return False
+        addresses, shapes, dtypes = described
+        if dtypes != PAYLOAD_DTYPES or len(shapes[0]) != 5:
+            return False
+        T = shapes[0][3]
+        start, stop, step = (rows or slice(0, T)).indices(T)
+        kg, vg = groups(T, D)
+        n_groups = -(-T // kg)
+        key_stats, value_stats = (L, H, n_groups, D), (L, H, T, D // vg)
+        # The C code trusts these shapes: anything else goes to the torch path (which raises).
+        if step != 1 or shapes != [(L, 2, H, T, D * bits // 8), key_stats, key_stats, value_stats, value_stats]:
+            return False
+        value_groups.add(vg)
+        total += max(stop - start, 0)
+        if stop > start:
+            blobs.append([*addresses, T, start, stop - start, n_groups, kg])
+    if len(value_groups) != 1 or total != out.shape[3]:
+        return False
+    if not blobs:
+        return True
+    table = torch.tensor(blobs, dtype=torch.int64)
+    lib.vkv_dequantize(table.data_ptr(), len(blobs), bits, L, H, D, value_groups.pop(), out.data_ptr(), out.stride(2))
+    return True

@@ -1,0 +1,74 @@
+"""The one-pass C dequantizer (kvstore/dequant.c via native.py) against the codecs' torch path."""
+
+import pytest
+import torch
+
+from videokv.kvstore import native
+from videokv.kvstore.codecs import codec_named
+
+BLOBS = [(7, None), (13, slice(3, 11)), (5, slice(0, 0)), (20, slice(0, 20))]     # (tokens, rows)
+
+
+def encoded(codec, blobs=BLOBS, L=3, H=2, D=64, seed=0):
+    """[(parts, rows)] of random KVs with an outlier key channel, and their total rows."""
+    g = torch.Generator().manual_seed(seed)
+    items, total = [], 0
+    for T, rows in blobs:
+        kv = torch.randn(L, 2, H, T, D, generator=g) * 3
+        kv[:, 0, :, :, 5] += 40
+        items.append((codec.encode(kv), rows))
+        total += T if rows is None else rows.stop - rows.start
+    return items, total
+
+
+def test_the_setup_built_the_kernel():
+    assert native.library() is not None, f"scripts/setup.sh builds {native.LIBRARY} (needs a C compiler)"
+
+
+@pytest.mark.parametrize("name", ["int8", "int4"])
+@pytest.mark.parametrize("key_group,value_group", [(0, 0), (4, 16)])
+def test_equals_the_torch_path_bit_for_bit(name, key_group, value_group):
+    codec = codec_named(name, key_group, value_group)
+    items, total = encoded(codec)
+    # Into a slice of a longer buffer, as a hot set's part is: planes are not back to back.
+    buffer = torch.full((3, 2, 2, total + 9, 64), float("nan"))
+    got = buffer.narrow(3, 4, total)
+    assert native.dequantize_into(codec.bits, codec.groups, items, got)
+    want = codec.decode_many_torch(items, torch.empty(3, 2, 2, total, 64))
+    assert torch.equal(got, want)
+    assert buffer[:, :, :, :4].isnan().all() and buffer[:, :, :, 4 + total:].isnan().all()   # nothing outside
+    for parts, rows in items[1:2]:
+        one = codec.decode_into(parts, torch.empty(3, 2, 2, 8, 64), rows)
+        assert torch.equal(one, codec.decode_into_torch(parts, torch.empty(3, 2, 2, 8, 64), rows))
+
+
+def test_a_hot_set_sized_decode_agrees():
+    """Hundreds of blobs (the prefetch runs ahead of each) and rows of 128 channels."""
+    codec = codec_named("int8")
+    blobs = [(18, slice(10, 18)) if i % 3 else (9, None) for i in range(200)]
+    items, total = encoded(codec, blobs, L=4, H=3, D=128)
+    got = codec.decode_many(items, torch.empty(4, 2, 3, total, 128))
+    assert torch.equal(got, codec.decode_many_torch(items, torch.empty(4, 2, 3, total, 128)))
+
+
+@pytest.mark.parametrize("head_dim", [24, 6])
+def test_head_dims_that_are_not_multiples_of_the_vector_width(head_dim):
+    codec = codec_named("int4", 0, 0)
+    items, total = encoded(codec, [(5, None), (11, slice(2, 9))], D=head_dim)
+    got = torch.empty(3, 2, 2, total, head_dim)
+    assert native.dequantize_into(4, codec.groups, items, got)
+    assert torch.equal(got, codec.decode_many_torch(items, torch.empty(3, 2, 2, total, head_dim)))
+
+
+def test_layouts_it_does_not_take_go_to_the_torch_path():
+    codec = codec_named("int8")
+    items, _ = encoded(codec, [(9, None)])
+    parts = items[0][0]
+    rows = torch.tensor([0, 2, 5])
+    assert not native.dequantize_into(8, codec.groups, [(parts, rows)], torch.empty(3, 2, 2, 3, 64))
+    assert not native.dequantize_into(8, codec.groups, [(parts, None)], torch.empty(3, 2, 2, 9, 64).half())
+    assert not native.dequantize_into(8, codec.groups, [(parts, None)], torch.empty(3, 2, 2, 8, 64))  # rows != out
+    assert not native.dequantize_into(4, codec.groups, [(parts, None)], torch.empty(3, 2, 2, 9, 64))  # wrong width
+    # The codec still decodes them, on the torch path.
+    got = codec.decode_into(parts, torch.empty(3, 2, 2, 3, 64), rows)
+    assert torch.equal(got, codec.decode_into_torch(parts, torch.empty(3, 2, 2, 3, 64), rows))
