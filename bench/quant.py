@@ -17,6 +17,7 @@ haystacks are the needle bench's (seed 0 by default).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -26,6 +27,7 @@ from ._common import bench_settings, floats, ints, line_chart, log, write_output
 from ._haystack import TYPES, make_haystack
 
 CODECS = ("none", "bf16", "fp16", "fp8", "int8", "int4")
+KERNEL_CODECS = ("int8", "int4")        # decoded by kvstore/dequant.c where it is built
 TENANT = "bench-quant"
 # Qwen2.5-VL-7B's KV geometry, for the computed archive sizes.
 QWEN7B = {"layers": 28, "kv_heads": 4, "head_dim": 128, "tokens_per_frame": 128, "chunk_frames": 16,
@@ -77,12 +79,15 @@ def ttfts(runtimes: dict, vids: dict, question: str, top_k: int, repeats: int) -
     in memory after each drop; and the read-and-dequantize throughput of the hot set (GB/s
     of K,V handed to the model, page cache warm). The codecs take turns within each repeat,
     in reverse order every other repeat, so a change of the machine's load or the order
-    itself falls on all of them alike."""
+    itself falls on all of them alike. Where the one-pass kernel is built (kvstore/native.py)
+    int8 and int4 also answer the cold question with torch's decode (`*_torch_decode_ms`),
+    the two taking turns, so the kernel's share is measured in the same run."""
+    from videokv.kvstore import native
     from videokv.query.hotset import read_hot_set
 
     from ._pagecache import drop_store_pages
 
-    keys = ("disk", "cold", "warm", "load_disk", "load_cold", "rate", "resident")
+    keys = ("disk", "cold", "warm", "cold_torch", "load_disk", "load_cold", "load_cold_torch", "rate", "resident")
     got = {name: {k: [] for k in keys} for name in runtimes}
     for i in range(repeats):
         for name in list(runtimes)[:: 1 if i % 2 == 0 else -1]:
@@ -98,17 +103,25 @@ def ttfts(runtimes: dict, vids: dict, question: str, top_k: int, repeats: int) -
             q.hot.evict(video_id)
             g["resident"].append(drop_store_pages(rt.store))
             ask("disk")
-            q.hot.evict(video_id)
-            ask("cold")
+            colds = ["cold", "cold_torch"] if name in KERNEL_CODECS and native.built() else ["cold"]
+            for where in colds[:: 1 if i % 2 == 0 else -1]:     # cold_torch: the same question, torch's decode
+                q.hot.evict(video_id)
+                with native.disabled() if where == "cold_torch" else contextlib.nullcontext():
+                    ask(where)
             ask("warm")
             t = time.perf_counter()
             hot = read_hot_set(rt.store, video_id, rt.config.fingerprint(), q.pager.h_text)
             g["rate"].append(hot.nbytes / (time.perf_counter() - t) / 1e9)
-    med = {name: {k: statistics.median(v) for k, v in g.items()} for name, g in got.items()}
-    return {name: {"ttft_disk_ms": round(m["disk"], 2), "ttft_cold_ms": round(m["cold"], 2),
-                   "ttft_warm_ms": round(m["warm"], 2), "load_disk_ms": round(m["load_disk"], 2),
-                   "load_cold_ms": round(m["load_cold"], 2), "disk_resident_after_drop": round(m["resident"], 4),
-                   "hot_set_read_gb_s": round(m["rate"], 3)} for name, m in med.items()}
+    med = {name: {k: statistics.median(v) if v else None for k, v in g.items()} for name, g in got.items()}
+    out = {name: {"ttft_disk_ms": round(m["disk"], 2), "ttft_cold_ms": round(m["cold"], 2),
+                  "ttft_warm_ms": round(m["warm"], 2), "load_disk_ms": round(m["load_disk"], 2),
+                  "load_cold_ms": round(m["load_cold"], 2), "disk_resident_after_drop": round(m["resident"], 4),
+                  "hot_set_read_gb_s": round(m["rate"], 3)} for name, m in med.items()}
+    for name, m in med.items():
+        if m["cold_torch"] is not None:
+            out[name].update(ttft_cold_torch_decode_ms=round(m["cold_torch"], 2),
+                             load_cold_torch_decode_ms=round(m["load_cold_torch"], 2))
+    return out
 
 
 def run(args) -> dict:
@@ -171,6 +184,8 @@ def _paged(rt, video_id: str, truth: dict, top_k: int) -> int:
 
 
 def summarize(rows, stores, seconds, timing, paged, args, total_s) -> dict:
+    from videokv.kvstore import native
+
     ref = args.codecs[0]
     hours = seconds / 3600
     bf16 = stores.get("bf16")
@@ -211,10 +226,15 @@ def summarize(rows, stores, seconds, timing, paged, args, total_s) -> dict:
             targets[f"ttft_{where}_int8_vs_bf16"] = {"int8_ms": a, "bf16_ms": b, "ratio": round(a / b, 3),
                                                      "met": a <= b, "load_int8_ms": la, "load_bf16_ms": lb,
                                                      "load_ratio": round(la / lb, 3)}
+            if where == "cold" and "ttft_cold_torch_decode_ms" in per["int8"]:
+                torch_ms = per["int8"]["ttft_cold_torch_decode_ms"]
+                targets["ttft_cold_int8_vs_bf16"].update(int8_torch_decode_ms=torch_ms,
+                                                         torch_decode_ratio=round(torch_ms / b, 3))
     return {"bench": "quant", "config": {"lengths": args.lengths, "depths": args.depths, "codecs": args.codecs,
                                          "types": args.types, "top_k": args.top_k, "seed": args.seed,
                                          "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-                                         "reference": ref, "qwen25_7b": QWEN7B, "cpus": os.cpu_count()},
+                                         "reference": ref, "qwen25_7b": QWEN7B, "cpus": os.cpu_count(),
+                                         "int_decode": "kernel" if native.built() else "torch"},
             "codecs": per, "targets": targets, "questions": rows, "video_hours": round(hours, 4),
             "total_s": round(total_s, 1)}
 
@@ -230,6 +250,11 @@ def side_by_side(result: dict) -> str:
                      f"{c['max_abs_logit_diff']:.3g} | {c['ttft_disk_ms']:.0f} / {c['ttft_cold_ms']:.0f} / "
                      f"{c['ttft_warm_ms']:.0f} | {c['load_disk_ms']:.0f} / {c['load_cold_ms']:.1f} | "
                      f"{c['hot_set_read_gb_s']:.2f} |")
+    for name, c in result["codecs"].items():
+        if "ttft_cold_torch_decode_ms" in c:
+            lines.append(f"\n{name}, the same cold questions with torch's decode instead of the one-pass kernel: "
+                         f"TTFT {c['ttft_cold_torch_decode_ms']:.0f} ms (kernel {c['ttft_cold_ms']:.0f}), KV load "
+                         f"{c['load_cold_torch_decode_ms']:.1f} ms (kernel {c['load_cold_ms']:.1f}).")
     return "\n".join(lines)
 
 

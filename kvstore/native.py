@@ -8,6 +8,7 @@ The call releases the GIL; it runs on the calling thread (dequant.c says why).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -17,6 +18,23 @@ import torch
 
 LIBRARY = Path(__file__).with_name("_dequant.so")
 log = logging.getLogger(__name__)
+_enabled = True
+
+
+@contextlib.contextmanager
+def disabled():
+    """The torch path while inside (the quant bench times both; process-wide, not for servers)."""
+    global _enabled
+    was, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = was
+
+
+def built() -> bool:
+    """Whether int8/int4 decode uses the kernel in this process."""
+    return _enabled and library() is not None
 
 
 @functools.cache
@@ -66,7 +84,7 @@ def dequantize_into(bits: int, groups, items: list, out: torch.Tensor) -> bool:
     rows None or a slice;
     groups(T, D) -> (key_group, value_group). False when it did nothing: not built, or a
     layout it does not take (index rows, another dtype, non-contiguous parts)."""
-    lib = library()
+    lib = library() if _enabled else None
     if lib is None or not _takes(out) or not items:
         return False
     L, _, H, _, D = out.shape

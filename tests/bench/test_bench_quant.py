@@ -35,7 +35,11 @@ def test_bench_quant_tiny_run(tmp_path, monkeypatch):
     assert int4["ttft_disk_ms"] > 0 and 0 <= int4["disk_resident_after_drop"] <= 1
     for c in (none, int4):                  # the KV paging is a share of the time to first token
         assert 0 < c["load_cold_ms"] < c["ttft_cold_ms"] and 0 < c["load_disk_ms"] < c["ttft_disk_ms"]
-    assert "| int4 |" in out.with_suffix(".md").read_text()
+    # int4 decoded by the one-pass kernel, and the same cold question by torch's decode beside it.
+    assert r["config"]["int_decode"] == "kernel" and "ttft_cold_torch_decode_ms" not in none
+    assert 0 < int4["load_cold_torch_decode_ms"] < int4["ttft_cold_torch_decode_ms"]
+    md = out.with_suffix(".md").read_text()
+    assert "| int4 |" in md and "int4, the same cold questions with torch's decode" in md
     # Two panels (accuracy, logit change), each with int4's point in its own colour (below the
     # legend, which every series gets whether its point is drawn or not).
     img = Image.open(out.with_suffix(".png")).convert("RGB")

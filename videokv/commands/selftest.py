@@ -67,12 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     backend = Runtime().backend
     report = run(backend, not args.skip_embedded, args.chunks, args.tokens, show)
     if not args.skip_embedded:
+        from videokv.kvstore import native
+
         report["codecs"] = codec_errors(backend, args.chunks, args.tokens)
         report["pass"] = report["pass"] and all(c["pass"] for c in report["codecs"].values())
+        report["int_decode"] = "kernel" if native.built() else "torch"
         if not args.json:
             for name, c in report["codecs"].items():
                 print(f"codec {name:<13} max_abs_logit_diff={c['max_abs_logit_diff']:.2e} "
                       f"{'ok' if c['pass'] else 'OVER'} (bound {c['bound']:g})")
+            print("int8/int4 decode: " + (f"the one-pass kernel ({native.LIBRARY})" if native.built() else
+                                          f"torch ({native.LIBRARY} not built: run scripts/setup.sh)"))
     if args.json:
         print(json.dumps(report, indent=1))
     return 0 if report["pass"] else 1
