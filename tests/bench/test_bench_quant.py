@@ -33,6 +33,7 @@ def test_bench_quant_tiny_run(tmp_path, monkeypatch):
         none["bytes_per_hour_qwen25_7b_gb"] / 3
     assert set(r["targets"]) == {"int4"} and int4["ttft_cold_ms"] > 0 and int4["hot_set_read_gb_s"] > 0
     assert int4["ttft_disk_ms"] > 0 and 0 <= int4["disk_resident_after_drop"] <= 1
+    assert int4["ttft_cold_runs_ms"] == [int4["ttft_cold_ms"]] and len(none["load_cold_runs_ms"]) == 1   # one repeat
     for c in (none, int4):                  # the KV paging is a share of the time to first token
         assert 0 < c["load_cold_ms"] < c["ttft_cold_ms"] and 0 < c["load_disk_ms"] < c["ttft_disk_ms"]
     # int4 decoded by the one-pass kernel, and the same cold question by torch's decode beside it.
