@@ -1,7 +1,7 @@
 # videokv: one image for the API and the workers (CPU torch; the GPU services of
 # docker-compose.gpu.yml use the same image with NVIDIA device reservations: build with
 # --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 for CUDA wheels).
-# The one-pass int8/int4 dequantizer (kvstore/dequant.c, loaded by kvstore/native.py), built
+# The one-pass fp8/int8/int4 dequantizer (kvstore/dequant.c, loaded by kvstore/native.py), built
 # in an image that has a C compiler; the runtime image stays without one.
 FROM python:3.11-bookworm AS native
 COPY kvstore/dequant.c /src/

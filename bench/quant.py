@@ -26,7 +26,7 @@ from ._common import bench_settings, floats, ints, line_chart, log, write_output
 from ._haystack import TYPES, make_haystack
 
 CODECS = ("none", "bf16", "fp16", "fp8", "int8", "int4")
-KERNEL_CODECS = ("int8", "int4")        # decoded by kvstore/dequant.c where it is built
+KERNEL_CODECS = ("fp8", "int8", "int4")     # decoded by kvstore/dequant.c where it is built
 TENANT = "bench-quant"
 # Qwen2.5-VL-7B's KV geometry, for the computed archive sizes.
 QWEN7B = {"layers": 28, "kv_heads": 4, "head_dim": 128, "tokens_per_frame": 128, "chunk_frames": 16,
@@ -79,7 +79,7 @@ def ttfts(runtimes: dict, vids: dict, question: str, top_k: int, repeats: int) -
     of K,V handed to the model, page cache warm). The codecs take turns within each repeat,
     in reverse order every other repeat, so a change of the machine's load or the order
     itself falls on all of them alike. Where the one-pass kernel is built (kvstore/native.py)
-    int8 and int4 also answer the cold question with torch's decode (`*_torch_decode_ms`), after
+    fp8, int8 and int4 also answer the cold question with torch's decode (`*_torch_decode_ms`), after
     the warm one: asked between the disk and the cold question it slowed the cold one's prefill
     by 4-8 ms (two runs), which no other codec paid."""
     from videokv.kvstore import native

@@ -18,6 +18,9 @@ int8/int4 follow KIVI's grouping: keys per channel (min and scale over the blob'
 groups of `key_group` tokens), values per token (over the head's channels, or groups of
 `value_group`). Keys are stored before RoPE, where their per-channel outliers sit in fixed
 channels (KVQuant), so a per-channel scale absorbs them. Scales and minima are float16.
+fp8, int8 and int4 decode in one pass through a small C kernel where scripts/setup.sh built
+it (native.py); `decode_into_torch`/`decode_many_torch` are the same arithmetic in torch, the
+reference its tests compare against and the path taken where it is not built.
 """
 
 from __future__ import annotations
@@ -146,7 +149,25 @@ class Fp16(Cast):
 class _Scaled(Codec):
     """The mechanics of the scaled codecs: key statistics per channel over token groups
     ([L, H, n_groups, D]), value statistics per token over channel groups ([L, H, T, D/vg]),
-    and the per-row gather of both at decode time."""
+    and the per-row gather of both at decode time. Decoding goes through the one-pass C
+    kernel (native.py) and falls back to `decode_into_torch`, the same arithmetic in torch:
+    a code copy, then the scaling in place (the reference the kernel equals bit for bit)."""
+
+    def decode_into(self, parts, out, rows=None):
+        if native.dequantize_into(self.name, self.groups, [(parts, rows)], out):
+            return out
+        return self.decode_into_torch(parts, out, rows)
+
+    def decode_many(self, items, out):
+        if native.dequantize_into(self.name, self.groups, items, out):
+            return out
+        return self.decode_many_torch(items, out)
+
+    def decode_into_torch(self, parts: list[torch.Tensor], out: torch.Tensor, rows: Rows = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode_many_torch(self, items, out: torch.Tensor) -> torch.Tensor:
+        return self._blob_by_blob(items, out, self.decode_into_torch)
 
     def _key_stats(self, k: torch.Tensor, kg: int, reduce) -> torch.Tensor:
         """k [L, H, T, D] -> reduce over each group of kg tokens: [L, H, ceil(T/kg), D]."""
@@ -238,19 +259,7 @@ class IntQ(_Scaled):
         else:
             out.copy_(q)
 
-    def decode_into(self, parts, out, rows=None):
-        if native.dequantize_into(self.bits, self.groups, [(parts, rows)], out):
-            return out
-        return self.decode_into_torch(parts, out, rows)
-
-    def decode_many(self, items, out):
-        if native.dequantize_into(self.bits, self.groups, items, out):
-            return out
-        return self.decode_many_torch(items, out)
-
     def decode_into_torch(self, parts, out, rows=None):
-        """decode_into in torch: a code copy, then the scaling in place (the reference the
-        one-pass C kernel, native.py, equals bit for bit; used where it is not built)."""
         q, kscale, kmin, vscale, vmin = parts
         L, _, H, T = q.shape[:4]
         D = out.shape[-1]
@@ -349,7 +358,7 @@ class Fp8(_Scaled):
         s = self._per_element(parts[1], parts[2], kv.shape)
         return kv.abs() * 2.0 ** -4 + s * 2.0 ** -10 + 1e-7
 
-    def decode_into(self, parts, out, rows=None):
+    def decode_into_torch(self, parts, out, rows=None):
         q, kscale, vscale = parts
         L, _, H, T, D = q.shape
         kg, vg = self.groups(T, D)

@@ -1,9 +1,11 @@
-/* One-pass dequantization of int8/int4 KV codes into a float32 buffer (kvstore/native.py).
+/* One-pass dequantization of fp8/int8/int4 KV codes into a float32 buffer (kvstore/native.py).
 
    Why C: the CPU pager wants each code read once and each float written once. torch has no
    kernel for code * scale + min from uint8 into float32, so codecs.py copies the codes and
    scales in place: three passes over the destination. Same arithmetic here, a product then a
-   sum, two roundings (built with -ffp-contract=off), so both give the same bits.
+   sum, two roundings (built with -ffp-contract=off), so both give the same bits. fp8 (e4m3)
+   codes go through `fp8`, the 256 values torch decodes them to, then times the scale (no
+   minimum); its statistics are float32.
 
    Shapes (element counts, row-major):
      out        float32, planes [L, 2, H] of rows [out_rows, D]; plane p starts at
@@ -11,8 +13,9 @@
      blob b     codes [L, 2, H, tokens, D * bits / 8] (int4: two channels a byte, the even
                 one in the low nibble); its rows [row0, row0 + rows) land in every plane
                 after the rows of the blobs before it.
-                key statistics float16 [L, H, key_groups, D]: row t uses group t / key_group;
-                value statistics float16 [L, H, tokens, D / value_group].
+                key statistics [L, H, key_groups, D]: row t uses group t / key_group;
+                value statistics [L, H, tokens, D / value_group]; float16 (int8/int4) or
+                float32 (fp8, which has no minima).
    Plane by plane, blob by blob: each plane's rows are written in order, and the codes of the
    blob two ahead are prefetched, since a hot set's blobs are small (on the embedded default 8
    rows, 512 bytes a plane) and scattered through the store's map. Measured on the 1,024-frame
@@ -36,6 +39,7 @@ typedef struct {
     const vkv_blob *blobs;
     int64_t n_blobs, bits, L, H, D, value_group, plane_stride;
     float *out;
+    const float *fp8;       /* NULL: integer codes with minima */
 } vkv_job;
 
 /* dst[d] = code(d) * scale[d] + min[d], channels [0, D). */
@@ -62,29 +66,52 @@ INLINE void row_by_group(float *restrict dst, const uint8_t *restrict src, float
         }
 }
 
+/* fp8: dst[d] = fp8[code(d)] * scale[d], channels [0, D). */
+INLINE void fp8_by_channel(float *restrict dst, const uint8_t *restrict src, const float *restrict scale,
+                           int64_t D, const float *restrict fp8) {
+    for (int64_t d = 0; d < D; d++) dst[d] = fp8[src[d]] * scale[d];
+}
+
+INLINE void fp8_by_group(float *restrict dst, const uint8_t *restrict src, float scale, int64_t d0, int64_t d1,
+                         const float *restrict fp8) {
+    for (int64_t d = d0; d < d1; d++) dst[d] = fp8[src[d]] * scale;
+}
+
 INLINE void keys(const vkv_job *j, const vkv_blob *b, int64_t l, int64_t h, const uint8_t *src, float *dst) {
     const int64_t D = j->D, width = D * j->bits / 8, at = (l * j->H + h) * b->key_groups * D;
-    const _Float16 *ks = (const _Float16 *)(intptr_t)b->key_scale + at;
-    const _Float16 *km = (const _Float16 *)(intptr_t)b->key_min + at;
     float scale[D], min[D];
     int64_t group = -1;
     for (int64_t t = b->row0; t < b->row0 + b->rows; t++, src += width, dst += D) {
         if (t / b->key_group != group) {            /* the group's statistics, widened once */
             group = t / b->key_group;
-            for (int64_t d = 0; d < D; d++) { scale[d] = ks[group * D + d]; min[d] = km[group * D + d]; }
+            for (int64_t d = 0; d < D; d++)
+                if (j->fp8) {
+                    scale[d] = ((const float *)(intptr_t)b->key_scale)[at + group * D + d];
+                } else {
+                    scale[d] = ((const _Float16 *)(intptr_t)b->key_scale)[at + group * D + d];
+                    min[d] = ((const _Float16 *)(intptr_t)b->key_min)[at + group * D + d];
+                }
         }
-        row_by_channel(dst, src, scale, min, D, j->bits);
+        if (j->fp8)
+            fp8_by_channel(dst, src, scale, D, j->fp8);
+        else
+            row_by_channel(dst, src, scale, min, D, j->bits);
     }
 }
 
 INLINE void values(const vkv_job *j, const vkv_blob *b, int64_t l, int64_t h, const uint8_t *src, float *dst) {
     const int64_t D = j->D, width = D * j->bits / 8, vg = j->value_group, G = D / vg;
     const int64_t at = ((l * j->H + h) * b->tokens + b->row0) * G;
-    const _Float16 *vs = (const _Float16 *)(intptr_t)b->value_scale + at;
-    const _Float16 *vm = (const _Float16 *)(intptr_t)b->value_min + at;
     for (int64_t t = 0; t < b->rows; t++, src += width, dst += D)
         for (int64_t g = 0; g < G; g++)
-            row_by_group(dst, src, (float)vs[t * G + g], (float)vm[t * G + g], g * vg, (g + 1) * vg, j->bits);
+            if (j->fp8) {
+                const float scale = ((const float *)(intptr_t)b->value_scale)[at + t * G + g];
+                fp8_by_group(dst, src, scale, g * vg, (g + 1) * vg, j->fp8);
+            } else {
+                const float scale = ((const _Float16 *)(intptr_t)b->value_scale)[at + t * G + g];
+                const float min = ((const _Float16 *)(intptr_t)b->value_min)[at + t * G + g];
+                row_by_group(dst, src, scale, min, g * vg, (g + 1) * vg, j->bits);
+            }
 }
 
 /* Every plane (a layer's keys or values of one head), each blob's rows in turn. */
@@ -111,8 +138,9 @@ static void planes(const vkv_job *j) {
     }
 }
 
+/* bits: 8 or 4; fp8: the 256 values of the e4m3 codes (then bits is 8), or NULL. */
 void vkv_dequantize(const vkv_blob *blobs, int64_t n_blobs, int64_t bits, int64_t L, int64_t H, int64_t D,
-                    int64_t value_group, float *out, int64_t plane_stride) {
-    const vkv_job job = {blobs, n_blobs, bits, L, H, D, value_group, plane_stride, out};
+                    int64_t value_group, float *out, int64_t plane_stride, const float *fp8) {
+    const vkv_job job = {blobs, n_blobs, bits, L, H, D, value_group, plane_stride, out, fp8};
     planes(&job);
 }

@@ -1,8 +1,9 @@
-"""The one-pass int8/int4 dequantizer (dequant.c), called through ctypes.
+"""The one-pass fp8/int8/int4 dequantizer (dequant.c), called through ctypes.
 
 scripts/setup.sh builds it next to this file (`_dequant.so`); where it is not built (no C
 compiler) or cannot take a layout, `dequantize_into` returns False and the codec's torch path
-(codecs.IntQ) does the same arithmetic in three passes. Both give the same bits (tested).
+(`decode_into_torch` in codecs.py) does the same arithmetic in three passes. Both give the
+same bits (tested).
 The call releases the GIL; it runs on the calling thread (dequant.c says why).
 """
 
@@ -33,7 +34,7 @@ def disabled():
 
 
 def built() -> bool:
-    """Whether int8/int4 decode uses the kernel in this process."""
+    """Whether fp8/int8/int4 decode uses the kernel in this process."""
     return _enabled and library() is not None
 
 
@@ -45,10 +46,10 @@ def library() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(LIBRARY))
     except OSError as e:
-        log.warning("%s does not load (%s): int8/int4 decode on the torch path", LIBRARY, e)
+        log.warning("%s does not load (%s): fp8/int8/int4 decode on the torch path", LIBRARY, e)
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.vkv_dequantize.argtypes = [ptr, i64, i64, i64, i64, i64, i64, ptr, i64]
+    lib.vkv_dequantize.argtypes = [ptr, i64, i64, i64, i64, i64, i64, ptr, i64, ptr]
     lib.vkv_dequantize.restype = None
     return lib
 
@@ -62,7 +63,14 @@ def _takes(out: torch.Tensor) -> bool:
     return s[4] == 1 and s[3] == D and s[1] == H * s[2] and s[0] == 2 * s[1]
 
 
-PAYLOAD_DTYPES = [torch.uint8, torch.float16, torch.float16, torch.float16, torch.float16]
+# Per codec: (bits a code, the statistics' dtype, whether it stores minima).
+KINDS = {"int8": (8, torch.float16, True), "int4": (4, torch.float16, True), "fp8": (8, torch.float32, False)}
+
+
+@functools.cache
+def fp8_values() -> torch.Tensor:
+    """float32 [256]: what torch decodes each e4m3 code to (so the kernel gives its bits)."""
+    return torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
 
 
 def _described(parts) -> tuple[list[int], list[tuple], list[torch.dtype]] | None:
@@ -76,17 +84,18 @@ def _described(parts) -> tuple[list[int], list[tuple], list[torch.dtype]] | None
     return [p.data_ptr() for p in parts], [tuple(p.shape) for p in parts], [p.dtype for p in parts]
 
 
-def dequantize_into(bits: int, groups, items: list, out: torch.Tensor) -> bool:
+def dequantize_into(kind: str, groups, items: list, out: torch.Tensor) -> bool:
     """Blobs' rows, one after another along out's token axis, dequantized into out
-    [L, 2, H, sum of rows, D]; items [(parts, rows)]: parts an IntQ payload [codes
-    [L, 2, H, T, D*bits/8] uint8, key_scale, key_min float16 [L, H, key groups, D],
-    value_scale, value_min float16 [L, H, T, D/value_group]] (tensors, or a blob.Payload),
-    rows None or a slice;
-    groups(T, D) -> (key_group, value_group). False when it did nothing: not built, or a
-    layout it does not take (index rows, another dtype, non-contiguous parts)."""
+    [L, 2, H, sum of rows, D]. kind: "int8", "int4" or "fp8"; items [(parts, rows)]: parts
+    that codec's payload (tensors, or a blob.Payload): codes [L, 2, H, T, D*bits/8] uint8,
+    key_scale [L, H, key groups, D], (key_min,) value_scale [L, H, T, D/value_group],
+    (value_min): float16 with minima (int8/int4), float32 without (fp8); rows None or a
+    slice; groups(T, D) -> (key_group, value_group). False when it did nothing: not built,
+    or a layout it does not take (index rows, another dtype, non-contiguous parts)."""
     lib = library() if _enabled else None
-    if lib is None or not _takes(out) or not items:
+    if lib is None or kind not in KINDS or not _takes(out) or not items:
         return False
+    bits, stat, with_min = KINDS[kind]
     L, _, H, _, D = out.shape
     blobs, value_groups, total = [], set(), 0
     for parts, rows in items:
@@ -94,24 +103,27 @@ def dequantize_into(bits: int, groups, items: list, out: torch.Tensor) -> bool:
         if described is None or isinstance(rows, torch.Tensor):
             return False
         addresses, shapes, dtypes = described
-        if dtypes != PAYLOAD_DTYPES or len(shapes[0]) != 5:
+        if dtypes != [torch.uint8] + [stat] * (4 if with_min else 2) or len(shapes[0]) != 5:
             return False
         T = shapes[0][3]
         start, stop, step = (rows or slice(0, T)).indices(T)
         kg, vg = groups(T, D)
         n_groups = -(-T // kg)
-        key_stats, value_stats = (L, H, n_groups, D), (L, H, T, D // vg)
-        # The C code trusts these shapes: anything else goes to the torch path (which raises).
-        if step != 1 or shapes != [(L, 2, H, T, D * bits // 8), key_stats, key_stats, value_stats, value_stats]:
+        keys, values = (L, H, n_groups, D), (L, H, T, D // vg)
+        want = [(L, 2, H, T, D * bits // 8)] + ([keys, keys, values, values] if with_min else [keys, values])
+        if step != 1 or shapes != want:     # the C code trusts these: the torch path raises instead
             return False
         value_groups.add(vg)
         total += max(stop - start, 0)
         if stop > start:
-            blobs.append([*addresses, T, start, stop - start, n_groups, kg])
+            stats = addresses[1:] if with_min else [addresses[1], 0, addresses[2], 0]
+            blobs.append([addresses[0], *stats, T, start, stop - start, n_groups, kg])
     if len(value_groups) != 1 or total != out.shape[3]:
         return False
     if not blobs:
         return True
     table = torch.tensor(blobs, dtype=torch.int64)
-    lib.vkv_dequantize(table.data_ptr(), len(blobs), bits, L, H, D, value_groups.pop(), out.data_ptr(), out.stride(2))
+    fp8 = fp8_values().data_ptr() if kind == "fp8" else None
+    lib.vkv_dequantize(table.data_ptr(), len(blobs), bits, L, H, D, value_groups.pop(), out.data_ptr(), out.stride(2),
+                       fp8)
     return True

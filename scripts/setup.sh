@@ -20,7 +20,7 @@ command -v tesseract >/dev/null 2>&1 || need_apt+=(tesseract-ocr)
 command -v pocketsphinx_continuous >/dev/null 2>&1 || need_apt+=(pocketsphinx)
 [ -d /usr/share/pocketsphinx/model/en-us/en-us ] || need_apt+=(pocketsphinx-en-us)
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
-# A C compiler builds the one-pass int8/int4 dequantizer (kvstore/dequant.c, below).
+# A C compiler builds the one-pass fp8/int8/int4 dequantizer (kvstore/dequant.c, below).
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -61,11 +61,11 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.videokv-stamp" 2>/dev/null)" 
   echo "$stamp" > "$VENV/.videokv-stamp"
 fi
 export PATH="$VENV/bin:$PATH"
-# The one-pass int8/int4 dequantizer (kvstore/native.py), rebuilt when its source changes.
-# Without it the codecs decode on their torch path: the same bits, slower.
+# The one-pass fp8/int8/int4 dequantizer (kvstore/native.py), rebuilt when its source changes.
+# Without it those codecs decode on their torch path: the same bits, slower.
 dequant_so="$ROOT/kvstore/_dequant.so"
 if [ ! -f "$dequant_so" ] || [ "$ROOT/kvstore/dequant.c" -nt "$dequant_so" ]; then
   cc -O3 -ffp-contract=off -fPIC -shared -o "$dequant_so.tmp" "$ROOT/kvstore/dequant.c" \
     && mv "$dequant_so.tmp" "$dequant_so" \
-    || echo "setup: could not build $dequant_so: int8/int4 decode on the torch path"
+    || echo "setup: could not build $dequant_so: fp8/int8/int4 decode on the torch path"
 fi

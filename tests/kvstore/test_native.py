@@ -1,4 +1,5 @@
-"""The one-pass C dequantizer (kvstore/dequant.c via native.py) against the codecs' torch path."""
+"""The one-pass C dequantizer (kvstore/dequant.c via native.py) against the codecs' torch path:
+the same bits (torch.equal on the int32 view, so even the sign of a zero counts)."""
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ def encoded(codec, blobs=BLOBS, L=3, H=2, D=64, seed=0):
     for T, rows in blobs:
         kv = torch.randn(L, 2, H, T, D, generator=g) * 3
         kv[:, 0, :, :, 5] += 40
+        kv[0, :, 0, 0, :4] = torch.tensor([0.0, -0.0, 1e-9, -1e-9])     # zeros of both signs (fp8 keeps them)
         items.append((codec.encode(kv), rows))
         total += T if rows is None else rows.stop - rows.start
     return items, total
@@ -25,7 +27,7 @@ def test_the_setup_built_the_kernel():
     assert native.library() is not None, f"scripts/setup.sh builds {native.LIBRARY} (needs a C compiler)"
 
 
-@pytest.mark.parametrize("name", ["int8", "int4"])
+@pytest.mark.parametrize("name", ["int8", "int4", "fp8"])
 @pytest.mark.parametrize("key_group,value_group", [(0, 0), (4, 16)])
 def test_equals_the_torch_path_bit_for_bit(name, key_group, value_group):
     codec = codec_named(name, key_group, value_group)
@@ -33,9 +35,9 @@ def test_equals_the_torch_path_bit_for_bit(name, key_group, value_group):
     # Into a slice of a longer buffer, as a hot set's part is: planes are not back to back.
     buffer = torch.full((3, 2, 2, total + 9, 64), float("nan"))
     got = buffer.narrow(3, 4, total)
-    assert native.dequantize_into(codec.bits, codec.groups, items, got)
+    assert native.dequantize_into(codec.name, codec.groups, items, got)
     want = codec.decode_many_torch(items, torch.empty(3, 2, 2, total, 64))
-    assert torch.equal(got, want)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     assert buffer[:, :, :, :4].isnan().all() and buffer[:, :, :, 4 + total:].isnan().all()   # nothing outside
     for parts, rows in items[1:2]:
         one = codec.decode_into(parts, torch.empty(3, 2, 2, 8, 64), rows)
@@ -56,7 +58,7 @@ def test_head_dims_that_are_not_multiples_of_the_vector_width(head_dim):
     codec = codec_named("int4", 0, 0)
     items, total = encoded(codec, [(5, None), (11, slice(2, 9))], D=head_dim)
     got = torch.empty(3, 2, 2, total, head_dim)
-    assert native.dequantize_into(4, codec.groups, items, got)
+    assert native.dequantize_into("int4", codec.groups, items, got)
     assert torch.equal(got, codec.decode_many_torch(items, torch.empty(3, 2, 2, total, head_dim)))
 
 
@@ -65,10 +67,11 @@ def test_layouts_it_does_not_take_go_to_the_torch_path():
     items, _ = encoded(codec, [(9, None)])
     parts = items[0][0]
     rows = torch.tensor([0, 2, 5])
-    assert not native.dequantize_into(8, codec.groups, [(parts, rows)], torch.empty(3, 2, 2, 3, 64))
-    assert not native.dequantize_into(8, codec.groups, [(parts, None)], torch.empty(3, 2, 2, 9, 64).half())
-    assert not native.dequantize_into(8, codec.groups, [(parts, None)], torch.empty(3, 2, 2, 8, 64))  # rows != out
-    assert not native.dequantize_into(4, codec.groups, [(parts, None)], torch.empty(3, 2, 2, 9, 64))  # wrong width
+    assert not native.dequantize_into("int8", codec.groups, [(parts, rows)], torch.empty(3, 2, 2, 3, 64))
+    assert not native.dequantize_into("int8", codec.groups, [(parts, None)], torch.empty(3, 2, 2, 9, 64).half())
+    assert not native.dequantize_into("int8", codec.groups, [(parts, None)], torch.empty(3, 2, 2, 8, 64))  # rows
+    assert not native.dequantize_into("int4", codec.groups, [(parts, None)], torch.empty(3, 2, 2, 9, 64))  # width
+    assert not native.dequantize_into("fp8", codec.groups, [(parts, None)], torch.empty(3, 2, 2, 9, 64))  # dtypes
     # The codec still decodes them, on the torch path.
     got = codec.decode_into(parts, torch.empty(3, 2, 2, 3, 64), rows)
     assert torch.equal(got, codec.decode_into_torch(parts, torch.empty(3, 2, 2, 3, 64), rows))

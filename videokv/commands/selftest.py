@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, c in report["codecs"].items():
                 print(f"codec {name:<13} max_abs_logit_diff={c['max_abs_logit_diff']:.2e} "
                       f"{'ok' if c['pass'] else 'OVER'} (bound {c['bound']:g})")
-            print("int8/int4 decode: " + (f"the one-pass kernel ({native.LIBRARY})" if native.built() else
+            print("fp8/int8/int4 decode: " + (f"the one-pass kernel ({native.LIBRARY})" if native.built() else
                                           f"torch ({native.LIBRARY} not built: run scripts/setup.sh)"))
     if args.json:
         print(json.dumps(report, indent=1))
