@@ -123,7 +123,7 @@ class BlobView:
     raw: torch.Tensor | None            # the stored tensor (format 1), else None
     kinds: torch.Tensor
     zero_copy: bool
-    parts: list = None                  # a codec's payload tensors (format 2)
+    parts: Sequence | None = None       # a codec's payload tensors (format 2): a Payload or a list
 
     @property
     def kv(self) -> torch.Tensor:

@@ -2,10 +2,10 @@
 
    Why C: the CPU pager wants each code read once and each float written once. torch has no
    kernel for code * scale + min from uint8 into float32, so codecs.py copies the codes and
-   scales in place: three passes over the destination. Same arithmetic here, a product then a
-   sum, two roundings (built with -ffp-contract=off), so both give the same bits. fp8 (e4m3)
-   codes go through `fp8`, the 256 values torch decodes them to, then times the scale (no
-   minimum); its statistics are float32.
+   scales in place: three passes over the destination. Same arithmetic here: a code (at most
+   8 bits) times a float16 statistic (11) is exact in float32, so the one rounding is the
+   sum's, as in torch, fused or not. fp8 (e4m3) codes go through `fp8`, the 256 values torch
+   decodes them to, then times the float32 scale (one rounding, no minimum). Same bits.
 
    Shapes (element counts, row-major):
      out        float32, planes [L, 2, H] of rows [out_rows, D]; plane p starts at
@@ -24,11 +24,38 @@
    cores and was slower (1.7-1.9 ms).
    Built by scripts/setup.sh: cc -O3 -ffp-contract=off -fPIC -shared. */
 #include <stdint.h>
+#include <string.h>
 
 #define PREFETCH_AHEAD 2        /* blobs */
 
 /* Inlined into each clone of planes(), so each gets that clone's vector width. */
 #define INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+#define MAX_HEAD_DIM 4096       /* the statistics of a row live on the stack */
+
+/* A float16's value (exact in float32): the compiler's _Float16 where it has one (x86-64-v3
+   converts eight at once), else by its bits. */
+INLINE float widen(const void *halves, int64_t i) {
+#if defined(__FLT16_MAX__) && !defined(VKV_NO_FLOAT16)
+    return ((const _Float16 *)halves)[i];
+#else
+    const uint16_t h = ((const uint16_t *)halves)[i];
+    const uint32_t sign = (uint32_t)(h >> 15) << 31, exponent = (h >> 10) & 31, mantissa = h & 1023;
+    uint32_t bits = sign | (exponent == 31 ? 0x7f800000u | mantissa << 13 : (exponent + 112) << 23 | mantissa << 13);
+    float f;
+    if (exponent == 0) {                                /* zero or subnormal: mantissa * 2^-24 */
+        f = (float)mantissa * 0x1p-24f;
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
 
 typedef struct {        /* int64 fields only: Python fills an int64 array [blobs, 10] */
     int64_t codes, key_scale, key_min, value_scale, value_min;      /* addresses */
@@ -88,8 +115,8 @@ INLINE void keys(const vkv_job *j, const vkv_blob *b, int64_t l, int64_t h, cons
                 if (j->fp8) {
                     scale[d] = ((const float *)(intptr_t)b->key_scale)[at + group * D + d];
                 } else {
-                    scale[d] = ((const _Float16 *)(intptr_t)b->key_scale)[at + group * D + d];
-                    min[d] = ((const _Float16 *)(intptr_t)b->key_min)[at + group * D + d];
+                    scale[d] = widen((const void *)(intptr_t)b->key_scale, at + group * D + d);
+                    min[d] = widen((const void *)(intptr_t)b->key_min, at + group * D + d);
                 }
         }
         if (j->fp8)
@@ -108,15 +135,14 @@ INLINE void values(const vkv_job *j, const vkv_blob *b, int64_t l, int64_t h, co
                 const float scale = ((const float *)(intptr_t)b->value_scale)[at + t * G + g];
                 fp8_by_group(dst, src, scale, g * vg, (g + 1) * vg, j->fp8);
             } else {
-                const float scale = ((const _Float16 *)(intptr_t)b->value_scale)[at + t * G + g];
-                const float min = ((const _Float16 *)(intptr_t)b->value_min)[at + t * G + g];
+                const float scale = widen((const void *)(intptr_t)b->value_scale, at + t * G + g);
+                const float min = widen((const void *)(intptr_t)b->value_min, at + t * G + g);
                 row_by_group(dst, src, scale, min, g * vg, (g + 1) * vg, j->bits);
             }
 }
 
 /* Every plane (a layer's keys or values of one head), each blob's rows in turn. */
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-static void planes(const vkv_job *j) {
+CLONES static void planes(const vkv_job *j) {
     const int64_t width = j->D * j->bits / 8;
     for (int64_t p = 0; p < j->L * 2 * j->H; p++) {
         const int64_t l = p / (2 * j->H), is_value = (p / j->H) % 2, h = p % j->H;
@@ -138,9 +164,23 @@ static void planes(const vkv_job *j) {
     }
 }
 
-/* bits: 8 or 4; fp8: the 256 values of the e4m3 codes (then bits is 8), or NULL. */
-void vkv_dequantize(const vkv_blob *blobs, int64_t n_blobs, int64_t bits, int64_t L, int64_t H, int64_t D,
-                    int64_t value_group, float *out, int64_t plane_stride, const float *fp8) {
+/* bits: 8 or 4; fp8: the 256 values of the e4m3 codes (then bits is 8), or NULL. Returns 0,
+   or -1 for a layout it does not take (nothing written): the caller decodes another way. */
+int vkv_dequantize(const vkv_blob *blobs, int64_t n_blobs, int64_t bits, int64_t L, int64_t H, int64_t D,
+                   int64_t value_group, float *out, int64_t plane_stride, const float *fp8) {
+    if ((bits != 8 && bits != 4) || (fp8 && bits != 8) || D < 1 || D > MAX_HEAD_DIM || value_group < 1
+        || D % value_group || (bits == 4 && (D % 2 || value_group % 2)))   /* int4 groups pair nibbles */
+        return -1;
+    int64_t rows = 0;
+    for (const vkv_blob *b = blobs; b < blobs + n_blobs; b++) {
+        if (b->row0 < 0 || b->rows < 0 || b->row0 + b->rows > b->tokens || b->key_group < 1
+            || (b->tokens - 1) / b->key_group >= b->key_groups)
+            return -1;
+        rows += b->rows;
+    }
+    if (rows > plane_stride / D)                        /* a plane's rows overrun the next plane */
+        return -1;
     const vkv_job job = {blobs, n_blobs, bits, L, H, D, value_group, plane_stride, out, fp8};
     planes(&job);
+    return 0;
 }

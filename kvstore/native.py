@@ -50,7 +50,7 @@ def library() -> ctypes.CDLL | None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.vkv_dequantize.argtypes = [ptr, i64, i64, i64, i64, i64, i64, ptr, i64, ptr]
-    lib.vkv_dequantize.restype = None
+    lib.vkv_dequantize.restype = ctypes.c_int
     return lib
 
 
@@ -60,7 +60,7 @@ def _takes(out: torch.Tensor) -> bool:
         return False
     _, _, H, _, D = out.shape
     s = out.stride()
-    return s[4] == 1 and s[3] == D and s[1] == H * s[2] and s[0] == 2 * s[1]
+    return s[4] == 1 and s[3] == D and s[2] >= out.shape[3] * D and s[1] == H * s[2] and s[0] == 2 * s[1]
 
 
 # Per codec: (bits a code, the statistics' dtype, whether it stores minima).
@@ -91,7 +91,8 @@ def dequantize_into(kind: str, groups, items: list, out: torch.Tensor) -> bool:
     key_scale [L, H, key groups, D], (key_min,) value_scale [L, H, T, D/value_group],
     (value_min): float16 with minima (int8/int4), float32 without (fp8); rows None or a
     slice; groups(T, D) -> (key_group, value_group). False when it did nothing: not built,
-    or a layout it does not take (index rows, another dtype, non-contiguous parts)."""
+    or a layout it does not take (index rows, another dtype, non-contiguous parts, int4 with
+    an odd value group); dequant.c checks its own bounds again."""
     lib = library() if _enabled else None
     if lib is None or kind not in KINDS or not _takes(out) or not items:
         return False
@@ -106,15 +107,18 @@ def dequantize_into(kind: str, groups, items: list, out: torch.Tensor) -> bool:
         if dtypes != [torch.uint8] + [stat] * (4 if with_min else 2) or len(shapes[0]) != 5:
             return False
         T = shapes[0][3]
-        start, stop, step = (rows or slice(0, T)).indices(T)
+        start, stop = (0, T) if rows is None else (rows.start, rows.stop)
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= T) \
+                or rows is not None and rows.step not in (None, 1):
+            return False                    # the torch path takes (or refuses) any other slice
         kg, vg = groups(T, D)
         n_groups = -(-T // kg)
         keys, values = (L, H, n_groups, D), (L, H, T, D // vg)
         want = [(L, 2, H, T, D * bits // 8)] + ([keys, keys, values, values] if with_min else [keys, values])
-        if step != 1 or shapes != want:     # the C code trusts these: the torch path raises instead
+        if shapes != want:                  # the C code trusts these: the torch path raises instead
             return False
         value_groups.add(vg)
-        total += max(stop - start, 0)
+        total += stop - start
         if stop > start:
             stats = addresses[1:] if with_min else [addresses[1], 0, addresses[2], 0]
             blobs.append([addresses[0], *stats, T, start, stop - start, n_groups, kg])
@@ -124,6 +128,5 @@ def dequantize_into(kind: str, groups, items: list, out: torch.Tensor) -> bool:
         return True
     table = torch.tensor(blobs, dtype=torch.int64)
     fp8 = fp8_values().data_ptr() if kind == "fp8" else None
-    lib.vkv_dequantize(table.data_ptr(), len(blobs), bits, L, H, D, value_groups.pop(), out.data_ptr(), out.stride(2),
-                       fp8)
-    return True
+    return lib.vkv_dequantize(table.data_ptr(), len(blobs), bits, L, H, D, value_groups.pop(), out.data_ptr(),
+                              out.stride(2), fp8) == 0

@@ -49,7 +49,8 @@ def test_a_hot_set_sized_decode_agrees():
     codec = codec_named("int8")
     blobs = [(18, slice(10, 18)) if i % 3 else (9, None) for i in range(200)]
     items, total = encoded(codec, blobs, L=4, H=3, D=128)
-    got = codec.decode_many(items, torch.empty(4, 2, 3, total, 128))
+    got = torch.empty(4, 2, 3, total, 128)
+    assert native.dequantize_into("int8", codec.groups, items, got)
     assert torch.equal(got, codec.decode_many_torch(items, torch.empty(4, 2, 3, total, 128)))
 
 
@@ -75,3 +76,24 @@ def test_layouts_it_does_not_take_go_to_the_torch_path():
     # The codec still decodes them, on the torch path.
     got = codec.decode_into(parts, torch.empty(3, 2, 2, 3, 64), rows)
     assert torch.equal(got, codec.decode_into_torch(parts, torch.empty(3, 2, 2, 3, 64), rows))
+
+
+@pytest.mark.parametrize("value_group", [1, 3])
+def test_int4_with_odd_value_groups_goes_to_the_torch_path(value_group):
+    """Its groups would split a byte's two nibbles: the kernel refuses them (it wrote past the
+    buffer before it did), and the codec still decodes them."""
+    codec = codec_named("int4", 0, value_group)
+    items, total = encoded(codec, [(5, None), (9, slice(1, 8))], D=48)
+    got = torch.full((3, 2, 2, total, 48), float("nan"))
+    assert not native.dequantize_into("int4", codec.groups, items, got) and got.isnan().all()
+    assert torch.equal(codec.decode_many(items, got), codec.decode_many_torch(items, torch.empty_like(got)))
+
+
+def test_slices_outside_the_blob_and_overlapping_planes_go_to_the_torch_path():
+    codec = codec_named("int8")
+    items, _ = encoded(codec, [(9, None)])
+    parts = items[0][0]
+    for rows in (slice(-3, None), slice(2, 12), slice(None, 4), slice(0, 9, 2)):
+        assert not native.dequantize_into("int8", codec.groups, [(parts, rows)], torch.empty(3, 2, 2, 3, 64))
+    overlapping = torch.empty(2048).as_strided((3, 2, 2, 9, 64), (4 * 64, 2 * 64, 64, 64, 1))
+    assert not native.dequantize_into("int8", codec.groups, [(parts, None)], overlapping)
