@@ -69,27 +69,28 @@ typedef struct {
     const float *fp8;       /* NULL: integer codes with minima */
 } vkv_job;
 
-/* dst[d] = code(d) * scale[d] + min[d], channels [0, D). */
+/* dst[d] = code(d) * scale[d] + min[d], channels [0, D). int4 walks the bytes (i, not d / 2,
+   so the compiler sees the loads in order and vectorizes it). */
 INLINE void row_by_channel(float *restrict dst, const uint8_t *restrict src, const float *restrict scale,
-                                  const float *restrict min, int64_t D, int64_t bits) {
+                           const float *restrict min, int64_t D, int64_t bits) {
     if (bits == 8)
         for (int64_t d = 0; d < D; d++) dst[d] = (float)src[d] * scale[d] + min[d];
     else
-        for (int64_t d = 0; d < D; d += 2) {
-            dst[d] = (float)(src[d / 2] & 15) * scale[d] + min[d];
-            dst[d + 1] = (float)(src[d / 2] >> 4) * scale[d + 1] + min[d + 1];
+        for (int64_t i = 0; i < D / 2; i++) {
+            dst[2 * i] = (float)(src[i] & 15) * scale[2 * i] + min[2 * i];
+            dst[2 * i + 1] = (float)(src[i] >> 4) * scale[2 * i + 1] + min[2 * i + 1];
         }
 }
 
-/* dst[d] = code(d) * scale + min, channels [d0, d1) (even bounds). */
+/* dst[d] = code(d) * scale + min, channels [d0, d1) (even bounds for int4). */
 INLINE void row_by_group(float *restrict dst, const uint8_t *restrict src, float scale, float min,
-                                int64_t d0, int64_t d1, int64_t bits) {
+                         int64_t d0, int64_t d1, int64_t bits) {
     if (bits == 8)
         for (int64_t d = d0; d < d1; d++) dst[d] = (float)src[d] * scale + min;
     else
-        for (int64_t d = d0; d < d1; d += 2) {
-            dst[d] = (float)(src[d / 2] & 15) * scale + min;
-            dst[d + 1] = (float)(src[d / 2] >> 4) * scale + min;
+        for (int64_t i = d0 / 2; i < d1 / 2; i++) {
+            dst[2 * i] = (float)(src[i] & 15) * scale + min;
+            dst[2 * i + 1] = (float)(src[i] >> 4) * scale + min;
         }
 }
 
