@@ -80,8 +80,8 @@ def ttfts(runtimes: dict, vids: dict, question: str, top_k: int, repeats: int) -
     in reverse order every other repeat, so a change of the machine's load or the order
     itself falls on all of them alike. Where the one-pass kernel is built (kvstore/native.py)
     fp8, int8 and int4 also answer the cold question with torch's decode (`*_torch_decode_ms`), after
-    the warm one: asked between the disk and the cold question it slowed the cold one's prefill
-    by 4-8 ms (two runs), which no other codec paid."""
+    the warm one, so every codec's cold question follows its own disk question (README: with it
+    in between, two runs saw int8's prefill 4-8 ms longer, perhaps by chance)."""
     from videokv.kvstore import native
     from videokv.query.hotset import read_hot_set
 
