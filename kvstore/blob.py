@@ -37,6 +37,7 @@ torch can use it in place. Smaller values may land unaligned; `decode` then copi
 from __future__ import annotations
 
 import functools
+import math
 import struct
 import warnings
 import zlib
@@ -314,10 +315,7 @@ def _decode_payload(mv: memoryview, hdr: BlobHeader, kinds: torch.Tensor) -> Blo
 
 
 def _view(mv: memoryview, dtype: torch.dtype, shape: tuple, offset: int) -> torch.Tensor:
-    count = 1
-    for d in shape:
-        count *= d
-    return torch.frombuffer(mv, dtype=dtype, count=count, offset=offset).view(shape)
+    return torch.frombuffer(mv, dtype=dtype, count=math.prod(shape), offset=offset).view(shape)
 
 
 class Payload(Sequence):

@@ -154,12 +154,12 @@ class _Scaled(Codec):
     a code copy, then the scaling in place (the reference the kernel equals bit for bit)."""
 
     def decode_into(self, parts, out, rows=None):
-        if native.dequantize_into(self.name, self.groups, [(parts, rows)], out):
+        if native.dequantize_into(self, [(parts, rows)], out):
             return out
         return self.decode_into_torch(parts, out, rows)
 
     def decode_many(self, items, out):
-        if native.dequantize_into(self.name, self.groups, items, out):
+        if native.dequantize_into(self, items, out):
             return out
         return self.decode_many_torch(items, out)
 

@@ -63,10 +63,6 @@ def _takes(out: torch.Tensor) -> bool:
     return s[4] == 1 and s[3] == D and s[2] >= out.shape[3] * D and s[1] == H * s[2] and s[0] == 2 * s[1]
 
 
-# Per codec: (bits a code, the statistics' dtype, whether it stores minima).
-KINDS = {"int8": (8, torch.float16, True), "int4": (4, torch.float16, True), "fp8": (8, torch.float32, False)}
-
-
 @functools.cache
 def fp8_values() -> torch.Tensor:
     """float32 [256]: what torch decodes each e4m3 code to (so the kernel gives its bits)."""
@@ -84,49 +80,43 @@ def _described(parts) -> tuple[list[int], list[tuple], list[torch.dtype]] | None
     return [p.data_ptr() for p in parts], [tuple(p.shape) for p in parts], [p.dtype for p in parts]
 
 
-def dequantize_into(kind: str, groups, items: list, out: torch.Tensor) -> bool:
+def dequantize_into(codec, items: list, out: torch.Tensor) -> bool:
     """Blobs' rows, one after another along out's token axis, dequantized into out
-    [L, 2, H, sum of rows, D]. kind: "int8", "int4" or "fp8"; items [(parts, rows)]: parts
-    that codec's payload (tensors, or a blob.Payload): codes [L, 2, H, T, D*bits/8] uint8,
-    key_scale [L, H, key groups, D], (key_min,) value_scale [L, H, T, D/value_group],
-    (value_min): float16 with minima (int8/int4), float32 without (fp8); rows None or a
-    slice; groups(T, D) -> (key_group, value_group). False when it did nothing: not built,
-    or a layout it does not take (index rows, another dtype, non-contiguous parts, int4 with
-    an odd value group); dequant.c checks its own bounds again."""
+    [L, 2, H, sum of rows, D] by `codec` (codecs.Fp8, Int8 or Int4); items [(parts, rows)]:
+    parts its payload as `codec.parts` lays it out (tensors, or a blob.Payload), rows None or
+    a slice. False when it did nothing: not built, another codec, or a layout it does not
+    take (index rows, another dtype, non-contiguous parts, int4 with an odd value group);
+    dequant.c checks its own bounds again."""
     lib = library() if _enabled else None
-    if lib is None or kind not in KINDS or not _takes(out) or not items:
+    if lib is None or codec.name not in ("fp8", "int8", "int4") or not _takes(out) or not items:
         return False
-    bits, stat, with_min = KINDS[kind]
     L, _, H, _, D = out.shape
     blobs, value_groups, total = [], set(), 0
     for parts, rows in items:
         described = _described(parts)
-        if described is None or isinstance(rows, torch.Tensor):
+        if described is None or isinstance(rows, torch.Tensor) or len(described[1][0]) != 5:
             return False
         addresses, shapes, dtypes = described
-        if dtypes != [torch.uint8] + [stat] * (4 if with_min else 2) or len(shapes[0]) != 5:
-            return False
         T = shapes[0][3]
         start, stop = (0, T) if rows is None else (rows.start, rows.stop)
         if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= T) \
                 or rows is not None and rows.step not in (None, 1):
             return False                    # the torch path takes (or refuses) any other slice
-        kg, vg = groups(T, D)
-        n_groups = -(-T // kg)
-        keys, values = (L, H, n_groups, D), (L, H, T, D // vg)
-        want = [(L, 2, H, T, D * bits // 8)] + ([keys, keys, values, values] if with_min else [keys, values])
-        if shapes != want:                  # the C code trusts these: the torch path raises instead
-            return False
+        want = codec.parts((L, 2, H, T, D))
+        if shapes != [tuple(sh) for _, sh in want] or dtypes != [dt for dt, _ in want]:
+            return False                    # the C code trusts these: the torch path raises instead
+        kg, vg = codec.groups(T, D)
         value_groups.add(vg)
         total += stop - start
-        if stop > start:
-            stats = addresses[1:] if with_min else [addresses[1], 0, addresses[2], 0]
-            blobs.append([addresses[0], *stats, T, start, stop - start, n_groups, kg])
+        if stop > start:                    # fp8 has no minima: [codes, key scale, value scale]
+            stats = addresses[1:] if len(want) == 5 else [addresses[1], 0, addresses[2], 0]
+            blobs.append([addresses[0], *stats, T, start, stop - start, shapes[1][2], kg])
     if len(value_groups) != 1 or total != out.shape[3]:
         return False
     if not blobs:
         return True
     table = torch.tensor(blobs, dtype=torch.int64)
-    fp8 = fp8_values().data_ptr() if kind == "fp8" else None
+    bits = 4 if codec.name == "int4" else 8
+    fp8 = fp8_values().data_ptr() if codec.name == "fp8" else None
     return lib.vkv_dequantize(table.data_ptr(), len(blobs), bits, L, H, D, value_groups.pop(), out.data_ptr(),
                               out.stride(2), fp8) == 0
